@@ -3,4 +3,4 @@
 # Run from the repository root; the tests import the installed package.
 set -euo pipefail
 cd "$(dirname "$0")"
-python -m pytest -q -p no:cacheprovider tests regression "$@"
+pytest -q -p no:cacheprovider tests regression "$@"
