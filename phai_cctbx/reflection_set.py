@@ -126,3 +126,58 @@ def sign_correlation(amplitudes, signs_a, signs_b, max_index: int = MAX_INDEX) -
   flips = origin_sign_flips(max_index)
   prod = np.asarray(signs_a, dtype=float) * np.asarray(signs_b, dtype=float)
   return float(((flips * prod) * w).sum(axis=1).max() / denom)
+
+
+# The rotation parts of P 1 21/c 1 acting on indices, with the translation
+# whose phase shift they carry: F(hR) = F(h) exp(-2 pi i h.t).
+_P21C_INDEX_OPS = (
+  (np.diag([1, 1, 1]), np.array([0.0, 0.0, 0.0])),
+  (np.diag([-1, 1, -1]), np.array([0.0, 0.5, 0.5])),
+  (np.diag([-1, -1, -1]), np.array([0.0, 0.0, 0.0])),
+  (np.diag([1, -1, 1]), np.array([0.0, 0.5, 0.5])),
+)
+
+
+@functools.lru_cache(maxsize=None)
+def _p1_expansion(max_index: int):
+  hkl = indices(max_index)
+  seen = {}
+  for i, h in enumerate(hkl):
+    for r, t in _P21C_INDEX_OPS:
+      for friedel in (1, -1):
+        hr = tuple(int(x) for x in friedel * (h @ r))
+        if hr in seen:
+          continue
+        shift = int(round(2.0 * float(h @ t))) % 2
+        seen[hr] = (i, -1.0 if shift else 1.0)
+  keys = np.array(list(seen.keys()), dtype=np.int64)
+  src = np.array([v[0] for v in seen.values()], dtype=np.int64)
+  fac = np.array([v[1] for v in seen.values()])
+  for a in (keys, src, fac):
+    a.setflags(write=False)
+  return keys, src, fac
+
+
+def p1_expansion(max_index: int = MAX_INDEX):
+  """The reflection list expanded by the symmetry of P 1 21/c 1 and Friedel's law.
+
+  Returns (hkl (M, 3), source (M,), factor (M,)): the sign of reflection
+  hkl[j] is factor[j] times the sign of list reflection source[j].
+  """
+  return _p1_expansion(max_index)
+
+
+def density_map(amplitudes, signs, grid=(24, 24, 24), max_index: int = MAX_INDEX) -> np.ndarray:
+  """Electron density (up to scale) over the unit cell in fractional coordinates.
+
+  amplitudes and signs are (..., n) on the list; the map is (..., *grid).
+  """
+  hkl, src, fac = p1_expansion(max_index)
+  amplitudes = np.asarray(amplitudes, dtype=float)
+  signs = np.asarray(signs, dtype=float)
+  coeffs = amplitudes[..., src] * signs[..., src] * fac
+  lead = coeffs.shape[:-1]
+  spectrum = np.zeros(lead + tuple(grid), dtype=complex)
+  idx = tuple(hkl[:, i] % grid[i] for i in range(3))
+  spectrum[(Ellipsis,) + idx] = coeffs
+  return np.fft.fftn(spectrum, axes=(-3, -2, -1)).real
