@@ -49,7 +49,7 @@ def scale_amplitudes(amplitudes: torch.Tensor, measured: torch.Tensor, mode: str
 
 def fill_duplicates(values: torch.Tensor, max_index: int = reflection_set.MAX_INDEX) -> torch.Tensor:
   """Copy each (h, k, 0) value to its Laue-equivalent duplicate (-h, k, 0)."""
-  mate = torch.as_tensor(reflection_set.unique_mate(max_index), device=values.device)
+  mate = torch.as_tensor(np.array(reflection_set.unique_mate(max_index)), device=values.device)
   return values[..., mate]
 
 

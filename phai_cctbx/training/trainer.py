@@ -1,0 +1,342 @@
+"""Training the PhAI network on artificial P2_1/c structures.
+
+One loop for CPU, one GPU, or several GPUs under ``torchrun`` (PyTorch DDP;
+the gloo backend on CPU).  Needs numpy and torch only (no cctbx), so it runs
+on any training machine: ``python -m phai_cctbx.training.trainer key=value
+...`` takes the fields of :class:`TrainConfig`; ``phai.train`` is the same
+with PHIL parameters.
+
+Every ``checkpoint_minutes``, at the end, and when the process is told to
+stop (SIGINT/SIGTERM), the full state goes to ``<output_dir>/checkpoint.pt``
+(one file, replaced atomically); ``resume=<that file>`` continues exactly
+there.  Validation r on a fixed synthetic set is printed as training goes and
+kept in the checkpoint as the learning curve.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import signal
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from phai_cctbx import network_io
+from phai_cctbx.model import PhAIConfig, PhAINet
+from phai_cctbx.training.data import StructurePool, StructureStream
+from phai_cctbx.training.examples import ExampleMaker, ExampleOptions
+from phai_cctbx.training.loss import OriginInvariantLoss, sign_correlation
+
+
+# The default network for the shipped weights: small enough to phase in about
+# a second on two CPU cores, and to train on one GPU in tens of minutes.
+DEFAULT_MODEL = dict(filters=32, cnn_depth=4, dim=768, dim_exp=1536, dim_token_exp=128,
+                     mlp_depth=6)
+
+
+@dataclasses.dataclass
+class TrainConfig:
+  library: str = "cache/conformers.npz"
+  output_dir: str = "runs/default"
+  resume: str = ""
+  # network
+  filters: int = DEFAULT_MODEL["filters"]
+  cnn_depth: int = DEFAULT_MODEL["cnn_depth"]
+  dim: int = DEFAULT_MODEL["dim"]
+  dim_exp: int = DEFAULT_MODEL["dim_exp"]
+  dim_token_exp: int = DEFAULT_MODEL["dim_token_exp"]
+  mlp_depth: int = DEFAULT_MODEL["mlp_depth"]
+  amplitude_scaling: str = "rms"
+  # optimiser
+  optimizer: str = "adamw"          # adamw | rmsprop
+  learning_rate: float = 5e-4
+  weight_decay: float = 1e-4
+  warmup_steps: int = 500
+  max_steps: int = 100000
+  min_lr_fraction: float = 0.05
+  grad_clip: float = 1.0
+  batch_size: int = 256
+  max_cycles: int = 3               # recycling cycles per batch drawn from 1..max_cycles
+  random_start_fraction: float = 0.5
+  mixed_precision: bool = True      # bf16 autocast on GPU
+  # data
+  workers: int = 0                  # generator processes (0: all cores but one)
+  chunk: int = 32
+  pool_size: int = 20000
+  min_pool: int = 2048
+  max_atoms: int = 400
+  d_min_max: float = 2.2
+  missing_max: float = 0.15
+  # bookkeeping
+  seed: int = 0
+  device: str = "auto"
+  max_minutes: float = 0.0          # stop (with a checkpoint) after this long; 0 = no limit
+  checkpoint_minutes: float = 5.0
+  log_every: int = 50
+  validate_every: int = 1000
+  validation_size: int = 256
+  validation_d_min: tuple = (1.0, 1.6, 2.0)
+
+  def model_config(self) -> PhAIConfig:
+    return PhAIConfig(filters=self.filters, cnn_depth=self.cnn_depth, dim=self.dim,
+                      dim_exp=self.dim_exp, dim_token_exp=self.dim_token_exp,
+                      mlp_depth=self.mlp_depth)
+
+  @classmethod
+  def from_args(cls, args) -> "TrainConfig":
+    """From ``key=value`` strings."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    values = {}
+    for arg in args:
+      if "=" not in arg:
+        raise SystemExit("arguments are key=value; unknown: %s" % arg)
+      key, value = arg.split("=", 1)
+      if key not in fields:
+        raise SystemExit("unknown parameter %s (known: %s)" % (key, ", ".join(fields)))
+      default = fields[key].default
+      if isinstance(default, bool):
+        values[key] = value.lower() in ("1", "true", "yes")
+      elif isinstance(default, tuple):
+        values[key] = tuple(float(v) for v in value.replace(",", " ").split())
+      else:
+        values[key] = type(default)(value)
+    return cls(**values)
+
+
+class _StopFlag:
+  def __init__(self):
+    self.stop = False
+    for sig in (signal.SIGINT, signal.SIGTERM):
+      signal.signal(sig, self._handle)
+
+  def _handle(self, signum, frame):
+    self.stop = True
+
+
+def _setup_distributed(device_name):
+  world = int(os.environ.get("WORLD_SIZE", "1"))
+  rank = int(os.environ.get("RANK", "0"))
+  local = int(os.environ.get("LOCAL_RANK", "0"))
+  if device_name == "auto":
+    device_name = "cuda" if torch.cuda.is_available() else "cpu"
+  if device_name == "cuda":
+    torch.cuda.set_device(local)
+    device = torch.device("cuda", local)
+  else:
+    device = torch.device(device_name)
+  if world > 1:
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+  return rank, world, device
+
+
+def _lr_at(step, cfg):
+  if step < cfg.warmup_steps:
+    return cfg.learning_rate * (step + 1) / cfg.warmup_steps
+  t = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
+  return cfg.learning_rate * (cfg.min_lr_fraction + (1 - cfg.min_lr_fraction) * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def run_network(model, amplitudes, measured, scaling, cycles, start_signs, grad_last=True,
+                autocast=None):
+  """Recycle ``cycles`` times from ``start_signs``; gradients only through the last cycle."""
+  amp_grid = network_io.amplitude_grid(amplitudes, measured, scaling)
+  signs = start_signs
+  ctx = autocast or torch.autocast("cpu", enabled=False)
+  for cycle in range(cycles):
+    last = cycle == cycles - 1
+    with torch.set_grad_enabled(grad_last and last and torch.is_grad_enabled()), ctx:
+      logits = model(amp_grid, network_io.phase_grid(signs))
+    if not last:
+      signs = network_io.signs_and_probabilities(logits.detach())[0]
+  return logits
+
+
+class Validator:
+  """A fixed synthetic set: r and the fraction solved (r > 0.95) per resolution."""
+
+  def __init__(self, library, cfg, device, maker):
+    from phai_cctbx.training.structures import StructureGenerator
+    gen = StructureGenerator(library, rng=np.random.default_rng(123456789), max_atoms=cfg.max_atoms)
+    batch = gen.sample_batch(cfg.validation_size)
+    self.structures = [torch.as_tensor(batch[k]) for k in ("frac", "numbers", "cell")]
+    self.d_mins = list(cfg.validation_d_min)
+    self.examples = []
+    for i, d in enumerate(self.d_mins):
+      g = torch.Generator(device=device).manual_seed(1000 + i)
+      self.examples.append(maker(*self.structures, generator=g,
+                                 d_min=torch.tensor(d), missing=torch.tensor(0.05), noise=False))
+
+  @torch.no_grad()
+  def __call__(self, model, scaling, autocast, batch=128):
+    model.eval()
+    out = {}
+    for d, ex in zip(self.d_mins, self.examples):
+      rs = []
+      for s in range(0, ex.amplitudes.shape[0], batch):
+        sl = slice(s, s + batch)
+        start = torch.ones_like(ex.signs[sl])
+        logits = run_network(model, ex.amplitudes[sl], ex.measured[sl], scaling, 4, start,
+                             grad_last=False, autocast=autocast)
+        pred = network_io.signs_and_probabilities(logits)[0]
+        rs.append(sign_correlation(ex.true_amplitudes[sl], ex.signs[sl], pred, ex.measured[sl]))
+      r = torch.cat(rs).float().cpu().numpy()
+      out["%.2f" % d] = {"mean_r": float(r.mean()), "solved": float((r > 0.95).mean())}
+    model.train()
+    return out
+
+
+def _save_checkpoint(path, model, optimizer, cfg, state):
+  blob = {"format": "phai_cctbx-checkpoint-1",
+          "train_config": dataclasses.asdict(cfg),
+          "model_config": model.config.as_dict(),
+          "model": model.state_dict(),
+          "optimizer": optimizer.state_dict(),
+          **state}
+  tmp = path + ".tmp"
+  torch.save(blob, tmp)
+  os.replace(tmp, path)
+
+
+def train(cfg: TrainConfig, log=sys.stdout):
+  rank, world, device = _setup_distributed(cfg.device)
+  is_main = rank == 0
+  torch.manual_seed(cfg.seed + rank)
+  os.makedirs(cfg.output_dir, exist_ok=True)
+  ckpt_path = os.path.join(cfg.output_dir, "checkpoint.pt")
+
+  def say(msg):
+    if is_main:
+      print(msg, file=log, flush=True)
+
+  model = PhAINet(cfg.model_config()).to(device)
+  if cfg.optimizer == "rmsprop":
+    optimizer = torch.optim.RMSprop(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+  else:
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate,
+                                  weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
+  state = {"step": 0, "examples": 0, "seconds": 0.0, "curve": [], "runs": []}
+  if cfg.resume:
+    blob = torch.load(cfg.resume, map_location=device, weights_only=False)
+    if blob.get("model_config") != model.config.as_dict():
+      raise SystemExit("resume: the checkpoint's network sizes %s differ from the requested %s"
+                       % (blob.get("model_config"), model.config.as_dict()))
+    model.load_state_dict(blob["model"])
+    optimizer.load_state_dict(blob["optimizer"])
+    state = {k: blob[k] for k in ("step", "examples", "seconds", "curve", "runs")}
+    say("resumed from %s at step %d (%d examples seen)" % (cfg.resume, state["step"], state["examples"]))
+  train_model = model
+  if world > 1:
+    train_model = torch.nn.parallel.DistributedDataParallel(
+      model, device_ids=[device.index] if device.type == "cuda" else None)
+
+  from phai_cctbx.training.molecules import ConformerLibrary
+  library = ConformerLibrary.load(cfg.library)
+  maker = ExampleMaker(device, ExampleOptions(d_min_max=cfg.d_min_max, missing_max=cfg.missing_max))
+  loss_fn = OriginInvariantLoss().to(device)
+  autocast = torch.autocast(device.type, dtype=torch.bfloat16,
+                            enabled=cfg.mixed_precision and device.type == "cuda")
+  validator = Validator(library, cfg, device, maker) if is_main and cfg.validation_size > 0 else None
+
+  workers = cfg.workers or max(1, ((os.cpu_count() or 2) - 1) // world)
+  stream = StructureStream(cfg.library, seed=cfg.seed * 100 + rank + 7 * state["step"],
+                           workers=workers, chunk=cfg.chunk, max_atoms=cfg.max_atoms)
+  pool = StructurePool(cfg.pool_size, cfg.max_atoms, device)
+  gen = torch.Generator(device="cpu").manual_seed(cfg.seed * 7919 + rank + state["step"])
+  dgen = torch.Generator(device=device).manual_seed(cfg.seed * 104729 + rank + state["step"])
+  stop = _StopFlag()
+  per_step = cfg.batch_size * world
+  say("training %s (%d parameters) on %s x%d, %d generator processes per rank"
+      % (json.dumps(model.config.as_dict()), model.parameter_count(), device.type, world, workers))
+  try:
+    while pool.filled < min(cfg.min_pool, cfg.pool_size):
+      pool.add(stream.get())
+    t_start = time.time()
+    t_ckpt = t_log = time.time()
+    seconds0, examples_log = state["seconds"], state["examples"]
+    losses = []
+    model.train()
+    while state["step"] < cfg.max_steps:
+      while True:  # take whatever the generators have ready
+        chunk = stream.get(block=False)
+        if chunk is None:
+          break
+        pool.add(chunk)
+      for group in optimizer.param_groups:
+        group["lr"] = _lr_at(state["step"], cfg)
+      frac, numbers, cell = pool.sample(cfg.batch_size, gen)
+      ex = maker(frac, numbers, cell, generator=dgen)
+      cycles = int(torch.randint(1, cfg.max_cycles + 1, (1,), generator=gen))
+      start = torch.where(torch.rand(ex.signs.shape, generator=dgen, device=device) < 0.5, -1.0, 1.0)
+      zero_start = torch.rand(ex.signs.shape[0], generator=dgen, device=device) >= cfg.random_start_fraction
+      start[zero_start] = 1.0
+      logits = run_network(train_model, ex.amplitudes, ex.measured, cfg.amplitude_scaling, cycles,
+                           start, autocast=autocast)
+      loss = loss_fn(logits, ex.signs, ex.weights)
+      optimizer.zero_grad(set_to_none=True)
+      loss.backward()
+      if cfg.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+      optimizer.step()
+      losses.append(loss.detach())
+      state["step"] += 1
+      state["examples"] += per_step
+      state["seconds"] = seconds0 + time.time() - t_start
+      stop_now = stop.stop or (cfg.max_minutes > 0 and time.time() - t_start > 60 * cfg.max_minutes)
+      if world > 1:
+        flag = torch.tensor([1.0 if stop_now else 0.0], device=device)
+        dist.all_reduce(flag)
+        stop_now = bool(flag.item() > 0)
+      if state["step"] % cfg.log_every == 0 and is_main:
+        dt = time.time() - t_log
+        say("step %7d  examples %9d  %7.0f ex/s  loss %.4f  lr %.2e  pool %d (%d made)"
+            % (state["step"], state["examples"], (state["examples"] - examples_log) / max(dt, 1e-9),
+               torch.stack(losses).mean().item(), optimizer.param_groups[0]["lr"], pool.filled,
+               pool.added * world))
+        losses, t_log, examples_log = [], time.time(), state["examples"]
+      last = state["step"] >= cfg.max_steps or stop_now
+      if validator is not None and (state["step"] % cfg.validate_every == 0 or last):
+        v = validator(model, cfg.amplitude_scaling, autocast)
+        state["curve"].append({"step": state["step"], "examples": state["examples"],
+                               "seconds": round(state["seconds"], 1), "validation": v})
+        say("validation at %d examples: %s" % (state["examples"], "  ".join(
+          "d_min %s: r %.3f solved %.0f%%" % (k, x["mean_r"], 100 * x["solved"]) for k, x in v.items())))
+      if is_main and (last or time.time() - t_ckpt > 60 * cfg.checkpoint_minutes):
+        _save_checkpoint(ckpt_path, model, optimizer, cfg, state)
+        t_ckpt = time.time()
+      if stop_now:
+        say("stopping at step %d: checkpoint in %s" % (state["step"], ckpt_path))
+        break
+  finally:
+    stream.close()
+    if world > 1:
+      dist.destroy_process_group()
+  if is_main:
+    _save_checkpoint(ckpt_path, model, optimizer, cfg, state)
+  return model, state
+
+
+def export_weights(checkpoint_path, weights_path, card_extra=None):
+  """Write the shipped-weights file (half precision) from a training checkpoint."""
+  from phai_cctbx.weights import save_weights
+  blob = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+  net = PhAINet(PhAIConfig.from_dict(blob["model_config"]))
+  net.load_state_dict(blob["model"])
+  card = {"steps": blob["step"], "examples_seen": blob["examples"],
+          "training_seconds": blob["seconds"], "curve": blob["curve"],
+          "train_config": blob["train_config"]}
+  card.update(card_extra or {})
+  return save_weights(weights_path, net, blob["train_config"]["amplitude_scaling"], card)
+
+
+def main(argv=None):
+  cfg = TrainConfig.from_args(sys.argv[1:] if argv is None else argv)
+  train(cfg)
+
+
+if __name__ == "__main__":
+  main()
