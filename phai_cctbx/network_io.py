@@ -15,10 +15,10 @@ import torch
 
 from phai_cctbx import reflection_set
 
-# Amplitudes are divided by the r.m.s. of the measured ones and multiplied by
+# Amplitudes are divided by the mean of the measured ones and multiplied by
 # this, unless the model was trained with the published max-scaling.
-RMS_TARGET = 0.25
-SCALING_MODES = ("max", "rms")
+MEAN_TARGET = 0.2
+SCALING_MODES = ("max", "mean")
 
 
 @functools.lru_cache(maxsize=None)
@@ -32,16 +32,16 @@ def scale_amplitudes(amplitudes: torch.Tensor, measured: torch.Tensor, mode: str
   """Scale (batch, n) amplitudes; unmeasured ones become 0.
 
   "max": the largest measured amplitude becomes 1 (the published recipe; it
-  fails when the strongest reflection is missing).  "rms": the r.m.s. of the
-  measured amplitudes becomes RMS_TARGET, which one missing reflection barely
+  fails when the strongest reflection is missing).  "mean": the mean of the
+  measured amplitudes becomes MEAN_TARGET, which one missing reflection barely
   changes.
   """
   a = torch.where(measured, amplitudes, torch.zeros_like(amplitudes))
   if mode == "max":
     ref = a.amax(dim=1, keepdim=True)
-  elif mode == "rms":
+  elif mode == "mean":
     n = measured.sum(dim=1, keepdim=True).clamp(min=1)
-    ref = torch.sqrt((a * a).sum(dim=1, keepdim=True) / n) / RMS_TARGET
+    ref = a.sum(dim=1, keepdim=True) / n / MEAN_TARGET
   else:
     raise ValueError("unknown amplitude scaling %r (use one of %s)" % (mode, SCALING_MODES))
   return a / ref.clamp(min=1e-12)

@@ -89,7 +89,7 @@ def read_weights(path: str):
                 "weights file." % (path, str(e).splitlines()[0][:120] if str(e) else type(e).__name__))
   if isinstance(blob, dict) and blob.get("format") == FORMAT:
     config = PhAIConfig.from_dict(blob["config"])
-    return config, blob["state_dict"], blob.get("amplitude_scaling", "rms"), blob.get("card", {})
+    return config, blob["state_dict"], blob.get("amplitude_scaling", "mean"), blob.get("card", {})
   if isinstance(blob, dict) and all(isinstance(v, torch.Tensor) for v in blob.values()):
     try:
       config = config_from_state_dict(blob)

@@ -14,7 +14,7 @@ def test_reflection_list_layout():
   assert tuple(hkl[0]) == (-10, 0, 0) and tuple(hkl[-1]) == (10, 0, 0)
 
 
-def test_rms_scaling_ignores_a_missing_strongest_reflection():
+def test_mean_scaling_ignores_a_missing_strongest_reflection():
   rng = np.random.default_rng(0)
   a = torch.as_tensor(rng.exponential(size=(1, 1205)), dtype=torch.float32)
   top = a.argmax()
@@ -22,8 +22,8 @@ def test_rms_scaling_ignores_a_missing_strongest_reflection():
   m = torch.ones_like(a, dtype=torch.bool)
   m2 = m.clone()
   m2[0, top] = False
-  s1 = network_io.scale_amplitudes(a, m, "rms")
-  s2 = network_io.scale_amplitudes(a, m2, "rms")
+  s1 = network_io.scale_amplitudes(a, m, "mean")
+  s2 = network_io.scale_amplitudes(a, m2, "mean")
   others = torch.arange(1205) != top
   assert torch.allclose(s1[0, others], s2[0, others], rtol=0.05)
   # The published max-scaling changes every amplitude when the strongest goes.

@@ -29,10 +29,10 @@ def test_loads_reference_state_dict(tmp_path):
 def test_round_trip_package_format(tmp_path):
   net = PhAINet(SMALL)
   path = str(tmp_path / "w.pt")
-  digest = weights.save_weights(path, net, "rms", {"examples_seen": 5})
+  digest = weights.save_weights(path, net, "mean", {"examples_seen": 5})
   assert open(path + ".sha256").read().split()[0] == digest == weights.sha256_of(path)
   m = weights.load_model(path)
-  assert m.amplitude_scaling == "rms" and m.card["examples_seen"] == 5
+  assert m.amplitude_scaling == "mean" and m.card["examples_seen"] == 5
   x = torch.rand(1, 21, 11, 11)
   with torch.no_grad():
     a = net(x, torch.zeros_like(x))
@@ -70,7 +70,7 @@ def test_not_a_network(tmp_path):
 
 def test_default_checksum_is_checked(tmp_path, monkeypatch):
   path = str(tmp_path / weights.DEFAULT_NAME)
-  weights.save_weights(path, PhAINet(SMALL), "rms", {})
+  weights.save_weights(path, PhAINet(SMALL), "mean", {})
   monkeypatch.setattr(weights, "default_weights_path", lambda: path)
   assert weights.load_model().config == SMALL
   with open(path, "ab") as f:

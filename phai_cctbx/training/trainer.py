@@ -51,7 +51,7 @@ class TrainConfig:
   dim_exp: int = DEFAULT_MODEL["dim_exp"]
   dim_token_exp: int = DEFAULT_MODEL["dim_token_exp"]
   mlp_depth: int = DEFAULT_MODEL["mlp_depth"]
-  amplitude_scaling: str = "rms"
+  amplitude_scaling: str = "mean"
   # optimiser
   optimizer: str = "adamw"          # adamw | rmsprop
   learning_rate: float = 5e-4
