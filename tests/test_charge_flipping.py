@@ -73,7 +73,12 @@ def test_unsolvable_run_ends_without_crash():
   xs = _structure(EPOXIDE)
   f_calc = xs.structure_factors(d_min=2.0, algorithm="direct").f_calc()
   result = charge_flipping.run(f_calc.as_amplitude_array(), max_solving_iterations=30,
-                               max_attempts=3, random_seed=1)
+                               max_attempts=3, random_seed=1, last_map=False)
   assert result.error is None
   assert not result.found_solution
   assert result.f_calc is None and result.n_solutions == 0
+  # By default the last map is still placed on the data's symmetry, for an r.
+  result = charge_flipping.run(f_calc.as_amplitude_array(), max_solving_iterations=30,
+                               max_attempts=3, random_seed=1)
+  assert not result.found_solution and result.f_calc is not None
+  assert result.f_calc.space_group_info().type().number() == 14
