@@ -1,0 +1,154 @@
+"""Tests of phai_cctbx.solve with a stand-in for the network that knows the answer."""
+import io
+
+import numpy as np
+import pytest
+
+from cctbx import crystal, miller, sgtbx
+from cctbx.array_family import flex
+from cctbx.development import random_structure
+from libtbx.utils import Sorry
+
+from phai_cctbx import phasing, reflection_set, solve as solve_module, symmetry
+
+
+def _structure(symbol, cell):
+  return random_structure.xray_structure(
+    space_group_info=sgtbx.space_group_info(symbol), unit_cell=cell,
+    elements=["C"] * 4 + ["O"] * 2, use_u_iso=True, u_iso=0.02,
+    random_u_iso=False, random_f_prime_d_min=0, min_distance=1.0)
+
+
+def _true_signs(xs):
+  std = symmetry.prepare(xs.crystal_symmetry())
+  p1 = xs.expand_to_p1().change_basis(std.cb_op)
+  idx = flex.miller_index([tuple(int(x) for x in h) for h in reflection_set.indices()])
+  ms = miller.set(crystal.symmetry(p1.unit_cell(), "P 1"), idx, anomalous_flag=False)
+  f = ms.structure_factors_from_scatterers(p1, algorithm="direct").f_calc()
+  return np.where(f.data().as_numpy_array().real >= 0, 1.0, -1.0)
+
+
+class KnowsTheAnswer(object):
+  """Stands in for phasing.phase_reflection_set: trial 2 gets the true signs."""
+
+  def __init__(self, signs):
+    self.signs = signs
+    self.calls = []
+
+  def __call__(self, amplitudes, measured, model, trials=8, cycles=16, random_seed=0, **kw):
+    self.calls.append((np.array(amplitudes), np.array(measured), trials, cycles, random_seed))
+    n = len(self.signs)
+    rng = np.random.RandomState(random_seed)
+    signs = np.where(rng.uniform(size=(trials, n)) < 0.5, -1.0, 1.0)
+    best = min(1, trials - 1)
+    signs[best] = self.signs
+    probs = np.full((trials, n), 0.9)
+    fom = np.full(trials, 0.2)
+    fom[best] = 0.95
+    return phasing.PhasingResult(
+      signs=signs, probabilities=probs, fom=fom,
+      fom_terms={"stability": fom.copy(), "confidence": fom.copy()},
+      cycles_run=np.full(trials, cycles), converged=fom > 0.5,
+      history=np.repeat(signs[:, None, :], cycles, axis=1), best=best,
+      verdict="solved", seconds=0.0)
+
+
+def _data(symbol, cell, d_min=1.0, intensities=True):
+  xs = _structure(symbol, cell)
+  fc = xs.structure_factors(d_min=d_min, algorithm="direct").f_calc()
+  f = fc.amplitudes()
+  if intensities:
+    obs = f.f_as_f_sq()
+    obs = obs.customized_copy(sigmas=flex.sqrt(obs.data()) * 0.05 + 0.001 * flex.max(obs.data()))
+    obs.set_observation_type_xray_intensity()
+  else:
+    obs = f.customized_copy(sigmas=f.data() * 0.01 + 0.01)
+    obs.set_observation_type_xray_amplitude()
+  return xs, fc, obs
+
+
+def _phase_errors(fc, phases):
+  fm, pm = fc.common_sets(phases)
+  d = fm.phases(deg=True).data() - pm.data()
+  return np.abs((d.as_numpy_array() + 180) % 360 - 180), np.abs(fm.data().as_numpy_array())
+
+
+@pytest.mark.parametrize("symbol,cell", [
+  ("P 1 21/n 1", (6.4, 7.2, 8.1, 90, 98, 90)),
+  ("P b c a", (7.1, 8.2, 9.3, 90, 90, 90)),
+  ("C 1 2/c 1", (9.5, 6.2, 8.1, 90, 111, 90)),
+])
+def test_solve_end_to_end_with_known_signs(monkeypatch, symbol, cell):
+  xs, fc, obs = _data(symbol, cell)
+  standin = KnowsTheAnswer(_true_signs(xs))
+  monkeypatch.setattr(phasing, "phase_reflection_set", standin)
+  log = io.StringIO()
+  res = solve_module.solve(obs, model=object(), trials=3, cycles=4, random_seed=5, log=log)
+  amps, measured, trials, cycles, seed = standin.calls[0]
+  assert (trials, cycles, seed) == (3, 4, 5)
+  assert measured.sum() > 100
+  assert res.verdict == "solved" and res.best_trial == 1
+  err, amp = _phase_errors(fc, res.phases)
+  strong = amp > 1e-3 * amp.max()
+  assert err[strong].max() < 1e-3
+  assert res.phases.size() == res.fom.size() == res.phased.size()
+  assert res.phases.crystal_symmetry().is_similar_symmetry(obs.crystal_symmetry())
+  assert abs(flex.mean(res.fom.data()) - 0.8) < 1e-6
+  # map coefficients carry FOM * F with the phases
+  f, p = res.f_obs.common_sets(res.phased)
+  assert np.allclose(flex.abs(p.data()).as_numpy_array(), 0.8 * f.data().as_numpy_array())
+  # reflections of the list that were not measured: phase extension
+  assert res.extended.size() > 0
+  assert res.extended.lone_set(res.f_obs).size() == res.extended.size()
+  fext = res.extended.structure_factors_from_scatterers(xs, algorithm="direct").f_calc()
+  err, amp = _phase_errors(fext, res.extended)
+  strong = amp > 1e-3 * amp.max()
+  assert err[strong].max() < 1e-3
+  summary = res.summary()
+  assert summary["verdict"] == "solved" and len(summary["trials"]) == 3
+  assert summary["symmetry_check"]["n_disagreeing"] == 0
+  import json
+  json.dumps(summary)
+  text = log.getvalue()
+  assert "trial" in text and "Verdict: solved" in text and "effective resolution" in text
+
+
+def test_amplitudes_accepted(monkeypatch):
+  xs, fc, obs = _data("P 1 21/c 1", (6.1, 7.2, 8.3, 90, 104, 90), intensities=False)
+  monkeypatch.setattr(phasing, "phase_reflection_set", KnowsTheAnswer(_true_signs(xs)))
+  res = solve_module.solve(obs, model=object(), trials=2, cycles=2)
+  assert res.amplitudes.treatment.startswith("amplitudes")
+
+
+def test_too_few_reflections(monkeypatch):
+  xs, fc, obs = _data("P 1 21/c 1", (6.1, 7.2, 8.3, 90, 104, 90), d_min=3.0)
+  monkeypatch.setattr(phasing, "phase_reflection_set", KnowsTheAnswer(_true_signs(xs)))
+  with pytest.raises(Sorry) as e:
+    solve_module.solve(obs, model=object())
+  assert "fewer than" in str(e.value)
+
+
+def test_unsupported_group_before_work():
+  cs = crystal.symmetry(unit_cell=(5, 6, 7, 80, 85, 95), space_group_symbol="P -1")
+  ms = miller.build_set(cs, anomalous_flag=False, d_min=1)
+  obs = ms.array(data=flex.double(ms.size(), 1.0)).set_observation_type_xray_amplitude()
+  with pytest.raises(Sorry) as e:
+    solve_module.solve(obs, model=object())
+  assert "not supported" in str(e.value)
+
+
+def test_with_a_real_small_network(tmp_path):
+  """The real phasing code and weights loading on a small untrained network."""
+  import torch
+  from phai_cctbx.model import PhAIConfig, PhAINet
+  from phai_cctbx.weights import save_weights
+  torch.manual_seed(0)
+  net = PhAINet(PhAIConfig(filters=4, cnn_depth=1, dim=16, dim_exp=16,
+                           dim_token_exp=8, mlp_depth=1))
+  path = str(tmp_path / "small.pt")
+  save_weights(path, net, "max", {"note": "untrained, for tests"})
+  xs, fc, obs = _data("P 1 21/c 1", (6.1, 7.2, 8.3, 90, 104, 90))
+  res = solve_module.solve(obs, weights=path, trials=2, cycles=3)
+  assert res.phasing.signs.shape == (2, 1205)
+  assert res.phases.size() > 0 and res.verdict in ("solved", "uncertain")
+  assert res.summary()["weights"] == path
