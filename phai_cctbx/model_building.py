@@ -48,8 +48,8 @@ HEAVY_ELEMENTS = (
 HEAVY_PRIORS = {"S": 0.3, "Cl": 0.25, "P": 0.1, "Br": 0.1, "I": 0.05,
                 "Fe": 0.05, "Cu": 0.05}
 
-# A peak is called heavier than oxygen only when its height ratio to the
-# carbon level exceeds that of oxygen by this factor.
+# Without a formula, a peak is called heavier than oxygen only when its
+# height ratio to the carbon level exceeds that of oxygen by this factor.
 HEAVY_MARGIN = 1.4
 
 # Peaks lower than this fraction of the lightest candidate element's
@@ -608,9 +608,10 @@ def build_starting_model(f_obs, phases_deg, elements=None, log=None,
   assigned = []
   for site, h in accepted:
     r = h / h_c
-    if heavy and r > HEAVY_MARGIN * light_max:
-      e = _closest(r, ratios, heavy,
-                   HEAVY_PRIORS if composition is None else None)
+    if composition is not None:
+      e = _closest(r, ratios, light + heavy)
+    elif r > HEAVY_MARGIN * light_max:
+      e = _closest(r, ratios, heavy, HEAVY_PRIORS)
     else:
       e = _closest(r, ratios, light)
     assigned.append([site, h, r, e])

@@ -1,0 +1,168 @@
+"""SHELX and CIF files of a starting model, for SHELXL, Olex2 and others.
+
+``<prefix>.res`` and ``<prefix>.hkl`` are what SHELXT hands its user: an
+instruction file with the cell, symmetry, scattering factors and atoms, and
+the reflection data as HKLF 4, which ``shelxl <prefix>`` (after copying the
+.res to .ins) or Olex2 open without edits.  The cell, LATT and SYMM lines
+come from cctbx's SHELX writer (``iotbx.shelx.writer``), in the data's own
+space group and setting; the model CIF is cctbx's ``_atom_site`` block.
+"""
+from __future__ import annotations
+
+from cctbx.eltbx import tiny_pse
+from cctbx.array_family import flex
+from libtbx.utils import Sorry
+import iotbx.cif.model
+import iotbx.shelx.writer
+
+# Refinement instructions that SHELXL and Olex2 expect in a fresh .res:
+# ten cycles, an fcf for maps, a difference map with 20 peaks.
+DEFAULT_INSTRUCTIONS = ("L.S. 10", "LIST 4", "FMAP 2", "PLAN 20", "WGHT 0.1")
+
+# The largest intensity written (F8.2 holds up to 99999.99).
+HKL_MAX = 99999.0
+
+
+def _sfac_order(elements):
+  """SHELX convention: C and H first, then by atomic number."""
+  first = [e for e in ("C", "H") if e in elements]
+  rest = sorted((e for e in elements if e not in ("C", "H")),
+                key=lambda e: tiny_pse.table(e).atomic_number())
+  return first + rest
+
+
+def _hydrogen_count(model, content):
+  """Hydrogen atoms per cell for UNIT (hydrogens are not placed).
+
+  From the formula when it has counts, scaled by the non-hydrogen atoms
+  found; otherwise about one per carbon.  None when the elements given
+  exclude hydrogen.
+  """
+  comp = model.composition
+  n_found = sum(content.values())
+  if comp is not None:
+    if "H" not in comp.symbols:
+      return None
+    if comp.counts is not None:
+      n_formula = sum(comp.counts[e] for e in comp.non_hydrogen())
+      if n_formula > 0:
+        return int(round(comp.counts["H"] * n_found / n_formula))
+  return int(round(content.get("C", 0)))
+
+
+def res_lines(model, title=None, wavelength=None,
+              instructions=DEFAULT_INSTRUCTIONS, remarks=()):
+  """Lines of a SHELX .res file for the model (see :func:`write_res`)."""
+  xs = model.xray_structure
+  if title is None:
+    title = "phai"
+  title = " ".join(str(title).split())
+  header = []
+  if xs.space_group().is_centric() and \
+      not xs.space_group().is_origin_centric():
+    raise Sorry("SHELX needs the origin on an inversion centre in a "
+                "centrosymmetric space group; %s does not have it."
+                % xs.space_group_info())
+  try:
+    for line in iotbx.shelx.writer.generator(
+        xs, data_are_intensities=True, title=title, wavelength=wavelength,
+        full_matrix_least_squares_cycles=10, sort_scatterers=False):
+      if line.startswith("SFAC"):
+        break
+      if line.strip():
+        header.append(line.rstrip("\n"))
+  except RuntimeError as e:
+    raise Sorry("Cannot write a SHELX file for %s: %s"
+                % (xs.space_group_info(), e))
+  lines = header[:1]
+  lines.append("REM Starting model from phai.solve (PhAI phases, %s-map "
+               "peaks); hydrogen atoms not placed" % model.map_type)
+  for r in remarks:
+    lines.append("REM %s" % r)
+  lines.extend(header[1:])
+
+  content = dict((e, n) for e, n in xs.unit_cell_content().items() if n > 0)
+  n_h = _hydrogen_count(model, content)
+  elements = list(content)
+  if n_h is not None and n_h > 0:
+    content["H"] = n_h
+    elements.append("H")
+  if not elements:
+    elements, content = ["C"], {"C": 0}
+  sfac = _sfac_order(elements)
+  lines.append("SFAC %s" % " ".join(sfac))
+  lines.append("UNIT %s" % " ".join(
+    "%d" % max(1, int(round(content[e]))) for e in sfac))
+  lines.extend(instructions)
+  lines.append("FVAR 1.00000")
+  index = dict((e, i + 1) for i, e in enumerate(sfac))
+  order_z = xs.space_group().order_z()
+  names = set()
+  for sc in xs.scatterers():
+    name = sc.label.strip()
+    if not name or len(name) > 4 or name.upper() in names:
+      raise Sorry("Atom name %r is not a valid, unique SHELX name." % name)
+    names.add(name.upper())
+    sof = 10.0 + sc.occupancy * sc.multiplicity() / order_z
+    lines.append("%-4s %2d %10.6f %10.6f %10.6f %10.5f %9.5f" % (
+      (name, index[sc.scattering_type]) + tuple(sc.site)
+      + (sof, sc.u_iso)))
+  lines.append("HKLF 4")
+  lines.append("END")
+  return lines
+
+
+def write_res(model, file_name, title=None, wavelength=None,
+              instructions=DEFAULT_INSTRUCTIONS, remarks=()):
+  """Write the model as a SHELX .res in the original space group and setting.
+
+  TITL, CELL (``wavelength`` in A, Mo K-alpha when not given), ZERR, LATT,
+  SYMM, SFAC, UNIT (hydrogens counted but not placed), refinement
+  instructions, FVAR, the atoms with isotropic U, HKLF 4 and END.
+  """
+  lines = res_lines(model, title=title, wavelength=wavelength,
+                    instructions=instructions, remarks=remarks)
+  with open(file_name, "w") as f:
+    f.write("\n".join(lines) + "\n")
+  return file_name
+
+
+def write_hkl(miller_array, file_name):
+  """Write reflection data as SHELX HKLF 4 (intensities and sigmas).
+
+  Amplitudes are squared, their sigmas propagated (sigma(I) = 2 F sigma(F))
+  by cctbx.  Intensities are rescaled so that the largest is 99999 when they
+  would overflow the F8.2 format or lose precision in it (largest below
+  1000); SHELXL's scale factor absorbs this.  Returns the scale applied.
+  """
+  ma = miller_array
+  if ma.is_complex_array():
+    raise Sorry("write_hkl needs amplitudes or intensities, not complex "
+                "structure factors.")
+  if not ma.is_xray_intensity_array():
+    if ma.observation_type() is None:
+      ma = ma.customized_copy()
+      ma.set_observation_type_xray_amplitude()
+    ma = ma.f_as_f_sq()
+  if ma.size() == 0:
+    raise Sorry("No reflections to write to %s." % file_name)
+  top = flex.max(flex.abs(ma.data()))
+  scale = 1.0
+  if top > HKL_MAX or 0 < top < 1000:
+    scale = HKL_MAX / top
+    sigmas = ma.sigmas() * scale if ma.sigmas() is not None else None
+    ma = ma.customized_copy(data=ma.data() * scale, sigmas=sigmas)
+  with open(file_name, "w") as f:
+    ma.export_as_shelx_hklf(file_object=f, normalise_if_format_overflow=True)
+  return scale
+
+
+def write_model_cif(model, file_name, data_name="phai_model"):
+  """Write the model as CIF (cell, symmetry and ``_atom_site`` loop)."""
+  block = model.xray_structure.as_cif_block()
+  block["_computing_structure_solution"] = "'phai.solve (PhAI phases)'"
+  cif = iotbx.cif.model.cif()
+  cif[data_name] = block
+  with open(file_name, "w") as f:
+    f.write(str(cif))
+  return file_name
