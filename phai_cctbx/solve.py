@@ -222,7 +222,7 @@ def solve(miller_array, model=None, weights=None, trials=8, cycles=16,
   f_phased, phases = f_obs.common_sets(back.phases)
   fom = back.fom.common_set(f_phased)
   phased = f_phased.phase_transfer(phases, deg=True)
-  phased = phased.customized_copy(data=phased.data() * fom.data())
+  phased = phased.customized_copy(data=phased.data() * fom.data(), sigmas=None)
   timings["output_phases"] = time.time() - t3
   timings["total"] = time.time() - t0
   if std.is_supergroup:
