@@ -19,6 +19,9 @@ import iotbx.shelx.writer
 # ten cycles, an fcf for maps, a difference map with 20 peaks.
 DEFAULT_INSTRUCTIONS = ("L.S. 10", "LIST 4", "FMAP 2", "PLAN 20", "WGHT 0.1")
 
+# SHELX's Mo K-alpha wavelength, for CELL when none is known.
+MO_K_ALPHA = 0.71073
+
 # The largest intensity written (F8.2 holds up to 99999.99).
 HKL_MAX = 99999.0
 
@@ -54,8 +57,12 @@ def res_lines(model, title=None, wavelength=None,
               instructions=DEFAULT_INSTRUCTIONS, remarks=()):
   """Lines of a SHELX .res file for the model (see :func:`write_res`)."""
   xs = model.xray_structure
+  if xs.scatterers().size() == 0:
+    raise Sorry("The starting model has no atoms; no .res written.")
   if title is None:
     title = "phai"
+  if wavelength is None:
+    wavelength = MO_K_ALPHA
   title = " ".join(str(title).split())
   header = []
   if xs.space_group().is_centric() and \
