@@ -60,7 +60,7 @@ def test_write_all_and_read_back(result, tmp_path):
 
   from iotbx import mrcfile
   mp = mrcfile.map_reader(file_name=prefix + ".ccp4")
-  assert mp.unit_cell().is_similar(result.f_obs.unit_cell())
+  assert mp.unit_cell().is_similar_to(result.f_obs.unit_cell())
   data = mp.map_data()
   assert abs(flex.mean(data)) < 1e-3 and abs(data.as_1d().standard_deviation_of_the_sample() - 1) < 1e-2
 
