@@ -27,8 +27,11 @@ from cctbx.array_family import flex
 from cctbx.eltbx import tiny_pse, xray_scattering
 from libtbx.utils import Sorry
 
-# E-maps gave sharper, better separated peaks than F-maps on the development
-# structures (see the tests and the report in test_model_building.py).
+# E-map or F-map: measured on 25 development structures with true phases
+# (python tests/test_model_building.py) both place all 280 non-H atoms within
+# 0.3 A at 1.0 A (elements right 242 vs 246); at 2.0 A the E-map places
+# 114/280 and the F-map 111/280.  The E-map is the default because its
+# element calibration does not depend on the unknown displacement parameters.
 DEFAULT_MAP_TYPE = "E"
 
 # Volume per non-hydrogen atom in organic crystals (Kempster & Lipson's
