@@ -136,8 +136,8 @@ class OutputFiles(object):
       return
     existing = [self.name(s) for s in suffixes if os.path.exists(self.name(s))]
     if existing:
-      raise Sorry("%s already exists: give output.overwrite=True or another "
-                  "output.prefix." % ", ".join(existing))
+      raise Sorry("%s already exist%s: give output.overwrite=True or another "
+                  "output.prefix." % (", ".join(existing), "s" if len(existing) == 1 else ""))
 
   def add(self, suffix, writer):
     """Write with writer(temporary_file_name) now; the file appears at commit()."""

@@ -183,9 +183,11 @@ def solve(miller_array, model=None, weights=None, trials=8, cycles=16,
          "%d dropped (beyond the list's indices)" % (
            stats["n_kept"], stats["n_unique_in_frame"], stats["n_dropped"]))
   if stats["d_min_kept"] is not None:
-    _print(log, "  effective resolution %.2f A (data %.2f A); %d of the list's %d "
+    _print(log, "  effective resolution %.2f A (data %.2f A, all data kept to %.2f A, "
+           "the list's highest-resolution reflection %.2f A); %d of the list's %d "
            "unique reflections measured (%.0f %%)" % (
-             stats["d_min_kept"], stats["d_min_data"], stats["n_measured_on_list"],
+             max(stats["d_complete"], stats["d_min_kept"]), stats["d_min_data"],
+             stats["d_complete"], stats["d_min_kept"], stats["n_measured_on_list"],
              stats["n_unique_on_list"],
              100.0 * stats["n_measured_on_list"] / stats["n_unique_on_list"]))
   if stats["n_measured_on_list"] < min_reflections:

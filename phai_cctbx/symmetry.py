@@ -257,20 +257,25 @@ class Standardisation(object):
         space_group_info=P21C).merge_equivalents().array()
     asu = in_frame.customized_copy(space_group_info=P21C).map_to_asu()
     in_set = set(tuple(h) for h in self._set_indices)
-    kept = 0
-    for h in asu.indices():
+    kept = flex.bool(asu.size(), False)
+    for i, h in enumerate(asu.indices()):
       if tuple(h) in in_set or (-h[0], h[1], -h[2]) in in_set \
          or (h[0], -h[1], h[2]) in in_set or (-h[0], -h[1], -h[2]) in in_set:
-        kept += 1
+        kept[i] = True
+    dropped_d = asu.select(~kept).d_spacings().data()
     unique_present = present & self._unique
     d = self.set_d_spacings()
     stats = {
       "n_unique_in_frame": int(asu.size()),
-      "n_kept": int(kept),
-      "n_dropped": int(asu.size() - kept),
+      "n_kept": int(kept.count(True)),
+      "n_dropped": int(kept.count(False)),
       "n_on_list": int(unique_present.sum()),
       "d_min_data": float(ma.d_min()) if ma.size() else None,
       "d_min_kept": float(d[present].min()) if present.any() else None,
+      # The data are complete on the list down to this resolution (the
+      # lowest-resolution reflection the list could not hold).
+      "d_complete": (float(flex.max(dropped_d)) if dropped_d.size()
+                     else (float(ma.d_min()) if ma.size() else None)),
     }
     return stats
 
