@@ -3,6 +3,7 @@ import sys
 
 import phai_cctbx  # noqa: F401  (loads cctbx before torch)
 from iotbx.cli_parser import run_program
+from libtbx.utils import Sorry
 from phai_cctbx.programs.solve import Program, file_arguments_as_phil
 
 
@@ -14,7 +15,15 @@ def run(args=None):
   """
   if args is None:
     args = sys.argv[1:]
-  run_program(program_class=Program, args=file_arguments_as_phil(args))
+  try:
+    run_program(program_class=Program, args=file_arguments_as_phil(args))
+  except RuntimeError as e:
+    # libtbx.phil reports a value it cannot interpret (trials=abc) as a
+    # RuntimeError; it is the user's input, so say it in one line.
+    message = str(e).strip()
+    if message.startswith("Error interpreting") or "command line argument" in message:
+      raise Sorry(message.splitlines()[0] + " - give a valid value.")
+    raise
 
 
 if __name__ == "__main__":
