@@ -64,7 +64,7 @@ class StructureFactorCalculator:
       hkl = reflection_set.indices()
     self.device = torch.device(device)
     self.dtype = dtype
-    self.hkl = torch.as_tensor(np.asarray(hkl), dtype=dtype, device=self.device)
+    self.hkl = torch.as_tensor(np.array(hkl), dtype=dtype, device=self.device)
     table = form_factor_table()
     self.ff_a = torch.as_tensor(table["a"], dtype=dtype, device=self.device)
     self.ff_b = torch.as_tensor(table["b"], dtype=dtype, device=self.device)

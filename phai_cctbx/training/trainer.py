@@ -35,7 +35,7 @@ from phai_cctbx.training.loss import OriginInvariantLoss, sign_correlation
 
 # The default network for the shipped weights: small enough to phase in about
 # a second on two CPU cores, and to train on one GPU in tens of minutes.
-DEFAULT_MODEL = dict(filters=32, cnn_depth=4, dim=768, dim_exp=1536, dim_token_exp=128,
+DEFAULT_MODEL = dict(filters=32, cnn_depth=4, dim=512, dim_exp=1024, dim_token_exp=128,
                      mlp_depth=6)
 
 
@@ -134,9 +134,9 @@ def _setup_distributed(device_name):
   return rank, world, device
 
 
-def _lr_at(step, cfg):
-  if step < cfg.warmup_steps:
-    return cfg.learning_rate * (step + 1) / cfg.warmup_steps
+def _lr_at(step, cfg, warm_restart=0):
+  if step - warm_restart < cfg.warmup_steps:
+    return cfg.learning_rate * (step - warm_restart + 1) / cfg.warmup_steps
   t = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
   return cfg.learning_rate * (cfg.min_lr_fraction + (1 - cfg.min_lr_fraction) * 0.5 * (1 + math.cos(math.pi * t)))
 
@@ -226,9 +226,15 @@ def train(cfg: TrainConfig, log=sys.stdout):
       raise SystemExit("resume: the checkpoint's network sizes %s differ from the requested %s"
                        % (blob.get("model_config"), model.config.as_dict()))
     model.load_state_dict(blob["model"])
-    optimizer.load_state_dict(blob["optimizer"])
     state = {k: blob[k] for k in ("step", "examples", "seconds", "curve", "runs")}
-    say("resumed from %s at step %d (%d examples seen)" % (cfg.resume, state["step"], state["examples"]))
+    state["warm_restart"] = blob.get("warm_restart", 0)
+    if "optimizer" in blob:
+      optimizer.load_state_dict(blob["optimizer"])
+      say("resumed from %s at step %d (%d examples seen)" % (cfg.resume, state["step"], state["examples"]))
+    else:  # a slim checkpoint (weights and history only): the optimiser starts afresh
+      state["warm_restart"] = state["step"]
+      say("resumed weights from %s at step %d (%d examples seen); new optimiser state"
+          % (cfg.resume, state["step"], state["examples"]))
   train_model = model
   if world > 1:
     train_model = torch.nn.parallel.DistributedDataParallel(
@@ -267,7 +273,7 @@ def train(cfg: TrainConfig, log=sys.stdout):
           break
         pool.add(chunk)
       for group in optimizer.param_groups:
-        group["lr"] = _lr_at(state["step"], cfg)
+        group["lr"] = _lr_at(state["step"], cfg, state.get("warm_restart", 0))
       frac, numbers, cell = pool.sample(cfg.batch_size, gen)
       ex = maker(frac, numbers, cell, generator=dgen)
       cycles = int(torch.randint(1, cfg.max_cycles + 1, (1,), generator=gen))
@@ -318,6 +324,13 @@ def train(cfg: TrainConfig, log=sys.stdout):
   if is_main:
     _save_checkpoint(ckpt_path, model, optimizer, cfg, state)
   return model, state
+
+
+def slim_checkpoint(checkpoint_path, out_path):
+  """A copy of a checkpoint without the optimiser state (a third of the size)."""
+  blob = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+  blob.pop("optimizer", None)
+  torch.save(blob, out_path)
 
 
 def export_weights(checkpoint_path, weights_path, card_extra=None):

@@ -1,0 +1,12 @@
+"""Command-line entry point of phai.train."""
+import phai_cctbx  # noqa: F401  (loads cctbx before torch)
+from iotbx.cli_parser import run_program
+from phai_cctbx.programs.train import Program
+
+
+def run(args=None):
+  return run_program(program_class=Program, args=args)
+
+
+if __name__ == "__main__":
+  run()

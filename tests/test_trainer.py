@@ -1,0 +1,83 @@
+"""Training runs end to end on CPU, resumes from its checkpoint, and runs under DDP (gloo)."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+import phai_cctbx  # noqa: F401
+import torch
+
+from phai_cctbx.training import trainer
+from phai_cctbx.training.trainer import TrainConfig
+
+TINY = dict(filters=4, cnn_depth=1, dim=32, dim_exp=32, dim_token_exp=8, mlp_depth=1)
+
+
+@pytest.fixture(scope="module")
+def library_path(tmp_path_factory):
+  pytest.importorskip("rdkit")
+  from phai_cctbx.training.molecules import build_library
+  path = str(tmp_path_factory.mktemp("lib") / "conformers.npz")
+  build_library(count=12, seed=0, processes=1).save(path)
+  return path
+
+
+def _config(library_path, out, **kw):
+  base = dict(library=library_path, output_dir=str(out), batch_size=4, max_steps=3, workers=1,
+              chunk=4, pool_size=16, min_pool=8, validation_size=4, validate_every=2, log_every=1,
+              warmup_steps=2, device="cpu", max_atoms=400, **TINY)
+  base.update(kw)
+  return TrainConfig(**base)
+
+
+def test_train_and_resume(library_path, tmp_path):
+  cfg = _config(library_path, tmp_path)
+  model, state = trainer.train(cfg)
+  ckpt = os.path.join(str(tmp_path), "checkpoint.pt")
+  blob = torch.load(ckpt, weights_only=False)
+  assert blob["step"] == 3 and blob["examples"] == 12
+  assert [c["step"] for c in blob["curve"]] == [2, 3]
+  assert set(blob["curve"][0]["validation"]) == {"1.00", "1.60", "2.00"}
+  first = {k: v.clone() for k, v in model.state_dict().items()}
+  cfg2 = _config(library_path, tmp_path, resume=ckpt, max_steps=5)
+  model2, state2 = trainer.train(cfg2)
+  assert state2["step"] == 5 and state2["examples"] == 20
+  assert [c["step"] for c in state2["curve"]] == [2, 3, 4, 5]
+  changed = any(not torch.equal(first[k], v) for k, v in model2.state_dict().items())
+  assert changed
+  # export for phasing
+  from phai_cctbx.weights import load_model
+  w = str(tmp_path / "w.pt")
+  trainer.export_weights(ckpt, w)
+  m = load_model(w)
+  assert m.config.filters == 4 and m.card["steps"] == 5
+
+
+def test_resume_refuses_other_sizes(library_path, tmp_path):
+  trainer.train(_config(library_path, tmp_path, max_steps=1, validation_size=0))
+  ckpt = os.path.join(str(tmp_path), "checkpoint.pt")
+  with pytest.raises(SystemExit, match="differ"):
+    trainer.train(_config(library_path, tmp_path, resume=ckpt, filters=8, validation_size=0))
+
+
+def test_ddp_two_processes_gloo(library_path, tmp_path):
+  args = ["library=" + library_path, "output_dir=" + str(tmp_path), "batch_size=2", "max_steps=2",
+          "workers=1", "chunk=4", "pool_size=8", "min_pool=4", "validation_size=0", "device=cpu",
+          "log_every=1"] + ["%s=%s" % kv for kv in TINY.items()]
+  env = dict(os.environ, OMP_NUM_THREADS="1")
+  proc = subprocess.run(
+    [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+     "-m", "phai_cctbx.training.trainer"] + args,
+    capture_output=True, text=True, timeout=300, env=env)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert "cpu x2" in proc.stdout
+  blob = torch.load(os.path.join(str(tmp_path), "checkpoint.pt"), weights_only=False)
+  assert blob["step"] == 2 and blob["examples"] == 2 * 2 * 2
+
+
+def test_key_value_arguments():
+  cfg = TrainConfig.from_args(["batch_size=8", "mixed_precision=false", "validation_d_min=1.0 2.0"])
+  assert cfg.batch_size == 8 and cfg.mixed_precision is False and cfg.validation_d_min == (1.0, 2.0)
+  with pytest.raises(SystemExit, match="unknown parameter"):
+    TrainConfig.from_args(["batchsize=8"])
