@@ -1,0 +1,641 @@
+"""Random P2_1/c crystal structures built from a conformer library (numpy only).
+
+Space group P 1 21/c 1 (unique axis b), symmetry operations
+  x,y,z;  -x,y+1/2,-z+1/2;  -x,-y,-z;  x,-y+1/2,z+1/2.
+Cartesian frame: a along x, b along y, c = c (cos beta, 0, sin beta).
+
+Packing: the asymmetric unit is a few rigid "units" (a molecule in a general
+position, or a centrosymmetric unit centred on an inversion centre).  Each
+unit gets a random orientation and a fixed fractional centre.  The cell starts
+large and shrinks, first uniformly and then one edge at a time, with the units
+rigid and their centres at fixed fractional positions, until the closest
+contact between atoms of different units (or symmetry copies) reaches its
+threshold.  Every stop is found exactly: a squared distance is a quadratic in
+the shrinking parameter.  Cells whose edges exceed `max_edge` or whose volume
+per non-hydrogen atom leaves the allowed window are rejected and redrawn.
+
+Units centred on an inversion centre:
+- a molecule fragment whose heavy atom A (C or N) lost one H, placed so that A
+  bonds to its own inversion image along the former A-H direction;
+- a metal atom on the centre bonded to a ligand and its inversion image;
+- in the inorganic structures, a single ion.
+"""
+from dataclasses import dataclass, field
+
+import numpy as np
+
+#: Fractional rotation parts (diagonal) and translations of the four operations.
+OPS_ROT = np.array([[1, 1, 1], [-1, 1, -1], [-1, -1, -1], [1, -1, 1]], dtype=np.float64)
+OPS_TRANS = np.array([[0, 0, 0], [0, .5, .5], [0, 0, 0], [0, .5, .5]], dtype=np.float64)
+
+#: One inversion centre of each of the four Wyckoff positions 2a, 2b, 2c, 2d.
+INVERSION_CENTRES = np.array(
+  [[0, 0, 0], [.5, 0, 0], [0, 0, .5], [.5, 0, .5]], dtype=np.float64)
+
+METAL_NUMBERS = (3, 11, 12, 13, 19, 20, 25, 26, 27, 28, 29, 30, 37, 38, 47, 48, 55, 56)
+DONOR_NUMBERS = (7, 8, 9, 15, 16, 17, 35, 53)
+
+# Ionic radii (Angstrom) for the inorganic structures.
+_CATIONS = {3: (1, .76), 11: (1, 1.02), 19: (1, 1.38), 37: (1, 1.52), 55: (1, 1.67),
+            12: (2, .72), 20: (2, 1.00), 38: (2, 1.18), 56: (2, 1.35), 30: (2, .74),
+            13: (3, .54)}
+_ANION_RADII = {8: 1.40, 9: 1.33, 17: 1.81, 35: 1.96, 53: 2.20, 16: 1.84}
+
+
+@dataclass
+class Structure:
+  """One crystal structure in P 1 21/c 1.
+
+  cell     (6,) float64: a, b, c (Angstrom), alpha, beta, gamma (degrees)
+  frac     (N, 3) float32: fractional coordinates in [0, 1) of all atoms of
+           the unit cell (all symmetry copies)
+  numbers  (N,) int8: atomic numbers
+  asym     (n_asym,) int64: indices into frac of one asymmetric unit (atoms
+           on inversion centres counted once)
+  kind     "organic", "metal-organic" or "inorganic"
+  """
+  cell: np.ndarray
+  frac: np.ndarray
+  numbers: np.ndarray
+  asym: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+  kind: str = "organic"
+
+  @property
+  def volume(self):
+    a, b, c, _, beta, _ = self.cell
+    return float(a * b * c * np.sin(np.radians(beta)))
+
+  def volume_per_heavy_atom(self):
+    return self.volume / max(int((self.numbers != 1).sum()), 1)
+
+
+@dataclass
+class _Unit:
+  """A rigid group of atoms of the asymmetric unit.
+
+  rel      (n, 3) Cartesian coordinates relative to the unit's centre
+  numbers  (n,) atomic numbers
+  centre   (3,) fractional coordinates of the centre
+  special  True when centred on an inversion centre (rel is centrosymmetric)
+  asym     (n,) bool: atoms belonging to the asymmetric unit
+  """
+  rel: np.ndarray
+  numbers: np.ndarray
+  centre: np.ndarray = None
+  special: bool = False
+  asym: np.ndarray = None
+
+  @property
+  def radius(self):
+    return float(np.sqrt((self.rel ** 2).sum(1).max()))
+
+
+def orthogonalisation(a, b, c, beta):
+  """3x3 matrix taking fractional to Cartesian coordinates (columns: a, b, c)."""
+  br = np.radians(beta)
+  return np.array([[a, 0., c * np.cos(br)], [0., b, 0.], [0., 0., c * np.sin(br)]])
+
+
+def random_rotation(rng):
+  """Uniformly distributed 3x3 rotation matrix."""
+  q = rng.normal(size=4)
+  w, x, y, z = q / np.linalg.norm(q)
+  return np.array([
+    [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+    [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+    [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
+
+
+def _element_class(z):
+  """0: hydrogen, 1: other non-metal, 2: donor (N, O, F, P, S, Cl, Br, I), 3: metal."""
+  z = np.asarray(z)
+  cls = np.ones(z.shape, np.int64)
+  cls[z == 1] = 0
+  cls[np.isin(z, DONOR_NUMBERS)] = 2
+  cls[np.isin(z, METAL_NUMBERS)] = 3
+  return cls
+
+
+def contact_thresholds(scale=1.0):
+  """4x4 minimum intermolecular distances (Angstrom) between element classes
+  (see _element_class) of organic and metal-organic structures."""
+  t = np.array([
+    # H    C    donor metal
+    [2.0, 2.4, 2.4, 2.3],
+    [2.4, 3.0, 3.0, 2.8],
+    [2.4, 3.0, 3.0, 2.0],
+    [2.3, 2.8, 2.0, 3.0]])
+  return t * scale
+
+
+def inorganic_threshold(z1, z2):
+  """Minimum distance (Angstrom) between two atoms of different ions."""
+  c1, c2 = z1 in _CATIONS, z2 in _CATIONS
+  if c1 and c2:
+    return float(np.clip(1.8 * (_CATIONS[z1][1] + _CATIONS[z2][1]), 3.0, 4.2))
+  if c1 or c2:
+    zc, za = (z1, z2) if c1 else (z2, z1)
+    return 0.92 * (_CATIONS[zc][1] + _ANION_RADII.get(za, 1.5))
+  return max(2.75, 0.95 * (_ANION_RADII.get(z1, 1.5) + _ANION_RADII.get(z2, 1.5)))
+
+
+class _Packer:
+  """Rigid units in a monoclinic cell, moved without ever making a contact
+  shorter than its threshold.
+
+  units   list of _Unit (rel already rotated, centre set); their centres are
+          updated in place as the units move
+  thr_fn  thr_fn(zP, zQ) -> (nP, nQ) minimum distances between atoms of two units
+  edges   (3,) current a, b, c; beta in degrees (fixed)
+
+  Every move is a straight line in one set of parameters (the cell matrix, or
+  the fractional centres); along it each atom-pair distance squared is a
+  quadratic, so the first contact is found exactly.
+  """
+
+  def __init__(self, units, thr_fn, beta):
+    self.units = units
+    self.beta = beta
+    br = np.radians(beta)
+    self.axis_dirs = np.array([[1., 0, 0], [0, 1, 0], [np.cos(br), 0, np.sin(br)]]).T
+    bodies = []  # (unit index, op index)
+    for u, unit in enumerate(units):
+      for op in ((0, 1) if unit.special else (0, 1, 2, 3)):
+        bodies.append((u, op))
+    self.bodies = bodies
+    self.pairs = []  # (unit P, body Q) with atom-pair data
+    pu, qu, qop, reach = [], [], [], []
+    for p, up in enumerate(units):
+      for (uq, op) in bodies:
+        rel_q = units[uq].rel * OPS_ROT[op]
+        thr = thr_fn(up.numbers, units[uq].numbers)
+        self.pairs.append(((up.rel[:, None, :] - rel_q[None, :, :]).reshape(-1, 3),
+                           (thr ** 2).reshape(-1)))
+        pu.append(p)
+        qu.append(uq)
+        qop.append(op)
+        reach.append(up.radius + units[uq].radius + thr.max())
+    self.pu, self.qu, self.qop = np.array(pu), np.array(qu), np.array(qop)
+    self.reach = np.array(reach)
+    self.self_pair = (self.pu == self.qu) & (self.qop == 0)
+    self.edges = None
+
+  def matrix(self, edges=None):
+    e = self.edges if edges is None else edges
+    return self.axis_dirs * e[None, :]
+
+  def _deltas(self):
+    """Fractional centre differences of all pairs, (n_pairs, 3)."""
+    c = np.array([u.centre for u in self.units])
+    d = c[self.pu] - (OPS_ROT[self.qop] * c[self.qu] + OPS_TRANS[self.qop])
+    return d - np.round(d)
+
+  def advance(self, m, dm=None, dcentre=None, limit=1.0, m_end=None):
+    """Largest step s in [0, limit] along a move before the first contact:
+    the cell matrix m + s * dm (centres fixed), or the centres
+    c + s * dcentre (cell fixed, dcentre (n_units, 3) fractional).
+    Returns -1.0 when some contact is already too short and closing."""
+    d0 = self._deltas()
+    if dcentre is not None:
+      ddelta = dcentre[self.pu] - OPS_ROT[self.qop] * dcentre[self.qu]
+    else:
+      ddelta = np.zeros_like(d0)
+    m_lo = m if m_end is None else m_end
+    rows = np.linalg.norm(np.linalg.inv(m_lo), axis=1)
+    n = np.ceil(self.reach.max() * rows + 0.5 + limit * np.abs(ddelta).max(0)).astype(int)
+    grid = np.stack(np.meshgrid(*[np.arange(-k, k + 1) for k in n], indexing="ij"),
+                    -1).reshape(-1, 3).astype(np.float64)
+    delta = d0[:, None, :] + grid[None]  # (pairs, grid, 3)
+    w = delta @ m.T
+    if dm is not None:
+      u = delta @ dm.T
+    else:
+      u = np.broadcast_to((ddelta @ m.T)[:, None, :], w.shape)
+    a = np.maximum((u * u).sum(-1), 1e-12)
+    b = (w * u).sum(-1)
+    c = (w * w).sum(-1) - self.reach[:, None] ** 2
+    disc = b * b - a * c
+    root = np.sqrt(np.maximum(disc, 0))
+    s1 = np.maximum((-b - root) / a, 0.0)
+    s2 = (-b + root) / a
+    hit = (disc > 0) & (s2 > 0) & (s1 < limit)
+    hit[self.self_pair, len(grid) // 2] = False
+    first = np.where(hit, s1, np.inf)
+    pair_first = first.min(1)
+    best = limit
+    for k in np.argsort(pair_first):
+      if pair_first[k] >= best:
+        break
+      sel = first[k] < best
+      dr, thr2 = self.pairs[k]
+      ww = dr[None] + w[k, sel][:, None, :]
+      uu = u[k, sel]
+      aa = np.maximum((uu * uu).sum(-1), 1e-12)[:, None]
+      bb = (ww * uu[:, None, :]).sum(-1)
+      cc = (ww * ww).sum(-1) - thr2[None]
+      dd = bb * bb - aa * cc
+      ok = dd > 0
+      if not ok.any():
+        continue
+      rt = np.sqrt(np.where(ok, dd, 0))
+      q2 = (-bb + rt) / aa
+      ok &= q2 > 0
+      if not ok.any():
+        continue
+      q1 = (-bb - rt) / aa
+      if (ok & (q1 < -1e-9) & (cc < -1e-6)).any():
+        return -1.0
+      s = np.where(ok, np.maximum(q1, 0.0), np.inf).min()
+      if s < best:
+        best = s
+    return best
+
+  def shrink_uniform(self, shape, s_start, s_min):
+    """Sets edges = s * shape with s lowered from s_start until contact."""
+    m0 = self.matrix(shape)
+    s = self.advance(s_start * m0, dm=-m0, limit=s_start - s_min, m_end=s_min * m0)
+    if s < 0:
+      return False
+    self.edges = shape * (s_start - s * (1 - 1e-7))
+    return True
+
+  def shrink_axis(self, axis, min_edge):
+    """Shortens one edge until contact (or min_edge)."""
+    if self.edges[axis] <= min_edge:
+      return True
+    dm = np.zeros((3, 3))
+    dm[:, axis] = -self.axis_dirs[:, axis]
+    end = self.edges.copy()
+    end[axis] = min_edge
+    m = self.matrix()
+    s = self.advance(m, dm=dm, limit=self.edges[axis] - min_edge, m_end=self.matrix(end))
+    if s < 0:
+      return False
+    self.edges[axis] -= s * (1 - 1e-6)
+    return True
+
+  def rattle(self, u, rng, max_step=1.5):
+    """Moves unit u along a random direction to a random point of its free range."""
+    m = self.matrix()
+    direction = rng.normal(size=3)
+    direction *= max_step / np.linalg.norm(direction)
+    dc = np.zeros((len(self.units), 3))
+    dc[u] = np.linalg.solve(m, direction)
+    fwd = self.advance(m, dcentre=dc, limit=1.0)
+    back = self.advance(m, dcentre=-dc, limit=1.0)
+    if fwd < 0 or back < 0:
+      return
+    s = rng.uniform(-back, fwd) * 0.999 if rng.random() < 0.5 else 0.5 * (fwd - back)
+    self.units[u].centre = self.units[u].centre + s * dc[u]
+
+  def atoms(self):
+    """(frac, numbers, asym) of all atoms in the cell."""
+    inv = np.linalg.inv(self.matrix())
+    fr, zs, asym = [], [], []
+    count = 0
+    for u, op in self.bodies:
+      unit = self.units[u]
+      f = unit.centre + unit.rel @ inv.T
+      fr.append(OPS_ROT[op] * f + OPS_TRANS[op])
+      zs.append(unit.numbers)
+      if op == 0:
+        mask = unit.asym if unit.asym is not None else np.ones(len(unit.numbers), bool)
+        asym.append(count + np.nonzero(mask)[0])
+      count += len(unit.numbers)
+    frac = np.concatenate(fr)
+    frac = frac - np.floor(frac)
+    frac[frac >= 1.0] = 0.0
+    return frac, np.concatenate(zs), np.concatenate(asym)
+
+
+def pack(units, thr_fn, rng, beta, max_edge=10.0, min_edge=3.5, rounds=3,
+         volume_floor=None):
+  """Packs the units into a small cell; returns a _Packer (edges set) or None."""
+  packer = _Packer(units, thr_fn, beta)
+  shape = rng.uniform(0.5, 1.0, size=3)
+  v0 = np.linalg.det(packer.matrix(shape))
+  if volume_floor is None:
+    volume_floor = 8.0 * sum(len(u.numbers) for u in units)
+  s_min = max(min_edge / shape.min(), (volume_floor / v0) ** (1 / 3))
+  s_start = max(3.0 * s_min, 2.5 * max(u.radius for u in units) / shape.min() + 6.0)
+  if not packer.shrink_uniform(shape, s_start, s_min):
+    return None
+  movable = [k for k, u in enumerate(units) if not u.special]
+  for _ in range(rounds):
+    for u in movable:
+      packer.rattle(u, rng)
+    for axis in rng.permutation(3):
+      if not packer.shrink_axis(axis, min_edge):
+        return None
+  if packer.edges.max() > max_edge:
+    return None
+  return packer
+
+
+class StructureGenerator:
+  """Draws random P2_1/c structures from a ConformerLibrary.
+
+  library             ConformerLibrary (numpy arrays only are used)
+  rng                 numpy Generator
+  max_edge, min_edge  limits on the cell edges (Angstrom)
+  max_atoms           cap on atoms in the cell; max_asym: in the asymmetric unit
+  inorganic_fraction  share of simple ionic structures
+  inversion_fraction  share of organic structures with a unit on an inversion centre
+  z_prime_weights     relative frequencies of 1, 2 and 3 general units
+  volume_per_atom     allowed window of cell volume per non-hydrogen atom (A^3)
+  """
+
+  def __init__(self, library, rng, max_edge=10.0, max_atoms=400, inorganic_fraction=0.03,
+               inversion_fraction=0.12, z_prime_weights=(0.82, 0.14, 0.04),
+               volume_per_atom=(14.0, 23.0), min_edge=3.5, max_asym=100,
+               beta_range=(90.0, 120.0), rounds=3):
+    self.library = library
+    self.rounds = int(rounds)
+    self.rng = rng
+    self.max_edge = float(max_edge)
+    self.min_edge = float(min_edge)
+    self.max_atoms = int(max_atoms)
+    self.max_asym = int(max_asym)
+    self.inorganic_fraction = float(inorganic_fraction)
+    self.inversion_fraction = float(inversion_fraction)
+    w = np.asarray(z_prime_weights, float)
+    self.z_prime_weights = w / w.sum()
+    self.volume_per_atom = volume_per_atom
+    self.beta_range = beta_range
+    self._heavy = library.heavy_counts()
+    self._sizes = np.diff(library.offsets)
+    self._metal = np.array([np.isin(library.molecule(i)[1], METAL_NUMBERS).any()
+                            for i in range(len(library))], bool)
+    order = np.argsort(self._heavy, kind="stable")
+    self._by_heavy = order
+    self._heavy_sorted = self._heavy[order]
+    self.attempts = 0
+    self.accepted = 0
+
+  # ------------------------------------------------------------ public API
+  def sample(self):
+    """One Structure."""
+    while True:
+      self.attempts += 1
+      if self.rng.random() < self.inorganic_fraction:
+        s = self._try_inorganic()
+      else:
+        s = self._try_organic()
+      if s is not None:
+        self.accepted += 1
+        return s
+
+  def sample_batch(self, n):
+    """n structures as padded arrays: frac (n, max_atoms, 3) float32,
+    numbers (n, max_atoms) int8 (0 = padding), cell (n, 6) float32."""
+    frac = np.zeros((n, self.max_atoms, 3), np.float32)
+    numbers = np.zeros((n, self.max_atoms), np.int8)
+    cell = np.zeros((n, 6), np.float32)
+    for i in range(n):
+      s = self.sample()
+      k = len(s.numbers)
+      frac[i, :k] = s.frac
+      numbers[i, :k] = s.numbers
+      cell[i] = s.cell
+    return {"frac": frac, "numbers": numbers, "cell": cell}
+
+  # ------------------------------------------------------------ helpers
+  def _beta(self):
+    lo, hi = self.beta_range
+    if self.rng.random() < 0.15:
+      return 90.0 + self.rng.uniform(0, 1.0) if lo <= 90 else float(lo)
+    return float(self.rng.uniform(lo, hi))
+
+  def _pick(self, max_heavy, metal=None):
+    """Index of a random library molecule with at most max_heavy heavy atoms."""
+    k = np.searchsorted(self._heavy_sorted, max_heavy, side="right")
+    if k == 0:
+      return None
+    for _ in range(8):
+      i = int(self._by_heavy[self.rng.integers(k)])
+      if metal is None or self._metal[i] == metal:
+        return i
+    return None
+
+  def _molecule_unit(self, i):
+    coords, numbers, _ = self.library.molecule(i)
+    rel = coords.astype(np.float64)
+    rel = rel - rel.mean(0)
+    return _Unit(rel @ random_rotation(self.rng).T, numbers.astype(np.int8))
+
+  def _inversion_unit(self, i, thr):
+    """Centrosymmetric unit from molecule i, or None."""
+    coords, numbers, parents = self.library.molecule(i)
+    xyz = coords.astype(np.float64)
+    metal = np.isin(numbers, METAL_NUMBERS)
+    if metal.any():
+      m = int(np.nonzero(metal)[0][0])
+      keep = ~metal
+      lig = xyz[keep] - xyz[m]
+      rel = np.vstack([[[0., 0., 0.]], lig, -lig])
+      z = np.concatenate([[numbers[m]], numbers[keep], numbers[keep]]).astype(np.int8)
+      n = len(lig)
+      asym = np.zeros(len(z), bool)
+      asym[:n + 1] = True
+      skip = np.zeros(len(z), bool)
+      skip[0] = True
+      half_a, half_b = np.arange(1, n + 1), np.arange(n + 1, 2 * n + 1)
+    else:
+      hyd = np.nonzero((parents >= 0) & np.isin(numbers[np.maximum(parents, 0)], (6, 7)))[0]
+      if len(hyd) == 0:
+        return None
+      h = int(hyd[self.rng.integers(len(hyd))])
+      a = int(parents[h])
+      u = xyz[h] - xyz[a]
+      u /= np.linalg.norm(u)
+      d = self.rng.uniform(1.45, 1.55) if numbers[a] == 6 else self.rng.uniform(1.38, 1.45)
+      keep = np.ones(len(numbers), bool)
+      keep[h] = False
+      frag = xyz[keep] - (xyz[a] + 0.5 * d * u)
+      rel = np.vstack([frag, -frag])
+      z = np.concatenate([numbers[keep], numbers[keep]]).astype(np.int8)
+      n = len(frag)
+      asym = np.zeros(len(z), bool)
+      asym[:n] = True
+      skip = np.zeros(len(z), bool)
+      a_new = int(np.count_nonzero(keep[:a]))
+      skip[[a_new, a_new + n]] = True
+      half_a, half_b = np.arange(n), np.arange(n, 2 * n)
+    # contacts between the two halves (atoms bonded across the centre skipped)
+    ia = half_a[~skip[half_a]]
+    ib = half_b[~skip[half_b]]
+    d2 = ((rel[ia][:, None] - rel[ib][None]) ** 2).sum(-1)
+    t = thr[_element_class(z[ia])[:, None], _element_class(z[ib])[None]] - 0.15
+    if (d2 < t ** 2).any():
+      return None
+    near = np.nonzero(skip)[0]
+    far = np.nonzero(~skip)[0]
+    if len(far) and len(near):
+      dn = ((rel[near][:, None] - rel[far][None]) ** 2).sum(-1)
+      own = np.zeros(dn.shape, bool)
+      # the skipped atom's own half holds its covalent neighbours
+      if not metal.any():
+        own[0] = far < n
+        own[1] = far >= n
+      else:
+        own[:] = True
+      if (~own & (dn < 2.0 ** 2)).any():
+        return None
+    return _Unit(rel @ random_rotation(self.rng).T, z, special=True, asym=asym)
+
+  # ------------------------------------------------------------ organic
+  def _try_organic(self):
+    rng = self.rng
+    beta = self._beta()
+    scale = rng.uniform(1.0, 1.06)
+    thr = contact_thresholds(scale)
+    vol_max = self.max_edge ** 3 * np.sin(np.radians(beta))
+    heavy_budget = int(vol_max / (4 * self.volume_per_atom[0] * 1.1))
+    units = []
+    used_centres = []
+    heavy_asym = 0
+    if rng.random() < self.inversion_fraction:
+      n_special = 1 if rng.random() < 0.85 else 2
+      for _ in range(n_special):
+        i = self._pick(max(heavy_budget - heavy_asym, 0), metal=None)
+        if i is None:
+          break
+        unit = self._inversion_unit(i, thr)
+        if unit is None:
+          continue
+        k = [c for c in range(4) if c not in used_centres][rng.integers(4 - len(used_centres))]
+        used_centres.append(k)
+        unit.centre = INVERSION_CENTRES[k].copy()
+        units.append(unit)
+        heavy_asym += int((unit.numbers[unit.asym] != 1).sum())
+      n_general = int(rng.choice(3, p=self.z_prime_weights)) if units and rng.random() < 0.5 else 0
+      if not units:
+        n_general = 1
+    else:
+      n_general = 1 + int(rng.choice(3, p=self.z_prime_weights))
+    for _ in range(n_general):
+      left = heavy_budget - heavy_asym
+      if left < 1:
+        break
+      i = self._pick(left)
+      if i is None:
+        break
+      if units and not units[-1].special and rng.random() < 0.3:
+        i = self._last
+      self._last = i
+      unit = self._molecule_unit(i)
+      unit.centre = rng.random(3)
+      units.append(unit)
+      heavy_asym += int((unit.numbers != 1).sum())
+    if not units:
+      return None
+    n_cell = sum(len(u.numbers) * (2 if u.special else 4) for u in units)
+    n_asym = sum(int(u.asym.sum()) if u.special else len(u.numbers) for u in units)
+    if n_cell > self.max_atoms or n_asym > self.max_asym:
+      return None
+    cls = [_element_class(u.numbers) for u in units]
+    cls_of = {id(u.numbers): c for u, c in zip(units, cls)}
+
+    def thr_fn(zp, zq):
+      return thr[cls_of[id(zp)][:, None], cls_of[id(zq)][None, :]]
+
+    n_heavy = sum(int((u.numbers != 1).sum()) * (2 if u.special else 4) for u in units)
+    packer = pack(units, thr_fn, rng, beta, self.max_edge, self.min_edge,
+                  rounds=self.rounds, volume_floor=0.9 * self.volume_per_atom[0] * n_heavy)
+    if packer is None:
+      return None
+    cell = np.array([*packer.edges, 90.0, beta, 90.0])
+    v = cell[0] * cell[1] * cell[2] * np.sin(np.radians(beta)) / n_heavy
+    if not self.volume_per_atom[0] <= v <= self.volume_per_atom[1]:
+      return None
+    frac, numbers, asym = packer.atoms()
+    kind = "metal-organic" if np.isin(numbers, METAL_NUMBERS).any() else "organic"
+    return Structure(cell, frac.astype(np.float32), numbers.astype(np.int8), asym, kind)
+
+  # ------------------------------------------------------------ inorganic
+  def _anion_group(self):
+    """(rel coords, numbers, charge) of a random anion."""
+    rng = self.rng
+    kind = rng.integers(10)
+    tet = np.array([[1, 1, 1], [1, -1, -1], [-1, 1, -1], [-1, -1, 1]]) / np.sqrt(3)
+    tri = np.array([[1, 0, 0], [-.5, np.sqrt(3) / 2, 0], [-.5, -np.sqrt(3) / 2, 0]])
+    if kind < 4:
+      z = int(rng.choice([8, 9, 17, 35, 16, 53], p=[.25, .1, .3, .15, .15, .05]))
+      return np.zeros((1, 3)), np.array([z], np.int8), (2 if z in (8, 16) else 1)
+    centre, d, q, shape = {
+      4: (16, 1.47, 2, tet), 5: (15, 1.54, 3, tet), 6: (17, 1.44, 1, tet),
+      7: (6, 1.29, 2, tri), 8: (7, 1.25, 1, tri), 9: (14, 1.63, 4, tet)}[int(kind)]
+    rel = np.vstack([[0, 0, 0], d * shape])
+    return rel, np.array([centre] + [8] * len(shape), np.int8), q
+
+  def _try_inorganic(self):
+    rng = self.rng
+    beta = self._beta()
+    anions = []
+    charge = 0
+    for _ in range(1 if rng.random() < 0.7 else 2):
+      rel, z, q = self._anion_group()
+      anions.append((rel, z))
+      charge += q
+    cations = []
+    while charge > 0:
+      options = [c for c, (q, _) in _CATIONS.items() if q <= charge]
+      zc = int(options[rng.integers(len(options))])
+      cations.append(zc)
+      charge -= _CATIONS[zc][0]
+    units = []
+    for rel, z in anions:
+      units.append(_Unit(rel @ random_rotation(rng).T, z))
+    for zc in cations:
+      units.append(_Unit(np.zeros((1, 3)), np.array([zc], np.int8)))
+    # single ions sometimes sit on inversion centres
+    free_centres = list(rng.permutation(4))
+    for unit in units:
+      if len(unit.numbers) == 1 and free_centres and rng.random() < 0.3:
+        unit.special = True
+        unit.asym = np.ones(1, bool)
+        unit.centre = INVERSION_CENTRES[free_centres.pop()].copy()
+      else:
+        unit.centre = rng.random(3)
+    table = {}
+
+    def thr_fn(zp, zq):
+      out = np.empty((len(zp), len(zq)))
+      for i, a in enumerate(zp):
+        for j, b in enumerate(zq):
+          key = (int(a), int(b))
+          if key not in table:
+            table[key] = inorganic_threshold(*key)
+          out[i, j] = table[key]
+      return out
+
+    n_atoms = sum(len(u.numbers) * (2 if u.special else 4) for u in units)
+    packer = pack(units, thr_fn, rng, beta, self.max_edge, self.min_edge,
+                  rounds=self.rounds, volume_floor=6.0 * n_atoms)
+    if packer is None:
+      return None
+    cell = np.array([*packer.edges, 90.0, beta, 90.0])
+    frac, numbers, asym = packer.atoms()
+    if len(numbers) > self.max_atoms:
+      return None
+    return Structure(cell, frac.astype(np.float32), numbers.astype(np.int8), asym, "inorganic")
+
+
+def minimum_contacts(structure, exclude_bonded=True):
+  """Shortest distances between atoms of the cell and all periodic images
+  (pairs closer than 1.75 A, or 2.5 A for metals, count as bonded when
+  exclude_bonded).  Returns (d, i, j) arrays of the pairs under 3.5 A."""
+  m = orthogonalisation(structure.cell[0], structure.cell[1], structure.cell[2],
+                        structure.cell[4])
+  f = structure.frac.astype(np.float64)
+  diff = f[:, None, :] - f[None, :, :]
+  diff -= np.round(diff)
+  out_d, out_i, out_j = [], [], []
+  for t in np.stack(np.meshgrid(*[np.arange(-1, 2)] * 3, indexing="ij"), -1).reshape(-1, 3):
+    d = np.linalg.norm((diff + t) @ m.T, axis=-1)
+    i, j = np.nonzero(d < 3.5)
+    keep = (i != j) | np.any(t != 0)
+    out_d.append(d[i, j][keep])
+    out_i.append(i[keep])
+    out_j.append(j[keep])
+  return np.concatenate(out_d), np.concatenate(out_i), np.concatenate(out_j)
