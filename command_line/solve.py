@@ -17,12 +17,15 @@ def run(args=None):
     args = sys.argv[1:]
   try:
     run_program(program_class=Program, args=file_arguments_as_phil(args))
+  except Sorry as e:
+    # One line, without the exceptions it was raised while handling.
+    raise Sorry(str(e)) from None
   except RuntimeError as e:
     # libtbx.phil reports a value it cannot interpret (trials=abc) as a
     # RuntimeError; it is the user's input, so say it in one line.
     message = str(e).strip()
     if message.startswith("Error interpreting") or "command line argument" in message:
-      raise Sorry(message.splitlines()[0] + " - give a valid value.")
+      raise Sorry(message.splitlines()[0] + " - give a valid value.") from None
     raise
 
 

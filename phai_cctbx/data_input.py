@@ -88,7 +88,7 @@ def _check_file(file_name, what="Reflection file"):
     with open(file_name, "rb") as f:
       f.read(1)
   except (IOError, OSError) as e:
-    raise Sorry("Cannot read %s %s (%s)." % (what.lower(), file_name, e))
+    raise Sorry("Cannot read %s %s (%s)." % (what.lower(), file_name, e)) from None
 
 
 def detect_format(file_name):
@@ -140,7 +140,7 @@ def check_hklf_text(text, source):
       except ValueError:
         raise Sorry("%s line %d has a non-numeric %s field %r: give SHELX HKLF "
                     "lines (h k l in 3I4, F or I and sigma in 2F8)."
-                    % (source, number, name, field))
+                    % (source, number, name, field)) from None
       if end > 12 and not math.isfinite(value):
         raise Sorry("%s line %d has a NaN or infinite %s (%r): remove or "
                     "correct that reflection." % (source, number, name, field))
@@ -164,7 +164,7 @@ def read_hklf_text(text, source, hklf_code, crystal_symmetry=None):
   try:
     reader = hklf.reader(file_object=io.StringIO(text))
   except RuntimeError as e:
-    raise Sorry("%s is not a readable SHELX HKLF file (%s)." % (source, e))
+    raise Sorry("%s is not a readable SHELX HKLF file (%s)." % (source, e)) from None
   ma = reader.as_miller_arrays(
     crystal_symmetry=crystal_symmetry or crystal.symmetry(),
     merge_equivalents=False)[0]
@@ -216,7 +216,7 @@ def symmetry_from_ins_text(text, source):
     cs = crystal_symmetry_from_ins.extract_from(file=io.StringIO(text))
   except Exception as e:  # the SHELX parser raises several kinds
     raise Sorry("Cannot read cell and symmetry from %s (%s): check its CELL, "
-                "LATT and SYMM lines." % (source, str(e).splitlines()[0] if str(e) else type(e).__name__))
+                "LATT and SYMM lines." % (source, str(e).splitlines()[0] if str(e) else type(e).__name__)) from None
   return cs
 
 
@@ -247,7 +247,7 @@ def _read_cif(file_name):
   try:
     reader = iotbx.cif.reader(file_path=file_name, strict=False)
   except Exception as e:  # CifParserError and friends
-    raise Sorry("Cannot parse CIF %s (%s)." % (file_name, str(e).splitlines()[0]))
+    raise Sorry("Cannot parse CIF %s (%s)." % (file_name, str(e).splitlines()[0])) from None
   if reader.model() is None or len(reader.model().keys()) == 0:
     raise Sorry("CIF %s has no data block." % file_name)
   return reader
@@ -335,7 +335,7 @@ def _read_cif_reflections(file_name, labels, hklf_code):
     arrays = reader.as_miller_arrays()
   except Exception as e:
     raise Sorry("Cannot read the reflections of CIF %s (%s)."
-                % (file_name, str(e).splitlines()[0] if str(e) else type(e).__name__))
+                % (file_name, str(e).splitlines()[0] if str(e) else type(e).__name__)) from None
   if not arrays:
     raise Sorry("CIF %s holds no reflections (_refln loop or _shelx_hkl_file): "
                 "give a reflection CIF or .fcf." % file_name)
@@ -376,7 +376,7 @@ def _read_mtz(file_name, labels):
     arrays = rf.as_miller_arrays()
   except Exception as e:
     raise Sorry("Cannot read MTZ file %s (%s)." % (
-      file_name, str(e).splitlines()[0] if str(e) else type(e).__name__))
+      file_name, str(e).splitlines()[0] if str(e) else type(e).__name__)) from None
   if not arrays:
     raise Sorry("MTZ file %s holds no reflection data." % file_name)
   ma = _choose_array(arrays, labels, file_name, score=_mtz_score)
@@ -394,6 +394,7 @@ def parse_unit_cell(value):
     return None
   if isinstance(value, uctbx.ext.unit_cell):
     return value
+  given = value
   try:
     if isinstance(value, str):
       value = [float(x) for x in value.replace(",", " ").split()]
@@ -403,7 +404,7 @@ def parse_unit_cell(value):
     return uctbx.unit_cell(value)
   except Exception:
     raise Sorry("Cannot understand unit_cell=%r: give six numbers "
-                "\"a b c alpha beta gamma\"." % (value,))
+                "\"a b c alpha beta gamma\"." % (given,)) from None
 
 
 def parse_space_group(value):
@@ -416,7 +417,7 @@ def parse_space_group(value):
     return sgtbx.space_group_info(str(value))
   except Exception:
     raise Sorry("Cannot understand space_group=%r: give a symbol such as "
-                "\"P 1 21/c 1\" or a number." % (value,))
+                "\"P 1 21/c 1\" or a number." % (value,)) from None
 
 
 def combine_symmetry(sources):

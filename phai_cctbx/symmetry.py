@@ -191,6 +191,8 @@ class Standardisation(object):
   def _to_frame_p1(self, miller_array):
     """The array expanded to P 1 and carried to the P 1 21/c 1 frame, as a dict."""
     ma = miller_array
+    if ma.is_complex_array() and ma.sigmas() is not None:
+      ma = ma.customized_copy(sigmas=None)
     if ma.anomalous_flag():
       ma = ma.average_bijvoet_mates()
     if not ma.is_unique_set_under_symmetry():
