@@ -86,7 +86,7 @@ def read_weights(path: str):
     blob = torch.load(path, map_location="cpu", weights_only=True)
   except Exception as e:  # torch raises many types for damaged files
     raise Sorry("Cannot read weights file %s (%s): give a PhAI state dict or a phai_cctbx "
-                "weights file." % (path, str(e).splitlines()[0][:120] if str(e) else type(e).__name__))
+                "weights file." % (path, str(e).splitlines()[0][:120] if str(e) else type(e).__name__)) from None
   if isinstance(blob, dict) and blob.get("format") == FORMAT:
     config = PhAIConfig.from_dict(blob["config"])
     return config, blob["state_dict"], blob.get("amplitude_scaling", "mean"), blob.get("card", {})
@@ -94,7 +94,7 @@ def read_weights(path: str):
     try:
       config = config_from_state_dict(blob)
     except ValueError as e:
-      raise Sorry("Weights file %s: %s; give a file in the PhAI layout." % (path, e))
+      raise Sorry("Weights file %s: %s; give a file in the PhAI layout." % (path, e)) from None
     return config, blob, "max", {}
   raise Sorry("Weights file %s holds no PhAI network: give a PhAI state dict or a phai_cctbx "
               "weights file." % path)
@@ -134,7 +134,7 @@ def load_model(path: str | None = None, device: str = "cpu") -> LoadedModel:
   except RuntimeError as e:
     first = str(e).splitlines()[0]
     raise Sorry("Weights file %s does not fit the PhAI network (%s): give a complete PhAI "
-                "state dict." % (path, first[:160]))
+                "state dict." % (path, first[:160])) from None
   net.eval().to(device)
   return LoadedModel(net, scaling, card, path)
 
