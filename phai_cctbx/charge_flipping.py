@@ -97,7 +97,13 @@ def run(f_obs, max_solving_iterations=500, max_attempts=5,
   if random_seed is not None:
     flex.set_random_seed(int(random_seed))
   out = log if log is not None else io.StringIO()
-  f_obs = f_obs.as_amplitude_array() if f_obs.is_complex_array() else f_obs
+  if f_obs.is_complex_array():
+    f_obs = f_obs.as_amplitude_array()
+  elif f_obs.is_xray_intensity_array():
+    f_obs = f_obs.f_sq_as_f()
+  elif not f_obs.is_xray_amplitude_array():
+    # The correlation-map search insists on the observation type.
+    f_obs = f_obs.customized_copy().set_observation_type_xray_amplitude()
   f_obs = f_obs.eliminate_sys_absent().as_non_anomalous_array() \
                .merge_equivalents().array()
   kwds = {}

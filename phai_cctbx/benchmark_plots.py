@@ -1,0 +1,85 @@
+"""The benchmark's figures, as in the paper (matplotlib, Agg backend).
+
+* :func:`plot_r_histograms`: histograms of r per resolution for the network
+  and charge flipping (the paper's Fig. 3);
+* :func:`plot_r_per_cycle`: mean r of the first trial against the recycling
+  cycle, one curve per resolution (Fig. 4A);
+* :func:`plot_solved_per_trial`: cumulative fraction solved against the
+  number of trials, one curve per resolution (Fig. 4B).
+"""
+from __future__ import absolute_import, division, print_function
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from phai_cctbx import benchmark  # noqa: E402
+
+PHAI_COLOUR = "#1f77b4"
+CF_COLOUR = "#d62728"
+
+
+def plot_r_histograms(file_name, rows, d_mins, solved_r=benchmark.SOLVED_R):
+  """Histograms of r per resolution, both methods; returns the file name."""
+  n = max(len(d_mins), 1)
+  fig, axes = plt.subplots(1, n, figsize=(3.6 * n, 3.2), squeeze=False, sharey=True)
+  bins = np.linspace(-1.0, 1.0, 41)
+  for ax, d in zip(axes[0], d_mins):
+    sel = [r for r in rows if abs(r["d_min"] - d) < 1e-9]
+    phai = [r["phai_r"] for r in sel if r.get("phai_r") is not None]
+    cf = [r["cf_r"] for r in sel if r.get("cf_r") is not None]
+    if phai:
+      ax.hist(phai, bins=bins, alpha=0.6, color=PHAI_COLOUR,
+              label="PhAI (%d%% solved)" % round(100 * np.mean(np.array(phai) > solved_r)))
+    if cf:
+      ax.hist(cf, bins=bins, alpha=0.6, color=CF_COLOUR,
+              label="charge flipping (%d%% solved)" % round(100 * np.mean(np.array(cf) > solved_r)))
+    ax.axvline(solved_r, color="k", lw=0.8, ls="--")
+    ax.set_title("d_min %.2f A (%d structures)" % (d, len(sel)), fontsize=9)
+    ax.set_xlabel("r")
+    ax.legend(fontsize=7, loc="upper left")
+  axes[0][0].set_ylabel("structures")
+  fig.tight_layout()
+  fig.savefig(file_name, dpi=120)
+  plt.close(fig)
+  return file_name
+
+
+def plot_r_per_cycle(file_name, rows, d_mins):
+  """Mean r of the first trial against the recycling cycle; None without data."""
+  curves = [(d, benchmark.mean_r_per_cycle(rows, d)) for d in d_mins]
+  curves = [(d, c) for d, c in curves if c]
+  if not curves:
+    return None
+  fig, ax = plt.subplots(figsize=(4.5, 3.4))
+  for d, c in curves:
+    ax.plot(np.arange(1, len(c) + 1), c, marker="o", ms=3, label="d_min %.2f A" % d)
+  ax.set_xlabel("recycling cycle")
+  ax.set_ylabel("mean r (first trial)")
+  ax.set_ylim(min(0.0, min(min(c) for _, c in curves)), 1.02)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(file_name, dpi=120)
+  plt.close(fig)
+  return file_name
+
+
+def plot_solved_per_trial(file_name, rows, d_mins, solved_r=benchmark.SOLVED_R):
+  """Cumulative fraction solved against trials; None without data."""
+  curves = [(d, benchmark.solved_after_trials(rows, d, solved_r)) for d in d_mins]
+  curves = [(d, c) for d, c in curves if c]
+  if not curves:
+    return None
+  fig, ax = plt.subplots(figsize=(4.5, 3.4))
+  for d, c in curves:
+    ax.plot(np.arange(1, len(c) + 1), c, marker="o", ms=3, label="d_min %.2f A" % d)
+  ax.set_xlabel("trials")
+  ax.set_ylabel("fraction solved (r > %.2f)" % solved_r)
+  ax.set_ylim(0, 1.02)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(file_name, dpi=120)
+  plt.close(fig)
+  return file_name
