@@ -144,14 +144,12 @@ def read_structure(path):
     reader = iotbx.cif.reader(file_path=path)
     structures = reader.build_crystal_structures()
   except Exception as e:  # any parser or model error: the file is unusable
-    raise Sorry("%s: cannot read a structure (%s)" % (
-      os.path.basename(path), _one_line(e)))
+    raise Sorry("cannot read a structure (%s)" % _one_line(e))
   if not structures:
-    raise Sorry("%s: no data block with a cell, symmetry and atoms"
-                % os.path.basename(path))
+    raise Sorry("no data block with a cell, symmetry and atoms")
   xs = list(structures.values())[0]
   if xs.scatterers().size() == 0:
-    raise Sorry("%s: no atoms" % os.path.basename(path))
+    raise Sorry("no atoms")
   missing = set(xs.scattering_type_registry().unassigned_types())
   if missing:
     scatterers = xs.scatterers().deep_copy()
@@ -161,8 +159,7 @@ def read_structure(path):
     xs = xray.structure(crystal_symmetry=xs, scatterers=scatterers)
     missing = set(xs.scattering_type_registry().unassigned_types())
     if missing:
-      raise Sorry("%s: no form factor for %s" % (
-        os.path.basename(path), ", ".join(sorted(missing))))
+      raise Sorry("no form factor for %s" % ", ".join(sorted(missing)))
   return xs
 
 
@@ -325,12 +322,19 @@ def _base_row(name, xs, standardisation):
   }
 
 
-def _prepare(xs, settings, name):
+def _prepare(xs, settings):
   std = symmetry_module.prepare(xs.crystal_symmetry())
   if std.is_supergroup and settings.supergroups == "skip":
-    raise Sorry("%s: %s is a supergroup of P2_1/c (supergroups=skip)"
-                % (name, xs.space_group_info()))
+    raise Sorry("%s is a supergroup of P2_1/c (data.supergroups=skip)"
+                % xs.space_group_info())
   return std
+
+
+def _skip_reason(path, e):
+  """'file: reason' for a file that could not be used."""
+  if isinstance(e, Sorry):
+    return "%s: %s" % (os.path.basename(path), _one_line(e))
+  return "%s: %s: %s" % (os.path.basename(path), type(e).__name__, _one_line(e))
 
 
 def benchmark_structure(path, settings, model=None):
@@ -343,7 +347,7 @@ def benchmark_structure(path, settings, model=None):
   out = {"file": path, "rows": [], "skipped": None}
   try:
     xs = read_structure(path)
-    std = _prepare(xs, settings, os.path.basename(path))
+    std = _prepare(xs, settings)
     truth_full = None
     if settings.phase_extension:
       truth_full = Truth(std, structure_factors(xs, full_list_d_min(std)))
@@ -360,11 +364,8 @@ def benchmark_structure(path, settings, model=None):
       row.update(extra)
       row["note"] = "; ".join(notes)
       out["rows"].append(row)
-  except Sorry as e:
-    out["skipped"] = _one_line(e)
-    out["rows"] = []
   except Exception as e:  # a broken file must not stop the run
-    out["skipped"] = "%s: %s: %s" % (os.path.basename(path), type(e).__name__, _one_line(e))
+    out["skipped"] = _skip_reason(path, e)
     out["rows"] = []
   return out
 
@@ -395,7 +396,8 @@ def benchmark_experimental(reflections, structure, settings, model=None,
   """
   from phai_cctbx import amplitudes as amplitudes_module
   from phai_cctbx import data_input
-  name = os.path.splitext(os.path.basename(reflections))[0]
+  name = "%s/%s" % (os.path.basename(os.path.dirname(os.path.abspath(reflections))),
+                    os.path.splitext(os.path.basename(reflections))[0])
   out = {"file": reflections, "rows": [], "skipped": None}
   try:
     xs = read_structure(structure)
@@ -403,7 +405,7 @@ def benchmark_experimental(reflections, structure, settings, model=None,
     f_all = amplitudes_module.prepare_amplitudes(data.miller_array).f_obs
     f_all = f_all.customized_copy(crystal_symmetry=xs.crystal_symmetry()) \
                  .as_non_anomalous_array()
-    std = _prepare(xs, settings, os.path.basename(structure))
+    std = _prepare(xs, settings)
     d_data = f_all.d_min()
     truth_full = None
     if settings.phase_extension:
@@ -427,10 +429,9 @@ def benchmark_experimental(reflections, structure, settings, model=None,
       row.update(extra)
       row["note"] = "; ".join(notes)
       out["rows"].append(row)
-  except Sorry as e:
-    out["skipped"] = _one_line(e)
-  except Exception as e:
-    out["skipped"] = "%s: %s: %s" % (os.path.basename(reflections), type(e).__name__, _one_line(e))
+  except Exception as e:  # unusable data must not stop the run
+    out["skipped"] = _skip_reason(reflections, e)
+    out["rows"] = []
   return out
 
 

@@ -158,7 +158,7 @@ A CIF that cannot be used is reported and skipped.
   def _progress(self, done, total, result):
     name = os.path.basename(result["file"])
     if result["skipped"]:
-      label = "%s skipped: %s" % (name, result["skipped"])
+      label = "skipped: %s" % result["skipped"]
     else:
       parts = []
       for row in result["rows"]:
