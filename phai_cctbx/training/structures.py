@@ -53,12 +53,15 @@ class Structure:
   asym     (n_asym,) int64: indices into frac of one asymmetric unit (atoms
            on inversion centres counted once)
   kind     "organic", "metal-organic" or "inorganic"
+  body     (N,) int64: which rigid body (molecule or ion, one symmetry copy)
+           each atom belongs to; different bodies obey the contact thresholds
   """
   cell: np.ndarray
   frac: np.ndarray
   numbers: np.ndarray
   asym: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
   kind: str = "organic"
+  body: np.ndarray = None
 
   @property
   def volume(self):
@@ -104,6 +107,28 @@ def random_rotation(rng):
     [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
     [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
     [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
+
+
+def axis_angle_rotation(axis, angle):
+  """Rotation matrix about a unit axis by angle (radians)."""
+  x, y, z = axis / np.linalg.norm(axis)
+  k = np.array([[0, -z, y], [z, 0, -x], [-y, x, 0]])
+  return np.eye(3) + np.sin(angle) * k + (1 - np.cos(angle)) * (k @ k)
+
+
+def orient(rel, rng, aligned_fraction=0.75, spread_deg=20.0):
+  """Rotated copy of rel.  Mostly the principal axes of the atoms are put
+  along the Cartesian axes (in random order, then tilted by a random angle of
+  about spread_deg): flat and long molecules then stack along cell edges as
+  they do in real crystals.  Otherwise a uniformly random orientation."""
+  if rng.random() >= aligned_fraction or len(rel) < 2:
+    return rel @ random_rotation(rng).T
+  _, vecs = np.linalg.eigh(rel.T @ rel)
+  frame = vecs[:, rng.permutation(3)] * rng.choice([-1.0, 1.0], size=3)
+  if np.linalg.det(frame) < 0:
+    frame[:, 0] *= -1
+  tilt = axis_angle_rotation(rng.normal(size=3), np.radians(abs(rng.normal(0, spread_deg))))
+  return rel @ frame @ tilt.T
 
 
 def _element_class(z):
@@ -288,13 +313,37 @@ class _Packer:
     s = rng.uniform(-back, fwd) * 0.999 if rng.random() < 0.5 else 0.5 * (fwd - back)
     self.units[u].centre = self.units[u].centre + s * dc[u]
 
+  def clash(self):
+    """Whether some contact is shorter than its threshold."""
+    zero = np.zeros((len(self.units), 3))
+    return self.advance(self.matrix(), dcentre=zero, limit=1e-9) < 0
+
+  def turn(self, u, rng, spread_deg=12.0):
+    """Rotates unit u by a random small angle unless that makes a clash."""
+    rot = axis_angle_rotation(rng.normal(size=3), np.radians(rng.normal(0, spread_deg)))
+    old = self.units[u].rel
+    self._set_rel(u, old @ rot.T)
+    if self.clash():
+      self._set_rel(u, old)
+      return False
+    return True
+
+  def _set_rel(self, u, rel):
+    """Replaces the coordinates of unit u and the pair data that use them."""
+    self.units[u].rel = rel
+    for k in np.nonzero((self.pu == u) | (self.qu == u))[0]:
+      up, uq, op = self.units[self.pu[k]], self.units[self.qu[k]], self.qop[k]
+      dr = (up.rel[:, None, :] - (uq.rel * OPS_ROT[op])[None, :, :]).reshape(-1, 3)
+      self.pairs[k] = (dr, self.pairs[k][1])
+
   def atoms(self):
-    """(frac, numbers, asym) of all atoms in the cell."""
+    """(frac, numbers, asym, body) of all atoms in the cell."""
     inv = np.linalg.inv(self.matrix())
-    fr, zs, asym = [], [], []
+    fr, zs, asym, body = [], [], [], []
     count = 0
-    for u, op in self.bodies:
+    for k, (u, op) in enumerate(self.bodies):
       unit = self.units[u]
+      body.append(np.full(len(unit.numbers), k))
       f = unit.centre + unit.rel @ inv.T
       fr.append(OPS_ROT[op] * f + OPS_TRANS[op])
       zs.append(unit.numbers)
@@ -305,30 +354,51 @@ class _Packer:
     frac = np.concatenate(fr)
     frac = frac - np.floor(frac)
     frac[frac >= 1.0] = 0.0
-    return frac, np.concatenate(zs), np.concatenate(asym)
+    return frac, np.concatenate(zs), np.concatenate(asym), np.concatenate(body)
 
 
 def pack(units, thr_fn, rng, beta, max_edge=10.0, min_edge=3.5, rounds=3,
-         volume_floor=None):
-  """Packs the units into a small cell; returns a _Packer (edges set) or None."""
+         volume_floor=None, volume_limit=np.inf, turns=True, starts=6):
+  """Packs the units into a small cell; returns a _Packer (edges set) or None
+  (also when the cell volume ends above volume_limit or an edge above
+  max_edge; hopeless cases are abandoned early)."""
   packer = _Packer(units, thr_fn, beta)
-  shape = rng.uniform(0.5, 1.0, size=3)
-  v0 = np.linalg.det(packer.matrix(shape))
+  movable = [k for k, u in enumerate(units) if not u.special]
   if volume_floor is None:
     volume_floor = 8.0 * sum(len(u.numbers) for u in units)
-  s_min = max(min_edge / shape.min(), (volume_floor / v0) ** (1 / 3))
-  s_start = max(3.0 * s_min, 2.5 * max(u.radius for u in units) / shape.min() + 6.0)
-  if not packer.shrink_uniform(shape, s_start, s_min):
+  best = None
+  for _ in range(starts):
+    shape = rng.uniform(0.5, 1.0, size=3)
+    v0 = np.linalg.det(packer.matrix(shape))
+    s_min = max(min_edge / shape.min(), (volume_floor / v0) ** (1 / 3))
+    s_start = max(3.0 * s_min, 2.5 * max(u.radius for u in units) / shape.min() + 6.0)
+    if best is not None:
+      for k in movable:
+        units[k].centre = rng.random(3)
+    if not packer.shrink_uniform(shape, s_start, s_min):
+      continue
+    volume = np.prod(packer.edges)
+    if best is None or volume < best[0]:
+      best = (volume, packer.edges.copy(), [units[k].centre.copy() for k in movable])
+  if best is None:
     return None
+  packer.edges = best[1]
+  for k, c in zip(movable, best[2]):
+    units[k].centre = c
   movable = [k for k, u in enumerate(units) if not u.special]
-  for _ in range(rounds):
+  sin_beta = np.sin(np.radians(beta))
+  for k in range(rounds):
     for u in movable:
       packer.rattle(u, rng)
+      if turns:
+        packer.turn(u, rng)
     for axis in rng.permutation(3):
       if not packer.shrink_axis(axis, min_edge):
         return None
-  if packer.edges.max() > max_edge:
-    return None
+    slack = 1.0 + 0.6 * (rounds - 1 - k) / max(rounds - 1, 1)
+    if (np.prod(packer.edges) * sin_beta > slack * volume_limit
+        or packer.edges.max() > slack * max_edge):
+      return None
   return packer
 
 
@@ -347,8 +417,8 @@ class StructureGenerator:
 
   def __init__(self, library, rng, max_edge=10.0, max_atoms=400, inorganic_fraction=0.03,
                inversion_fraction=0.12, z_prime_weights=(0.82, 0.14, 0.04),
-               volume_per_atom=(14.0, 23.0), min_edge=3.5, max_asym=100,
-               beta_range=(90.0, 120.0), rounds=3):
+               volume_per_atom=(14.0, 26.0), min_edge=3.5, max_asym=100,
+               beta_range=(90.0, 120.0), rounds=4):
     self.library = library
     self.rounds = int(rounds)
     self.rng = rng
@@ -421,7 +491,7 @@ class StructureGenerator:
     coords, numbers, _ = self.library.molecule(i)
     rel = coords.astype(np.float64)
     rel = rel - rel.mean(0)
-    return _Unit(rel @ random_rotation(self.rng).T, numbers.astype(np.int8))
+    return _Unit(orient(rel, self.rng), numbers.astype(np.int8))
 
   def _inversion_unit(self, i, thr):
     """Centrosymmetric unit from molecule i, or None."""
@@ -481,7 +551,7 @@ class StructureGenerator:
         own[:] = True
       if (~own & (dn < 2.0 ** 2)).any():
         return None
-    return _Unit(rel @ random_rotation(self.rng).T, z, special=True, asym=asym)
+    return _Unit(orient(rel, self.rng), z, special=True, asym=asym)
 
   # ------------------------------------------------------------ organic
   def _try_organic(self):
@@ -508,9 +578,9 @@ class StructureGenerator:
         unit.centre = INVERSION_CENTRES[k].copy()
         units.append(unit)
         heavy_asym += int((unit.numbers[unit.asym] != 1).sum())
-      n_general = int(rng.choice(3, p=self.z_prime_weights)) if units and rng.random() < 0.5 else 0
       if not units:
-        n_general = 1
+        return None
+      n_general = int(rng.choice(3, p=self.z_prime_weights)) if rng.random() < 0.5 else 0
     else:
       n_general = 1 + int(rng.choice(3, p=self.z_prime_weights))
     for _ in range(n_general):
@@ -541,16 +611,17 @@ class StructureGenerator:
 
     n_heavy = sum(int((u.numbers != 1).sum()) * (2 if u.special else 4) for u in units)
     packer = pack(units, thr_fn, rng, beta, self.max_edge, self.min_edge,
-                  rounds=self.rounds, volume_floor=0.9 * self.volume_per_atom[0] * n_heavy)
+                  rounds=self.rounds, volume_floor=0.9 * self.volume_per_atom[0] * n_heavy,
+                  volume_limit=self.volume_per_atom[1] * n_heavy)
     if packer is None:
       return None
     cell = np.array([*packer.edges, 90.0, beta, 90.0])
     v = cell[0] * cell[1] * cell[2] * np.sin(np.radians(beta)) / n_heavy
     if not self.volume_per_atom[0] <= v <= self.volume_per_atom[1]:
       return None
-    frac, numbers, asym = packer.atoms()
+    frac, numbers, asym, body = packer.atoms()
     kind = "metal-organic" if np.isin(numbers, METAL_NUMBERS).any() else "organic"
-    return Structure(cell, frac.astype(np.float32), numbers.astype(np.int8), asym, kind)
+    return Structure(cell, frac.astype(np.float32), numbers.astype(np.int8), asym, kind, body)
 
   # ------------------------------------------------------------ inorganic
   def _anion_group(self):
@@ -615,27 +686,8 @@ class StructureGenerator:
     if packer is None:
       return None
     cell = np.array([*packer.edges, 90.0, beta, 90.0])
-    frac, numbers, asym = packer.atoms()
+    frac, numbers, asym, body = packer.atoms()
     if len(numbers) > self.max_atoms:
       return None
-    return Structure(cell, frac.astype(np.float32), numbers.astype(np.int8), asym, "inorganic")
-
-
-def minimum_contacts(structure, exclude_bonded=True):
-  """Shortest distances between atoms of the cell and all periodic images
-  (pairs closer than 1.75 A, or 2.5 A for metals, count as bonded when
-  exclude_bonded).  Returns (d, i, j) arrays of the pairs under 3.5 A."""
-  m = orthogonalisation(structure.cell[0], structure.cell[1], structure.cell[2],
-                        structure.cell[4])
-  f = structure.frac.astype(np.float64)
-  diff = f[:, None, :] - f[None, :, :]
-  diff -= np.round(diff)
-  out_d, out_i, out_j = [], [], []
-  for t in np.stack(np.meshgrid(*[np.arange(-1, 2)] * 3, indexing="ij"), -1).reshape(-1, 3):
-    d = np.linalg.norm((diff + t) @ m.T, axis=-1)
-    i, j = np.nonzero(d < 3.5)
-    keep = (i != j) | np.any(t != 0)
-    out_d.append(d[i, j][keep])
-    out_i.append(i[keep])
-    out_j.append(j[keep])
-  return np.concatenate(out_d), np.concatenate(out_i), np.concatenate(out_j)
+    return Structure(cell, frac.astype(np.float32), numbers.astype(np.int8), asym,
+                     "inorganic", body)
