@@ -6,13 +6,16 @@ Cartesian frame: a along x, b along y, c = c (cos beta, 0, sin beta).
 
 Packing: the asymmetric unit is a few rigid "units" (a molecule in a general
 position, or a centrosymmetric unit centred on an inversion centre).  Each
-unit gets a random orientation and a fixed fractional centre.  The cell starts
-large and shrinks, first uniformly and then one edge at a time, with the units
-rigid and their centres at fixed fractional positions, until the closest
-contact between atoms of different units (or symmetry copies) reaches its
-threshold.  Every stop is found exactly: a squared distance is a quadratic in
-the shrinking parameter.  Cells whose edges exceed `max_edge` or whose volume
-per non-hydrogen atom leaves the allowed window are rejected and redrawn.
+unit gets an orientation (mostly principal axes near the cell axes) and a
+fractional centre.  The cell starts large and shrinks uniformly until the
+closest contact between atoms of different units (or symmetry copies) reaches
+its threshold (best of a few random starts); then rounds of moves follow: each
+general unit slides along a random direction within its free range and turns
+by a small random angle when that makes no clash, and each edge shrinks in
+turn until contact.  Every stop is found exactly: along a straight move a
+squared distance is a quadratic in the step.  Cells whose edges exceed
+`max_edge` or whose volume per non-hydrogen atom leaves the allowed window are
+rejected and redrawn.
 
 Units centred on an inversion centre:
 - a molecule fragment whose heavy atom A (C or N) lost one H, placed so that A
@@ -441,6 +444,7 @@ class StructureGenerator:
     self._heavy_sorted = self._heavy[order]
     self.attempts = 0
     self.accepted = 0
+    self._last = None
 
   # ------------------------------------------------------------ public API
   def sample(self):
@@ -590,7 +594,8 @@ class StructureGenerator:
       i = self._pick(left)
       if i is None:
         break
-      if units and not units[-1].special and rng.random() < 0.3:
+      if (self._last is not None and units and not units[-1].special
+          and self._heavy[self._last] <= left and rng.random() < 0.3):
         i = self._last
       self._last = i
       unit = self._molecule_unit(i)
