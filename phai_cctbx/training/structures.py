@@ -449,12 +449,12 @@ class StructureGenerator:
   # ------------------------------------------------------------ public API
   def sample(self):
     """One Structure."""
+    # the kind is drawn once, so that rejections do not change the mix
+    attempt = self._try_inorganic if self.rng.random() < self.inorganic_fraction \
+      else self._try_organic
     while True:
       self.attempts += 1
-      if self.rng.random() < self.inorganic_fraction:
-        s = self._try_inorganic()
-      else:
-        s = self._try_organic()
+      s = attempt()
       if s is not None:
         self.accepted += 1
         return s
