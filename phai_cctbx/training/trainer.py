@@ -81,6 +81,8 @@ class TrainConfig:
   validate_every: int = 1000
   validation_size: int = 256
   validation_d_min: tuple = (1.0, 1.6, 2.0)
+  validation_file: str = ""         # cache of the validation structures
+  cell_strain: float = 0.03         # random cell strain each time a pooled structure is drawn
 
   def model_config(self) -> PhAIConfig:
     return PhAIConfig(filters=self.filters, cnn_depth=self.cnn_depth, dim=self.dim,
@@ -134,10 +136,13 @@ def _setup_distributed(device_name):
   return rank, world, device
 
 
-def _lr_at(step, cfg, warm_restart=0):
+def _lr_at(step, cfg, warm_restart=0, time_fraction=0.0):
+  """Linear warm-up, then a cosine decay that ends at max_steps or, with
+  max_minutes set, at the time limit, whichever comes first."""
   if step - warm_restart < cfg.warmup_steps:
     return cfg.learning_rate * (step - warm_restart + 1) / cfg.warmup_steps
-  t = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
+  t = min(1.0, max(time_fraction,
+                   (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)))
   return cfg.learning_rate * (cfg.min_lr_fraction + (1 - cfg.min_lr_fraction) * 0.5 * (1 + math.cos(math.pi * t)))
 
 
@@ -156,13 +161,42 @@ def run_network(model, amplitudes, measured, scaling, cycles, start_signs, grad_
   return logits
 
 
+def validation_structures(library, size, max_atoms, path=""):
+  """The fixed validation structures (seeded); cached in ``path`` when given, so
+  that learning curves of separate runs are measured on the same set."""
+  if path and os.path.isfile(path):
+    with np.load(path) as f:
+      batch = {k: f[k] for k in ("frac", "numbers", "cell")}
+    if len(batch["cell"]) >= size and batch["frac"].shape[1] == max_atoms:
+      return {k: v[:size] for k, v in batch.items()}
+  from phai_cctbx.training.structures import StructureGenerator
+  gen = StructureGenerator(library, rng=np.random.default_rng(123456789), max_atoms=max_atoms)
+  batch = gen.sample_batch(size)
+  if path:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    np.savez_compressed(path, **batch)
+  return batch
+
+
+def strain_cells(cell, generator, strain):
+  """Cells with each edge scaled by up to +-strain and beta changed by up to
+  +-20*strain degrees; the fractional coordinates stay, so every structure
+  drawn again from the pool is measured in a slightly different cell."""
+  if strain <= 0:
+    return cell
+  b = cell.shape[0]
+  r = 2.0 * torch.rand((b, 4), generator=generator, device=cell.device) - 1.0
+  out = cell.clone()
+  out[:, :3] = cell[:, :3] * (1.0 + strain * r[:, :3])
+  out[:, 4] = cell[:, 4] + 20.0 * strain * r[:, 3]
+  return out
+
+
 class Validator:
   """A fixed synthetic set: r and the fraction solved (r > 0.95) per resolution."""
 
   def __init__(self, library, cfg, device, maker):
-    from phai_cctbx.training.structures import StructureGenerator
-    gen = StructureGenerator(library, rng=np.random.default_rng(123456789), max_atoms=cfg.max_atoms)
-    batch = gen.sample_batch(cfg.validation_size)
+    batch = validation_structures(library, cfg.validation_size, cfg.max_atoms, cfg.validation_file)
     self.structures = [torch.as_tensor(batch[k]) for k in ("frac", "numbers", "cell")]
     self.d_mins = list(cfg.validation_d_min)
     self.examples = []
@@ -272,10 +306,11 @@ def train(cfg: TrainConfig, log=sys.stdout):
         if chunk is None:
           break
         pool.add(chunk)
+      time_fraction = (time.time() - t_start) / (60 * cfg.max_minutes) if cfg.max_minutes > 0 else 0.0
       for group in optimizer.param_groups:
-        group["lr"] = _lr_at(state["step"], cfg, state.get("warm_restart", 0))
+        group["lr"] = _lr_at(state["step"], cfg, state.get("warm_restart", 0), time_fraction)
       frac, numbers, cell = pool.sample(cfg.batch_size, gen)
-      ex = maker(frac, numbers, cell, generator=dgen)
+      ex = maker(frac, numbers, strain_cells(cell, dgen, cfg.cell_strain), generator=dgen)
       cycles = int(torch.randint(1, cfg.max_cycles + 1, (1,), generator=gen))
       start = torch.where(torch.rand(ex.signs.shape, generator=dgen, device=device) < 0.5, -1.0, 1.0)
       zero_start = torch.rand(ex.signs.shape[0], generator=dgen, device=device) >= cfg.random_start_fraction
