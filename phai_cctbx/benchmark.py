@@ -468,41 +468,119 @@ def _work(task):
   return benchmark_structure(args, settings, model)
 
 
-def run_all(tasks, settings, model=None, nproc=1, progress=None):
-  """Run tasks over ``nproc`` processes; results in the order of ``tasks``.
+def run_all(tasks, settings, model=None, nproc=1, progress=None, isolate=True):
+  """Run tasks over worker processes; results in the order of ``tasks``.
 
   Args:
     tasks: list of ("structure", path) or ("experimental",
       (reflections, structure, labels)).
     settings: a :class:`Settings`.
     model: the loaded network (or None: no network columns).
-    nproc: worker processes (1: in this process).
+    nproc: worker processes.
     progress: callable(n_done, n_total, result) after each task.
+    isolate: run in worker processes (spawned, cctbx loaded before torch,
+      one torch thread each) even for nproc=1, so that a file that crashes a
+      reader (iotbx's CIF parser can crash on some broken files) is reported
+      and skipped instead of ending the run.  False runs in this process.
   """
   results = [None] * len(tasks)
-  if nproc <= 1 or len(tasks) <= 1:
+  counter = {"done": 0}
+
+  def finished(i, result):
+    results[i] = result
+    counter["done"] += 1
+    if progress:
+      progress(counter["done"], len(tasks), result)
+
+  if not isolate:
     _WORKER.update(model=model, settings=settings)
-    for i, task in enumerate(tasks):
-      results[i] = _work(task)
-      if progress:
-        progress(i + 1, len(tasks), results[i])
-    _WORKER.clear()
+    try:
+      for i, task in enumerate(tasks):
+        finished(i, _work(task))
+    finally:
+      _WORKER.clear()
     return results
-  ctx = multiprocessing.get_context("spawn")
-  with ctx.Pool(processes=min(nproc, len(tasks)), initializer=_init_worker,
-                initargs=(_serialise_model(model), settings)) as pool:
-    done = 0
-    for i, result in pool.imap_unordered(_indexed_work, list(enumerate(tasks))):
-      results[i] = result
-      done += 1
-      if progress:
-        progress(done, len(tasks), result)
+  _run_isolated(tasks, settings, _serialise_model(model),
+                max(1, min(nproc, len(tasks))), finished)
   return results
 
 
-def _indexed_work(item):
-  i, task = item
-  return i, _work(task)
+def _worker_main(conn, model_bytes, settings):
+  """A worker: set up once, then run the tasks it is sent until None."""
+  _init_worker(model_bytes, settings)
+  while True:
+    task = conn.recv()
+    if task is None:
+      break
+    conn.send(_work(task))
+
+
+def _crash_result(task, exitcode):
+  path = task[1] if task[0] == "structure" else task[1][0]
+  return {"file": path, "rows": [], "skipped": "%s: crashed the process reading or "
+          "phasing it (exit code %s; a broken file?)" % (os.path.basename(path), exitcode)}
+
+
+def _run_isolated(tasks, settings, model_bytes, nproc, finished):
+  """Run tasks in ``nproc`` spawned workers, one task at a time each.
+
+  A worker that dies takes only its own task with it: that task is reported
+  as skipped and a new worker takes over.
+  """
+  from multiprocessing.connection import wait
+  ctx = multiprocessing.get_context("spawn")
+  todo = list(range(len(tasks)))[::-1]
+
+  def start():
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=_worker_main, args=(child, model_bytes, settings),
+                       daemon=True)
+    proc.start()
+    child.close()
+    return {"proc": proc, "conn": parent, "task": None}
+
+  def feed(w):
+    if todo:
+      w["task"] = todo.pop()
+      w["conn"].send(tasks[w["task"]])
+    else:
+      w["task"] = None
+      try:
+        w["conn"].send(None)
+      except (BrokenPipeError, OSError):
+        pass
+
+  workers = [start() for _ in range(nproc)]
+  try:
+    for w in workers:
+      feed(w)
+    while any(w["task"] is not None for w in workers):
+      busy = [w for w in workers if w["task"] is not None]
+      wait([w["conn"] for w in busy] + [w["proc"].sentinel for w in busy])
+      for k, w in enumerate(workers):
+        if w["task"] is None:
+          continue
+        result = None
+        if w["conn"].poll():
+          try:
+            result = w["conn"].recv()
+          except (EOFError, OSError):
+            result = None
+        if result is not None:
+          finished(w["task"], result)
+          feed(w)
+        elif not w["proc"].is_alive():
+          w["proc"].join()
+          finished(w["task"], _crash_result(tasks[w["task"]], w["proc"].exitcode))
+          w["conn"].close()
+          workers[k] = start()
+          feed(workers[k])
+  finally:
+    for w in workers:
+      if w["task"] is not None and w["proc"].is_alive():
+        w["proc"].terminate()
+      w["proc"].join(timeout=30)
+      w["conn"].close()
 
 
 # --- tables ------------------------------------------------------------------------

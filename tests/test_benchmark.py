@@ -174,3 +174,16 @@ def test_experimental_classes():
   assert benchmark.classify_data(0.9, 0.95) == "fine"
   assert benchmark.classify_data(0.8, 0.95) == "poor"
   assert benchmark.classify_data(0.9, 0.85) == "poor"
+
+
+def test_a_cif_that_crashes_the_reader_is_skipped_and_the_run_goes_on(folder):
+  # iotbx's CIF parser crashes the process on a loop with no values: the
+  # workers take that, and only that file is lost.
+  (folder / "crash.cif").write_text("data_x\n_cell_length_a 5.0\nloop_\n_atom_site_label\n")
+  tasks = [("structure", str(folder / n)) for n in ("crash.cif", "epoxide.cif")]
+  seen = []
+  results = benchmark.run_all(tasks, benchmark.Settings(d_min=(2.0,), phai=False),
+                              nproc=1, progress=lambda done, total, r: seen.append(done))
+  assert seen == [1, 2]
+  assert "crashed" in results[0]["skipped"] and results[0]["rows"] == []
+  assert results[1]["skipped"] is None and len(results[1]["rows"]) == 1
