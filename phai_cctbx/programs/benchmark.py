@@ -65,8 +65,17 @@ A CIF that cannot be used is reported and skipped.
   # --- checks ---------------------------------------------------------------
 
   def _experimental(self):
-    return [e for e in (self.params.experimental or [])
-            if e.reflections is not None or e.structure is not None]
+    """(reflections, structure, labels) of each experimental data set."""
+    e = self.params.experimental
+    refl = [f for f in (e.reflections or []) if f]
+    struct = [f for f in (e.structure or []) if f]
+    labels = [l for l in (e.labels or []) if l]
+    if len(refl) != len(struct):
+      raise Sorry("Give one experimental.structure per experimental.reflections "
+                  "(%d reflection files, %d structures)." % (len(refl), len(struct)))
+    if labels and len(labels) != len(refl):
+      raise Sorry("Give experimental.labels once per reflections file or not at all.")
+    return [(r, s, labels[i] if labels else None) for i, (r, s) in enumerate(zip(refl, struct))]
 
   def output_files(self):
     """File names this run writes, by kind."""
@@ -90,10 +99,8 @@ A CIF that cannot be used is reported and skipped.
         raise Sorry("Not found: %s (give a folder of CIFs or a CIF file)." % path)
     if structures and not benchmark.find_structures(structures):
       raise Sorry("No .cif files in %s." % ", ".join(structures))
-    for e in self._experimental():
-      if not (e.reflections and e.structure):
-        raise Sorry("Give both experimental.reflections and experimental.structure.")
-      for path in (e.reflections, e.structure):
+    for reflections, structure, _ in self._experimental():
+      for path in (reflections, structure):
         if not os.path.isfile(path):
           raise Sorry("Not found: %s" % path)
     if not p.d_min:
@@ -176,8 +183,7 @@ A CIF that cannot be used is reported and skipped.
     model, self.model_note = self.load_network()
     tasks = [("structure", path)
              for path in benchmark.find_structures([s for s in (p.structures or []) if s])]
-    tasks += [("experimental", (e.reflections, e.structure, e.labels))
-              for e in self._experimental()]
+    tasks += [("experimental", e) for e in self._experimental()]
     nproc = p.nproc if isinstance(p.nproc, int) else (os.cpu_count() or 1)
     nproc = max(1, min(nproc, len(tasks)))
     print("Benchmark: %d structure(s), d_min %s, %d process(es)" % (
