@@ -11,6 +11,9 @@ All in the original space group and setting:
   * exp(i phase)), written as a CIF block through iotbx.cif, for Olex2.
 * A CCP4 map of FOM * Fo * exp(i phase) over the unit cell, sigma-scaled.
 * A JSON summary.
+* With a starting model (``result.model_building``, see
+  :mod:`phai_cctbx.starting_model`): SHELX .res and .ins, the data as .hkl
+  (HKLF 4) and the model as CIF.
 
 :class:`OutputFiles` refuses to overwrite files unless told to, and writes
 everything to temporary names first, renaming only when all succeeded, so a
@@ -122,6 +125,7 @@ class OutputFiles(object):
     self.prefix = prefix
     self.overwrite = overwrite
     self._pending = []
+    self._stale = []
 
   def name(self, suffix):
     return self.prefix + suffix
@@ -153,6 +157,14 @@ class OutputFiles(object):
     self._pending.append((tmp, final))
     return final
 
+  def remove_at_commit(self, suffixes):
+    """With overwrite, existing files of these suffixes go at commit(): left
+    from an earlier run, they would not match this one.  Returns their names."""
+    if not self.overwrite:
+      return []
+    self._stale = [self.name(s) for s in suffixes if os.path.exists(self.name(s))]
+    return list(self._stale)
+
   def discard(self):
     for tmp, final in self._pending:
       if os.path.exists(tmp):
@@ -166,22 +178,38 @@ class OutputFiles(object):
       os.replace(tmp, final)
       names.append(final)
     self._pending = []
+    for name in self._stale:
+      if name not in names and os.path.exists(name):
+        os.remove(name)
+    self._stale = []
     return names
 
 
-def write_all(result, prefix, overwrite=False, log_text=None, include_extended=False,
-              map_resolution_factor=1 / 3.):
-  """Write prefix.mtz, .fcf, .ccp4, .json, (.log) and prefix_extended.mtz.
-
-  Returns the list of files written.
-  """
-  out = OutputFiles(prefix, overwrite=overwrite)
+def output_suffixes(result, log=True):
+  """Suffixes of the files :func:`write_all` writes for this result."""
   suffixes = [".mtz", ".fcf", ".ccp4", ".json"]
-  if log_text is not None:
+  if log:
     suffixes.append(".log")
   if result.extended.size():
     suffixes.append("_extended.mtz")
+  if result.model_building is not None:
+    suffixes.extend(result.model_building.suffixes())
+  return suffixes
+
+
+def write_all(result, prefix, overwrite=False, log_text=None, include_extended=False,
+              map_resolution_factor=1 / 3., remove_stale=()):
+  """Write prefix.mtz, .fcf, .ccp4, .json, (.log), prefix_extended.mtz and,
+  with a starting model, prefix.res, .ins, .hkl and prefix_model.cif.
+
+  remove_stale: suffixes of files from an earlier run to remove when this
+  run does not write them (with overwrite only; see OutputFiles.check).
+  Returns the list of files written.
+  """
+  out = OutputFiles(prefix, overwrite=overwrite)
+  suffixes = output_suffixes(result, log=log_text is not None)
   out.check(suffixes)
+  out.remove_at_commit([s for s in remove_stale if s not in suffixes])
   summary = result.summary()
   summary["files"] = {s.strip("._").replace(".", "_"): out.name(s) for s in suffixes}
   out.add(".mtz", lambda fn: write_mtz(result, fn, include_extended=include_extended))
@@ -189,6 +217,9 @@ def write_all(result, prefix, overwrite=False, log_text=None, include_extended=F
     out.add("_extended.mtz", lambda fn: write_extended_mtz(result, fn))
   out.add(".fcf", lambda fn: write_fcf(result, fn))
   out.add(".ccp4", lambda fn: write_map(result, fn, map_resolution_factor))
+  if result.model_building is not None:
+    for suffix, writer in result.model_building.writers():
+      out.add(suffix, writer)
   out.add(".json", lambda fn: write_json(summary, fn))
   if log_text is not None:
     def write_log(fn):

@@ -49,7 +49,11 @@ class SolveResult(object):
     back: the symmetry.BackTransform of the measured reflections.
     verdict: "solved" or "uncertain".
     timings: dict of seconds per step.
+    model_building: the starting_model.ModelBuilding of the run, or None
+      (set by the program after phasing).
   """
+
+  model_building = None
 
   def __init__(self, **kwds):
     self.__dict__.update(kwds)
@@ -70,7 +74,7 @@ class SolveResult(object):
         entry[name] = float(values[t])
       trials.append(entry)
     std = self.standardisation
-    return {
+    out = {
       "verdict": self.verdict,
       "best_trial": self.best_trial + 1,
       "best_fom": float(ph.fom[ph.best]),
@@ -94,6 +98,9 @@ class SolveResult(object):
       "weights": self.weights_source,
       "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
     }
+    if self.model_building is not None:
+      out["model_building"] = self.model_building.summary()
+    return out
 
 
 def _print(log, text=""):

@@ -5,6 +5,11 @@ compared with those of the refined (or known) structure by the paper's r (max
 over the 8 origins of P2_1/c).  That comparison needs trained weights: while
 none are installed, the runs use a small untrained network and the r check
 is skipped, everything else is checked.
+
+Each run also builds a starting model: PREFIX.res/.ins/.hkl/_model.cif when
+the map has clear peaks (read back with iotbx), else a warning in the log and
+JSON and no model files.  With the untrained network either may happen; the
+model of true phases is checked in tests/test_solve_model_building.py.
 """
 import json
 import os
@@ -20,6 +25,7 @@ from phai_cctbx import reflection_set, symmetry
 from conftest import run_solve, shared_path
 
 PHASING = ["phasing.trials=4", "phasing.cycles=8"]
+MODEL_SUFFIXES = (".res", ".ins", ".hkl", "_model.cif")
 
 
 def _structure(cif):
@@ -48,7 +54,42 @@ def _check_outputs(prefix, n_min=50):
   labels = [c.label() for c in m.columns()]
   for label in ("FP", "SIGFP", "PHIB", "FOM", "FWT", "PHWT"):
     assert label in labels
+  _check_model_files(prefix, summary, log, m)
   return summary, m
+
+
+def _check_model_files(prefix, summary, log, m):
+  """The starting model's files read back, or the warning why there are none."""
+  mb = summary["model_building"]
+  made = [s for s in MODEL_SUFFIXES if os.path.exists(prefix + s)]
+  if not mb["built"]:   # phases only asked for
+    assert made == [] and mb["skipped"], made
+    return None
+  if not mb["files_written"]:
+    assert made == [], made
+    assert mb["warnings"] and mb["skipped"]
+    assert "WARNING" in log and "No model files written" in log
+    return None
+  assert made == list(MODEL_SUFFIXES)
+  assert open(prefix + ".ins").read() == open(prefix + ".res").read()
+  from cctbx import xray
+  xs = xray.structure.from_shelx(filename=prefix + ".res")
+  assert xs.space_group() == m.space_group()
+  assert xs.unit_cell().is_similar_to(m.crystals()[0].unit_cell(), 1e-3, 1e-2)
+  assert [sc.label.upper() for sc in xs.scatterers()] == [
+    a["label"].upper() for a in mb["atoms"]]
+  assert mb["n_atoms"] == xs.scatterers().size() > 0
+  assert mb["n_fragments"] == len(mb["fragments"]) >= 1
+  from iotbx.reflection_file_reader import any_reflection_file
+  hkl = any_reflection_file(prefix + ".hkl=hklf4").as_miller_arrays(
+    crystal_symmetry=xs)[0]
+  assert hkl.is_xray_intensity_array() and hkl.size() > 0
+  import iotbx.cif
+  cif_xs = list(iotbx.cif.reader(file_path=prefix + "_model.cif")
+                .build_crystal_structures().values())[0]
+  assert cif_xs.scatterers().size() == xs.scatterers().size()
+  assert "Starting model from the E-map" in log
+  return xs
 
 
 def _r_against_structure(m, xs, f_obs=None):
@@ -117,7 +158,7 @@ def test_cod_refln_cif(phai_solve, weights, tmp_path):
   # The .fcf written reads back as input (LIST 3 amplitudes).
   fcf = str(tmp_path / "again.fcf")
   os.rename(str(tmp_path / "out.fcf"), fcf)
-  for s in (".mtz", ".ccp4", ".json", ".log", "_extended.mtz"):
+  for s in (".mtz", ".ccp4", ".json", ".log", "_extended.mtz") + MODEL_SUFFIXES:
     if os.path.exists(str(tmp_path / ("out" + s))):
       os.remove(str(tmp_path / ("out" + s)))
   summary, m = _solve_and_check(phai_solve, weights, tmp_path, [fcf],
@@ -153,6 +194,64 @@ def test_mtz_with_labels(phai_solve, weights, tmp_path):
   ds.mtz_object().write(fn)
   _solve_and_check(phai_solve, weights, tmp_path, [fn, "labels=IOBS,SIGIOBS"],
                    structure=_structure(os.path.join(d, "2016452.cif")))
+
+
+# --- the starting model ----------------------------------------------------------
+
+def test_starting_model_files(phai_solve, weights, tmp_path):
+  """Model files next to the phases: the .hkl holds the intensities as read."""
+  d = shared_path("experimental", "epoxide_P21n")
+  summary, m = _solve_and_check(
+    phai_solve, weights, tmp_path,
+    [os.path.join(d, "epoxide.hkl"), "unit_cell=4.633 8.400 6.577 90 100.37 90",
+     "space_group=P 1 21/n 1", "elements=C2 H4 O", "wavelength=0.71073"])
+  mb = summary["model_building"]
+  assert mb["built"] and mb["elements"] == "C2 H4 O1" and mb["map_type"] == "E"
+  log = open(str(tmp_path / "out.log")).read()
+  assert "elements: C2 H4 O1" in log
+  if not mb["files_written"]:
+    return   # the untrained network's map: checked by _check_model_files
+  from phai_cctbx import data_input
+  data = data_input.read_data(
+    os.path.join(d, "epoxide.hkl"), unit_cell="4.633 8.400 6.577 90 100.37 90",
+    space_group="P 1 21/n 1").miller_array
+  from iotbx.reflection_file_reader import any_reflection_file
+  hkl = any_reflection_file(str(tmp_path / "out.hkl") + "=hklf4").as_miller_arrays(
+    crystal_symmetry=data, merge_equivalents=False)[0]
+  assert hkl.size() == data.size()
+  assert list(hkl.indices()) == list(data.indices())
+  assert flex.linear_correlation(hkl.data(), data.data()).coefficient() > 0.9999
+  assert "CELL 0.71073 " in open(str(tmp_path / "out.res")).read()
+
+
+def test_phases_only(phai_solve, weights, tmp_path):
+  """build_model=False: the phase outputs, no model files, no model in the log."""
+  d = shared_path("experimental", "epoxide_P21n")
+  path = weights[0]
+  prefix = str(tmp_path / "out")
+  proc = run_solve(phai_solve, [
+    os.path.join(d, "epoxide.hkl"), "unit_cell=4.633 8.400 6.577 90 100.37 90",
+    "space_group=P 1 21/n 1", "build_model=False", "output.prefix=" + prefix]
+    + PHASING + (["model.weights=%s" % path] if path else []), tmp_path)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  summary, m = _check_outputs(prefix)
+  assert summary["model_building"]["built"] is False
+  assert not [s for s in MODEL_SUFFIXES if os.path.exists(prefix + s)]
+  assert "Starting model" not in open(prefix + ".log").read()
+
+
+def test_output_would_replace_input(phai_solve, weights, tmp_path):
+  """prefix.hkl of the model is never the input data, even with overwrite."""
+  with open(str(tmp_path / "good.hkl"), "w") as f:
+    f.write(_good_hkl_text())
+  w = ["model.weights=%s" % weights[0]] if weights[0] else []
+  proc = run_solve(phai_solve, ["good.hkl", CELL, SG, "output.prefix=good",
+                                "output.overwrite=True"] + w, tmp_path)
+  err = proc.stderr.strip()
+  assert proc.returncode != 0 and len(err.splitlines()) == 1
+  assert "would overwrite the input file" in err
+  assert sorted(os.listdir(str(tmp_path))) == ["good.hkl"]
+  assert open(str(tmp_path / "good.hkl")).read() == _good_hkl_text()
 
 
 # --- space-group cases: calculated data of known structures --------------------------
@@ -291,6 +390,10 @@ def _bad_cases(tmp_path, weights_path):
     ("weights of the wrong shape", ["good.hkl", CELL, SG, "model.weights=wrong_shape.pt"], "weights"),
     ("bad parameter value", ["good.hkl", CELL, SG, "phasing.trials=abc"] + w, "trials"),
     ("zero trials", ["good.hkl", CELL, SG, "phasing.trials=0"] + w, "trials"),
+    ("unknown element", ["good.hkl", CELL, SG, "elements=C H N Q"] + w, "not an element"),
+    ("empty element list", ["good.hkl", CELL, SG, "elements="] + w, "elements"),
+    ("bad wavelength", ["good.hkl", CELL, SG, "wavelength=-1"] + w, "wavelength"),
+    ("bad map type", ["good.hkl", CELL, SG, "map_type=G"] + w, "map_type"),
   ]
 
 
@@ -332,13 +435,23 @@ def test_existing_output_not_overwritten(phai_solve, weights, tmp_path):
                                 "output.overwrite=True"] + w + PHASING, tmp_path)
   assert proc.returncode == 0, proc.stderr[-1000:]
   assert json.load(open(str(tmp_path / "out.json")))["verdict"]
+  # A model file of an earlier run stops the run too, before any work.
+  for name in os.listdir(str(tmp_path)):
+    if name.startswith("out"):
+      os.remove(str(tmp_path / name))
+  with open(str(tmp_path / "out.res"), "w") as f:
+    f.write("TITL refined by hand\n")
+  proc = run_solve(phai_solve, ["good.hkl", CELL, SG, "output.prefix=out"] + w, tmp_path)
+  assert proc.returncode != 0 and "out.res already exists" in proc.stderr
+  assert sorted(os.listdir(str(tmp_path))) == ["good.hkl", "out.res"]
 
 
 def test_show_defaults_and_help(phai_solve, tmp_path):
   proc = run_solve(phai_solve, ["--show-defaults"], tmp_path)
   assert proc.returncode == 0
   for words in ("reflection_file", "weights", "trials", "cycles", "random_seed",
-                "prefix", "overwrite"):
+                "prefix", "overwrite", "build_model", "elements", "map_type",
+                "wavelength"):
     assert words in proc.stdout
   proc = run_solve(phai_solve, ["--help"], tmp_path)
   assert proc.returncode == 0 and "phai.solve" in proc.stdout

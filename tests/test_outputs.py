@@ -103,3 +103,27 @@ def test_missing_output_folder(result, tmp_path):
   with pytest.raises(Sorry) as e:
     outputs.write_all(result, str(tmp_path / "no" / "out"))
   assert "does not exist" in str(e.value)
+
+
+def test_model_files_of_an_earlier_run_removed_with_overwrite(result, tmp_path):
+  """A run that places no atoms leaves no .res of an earlier run behind
+  (with overwrite; without it, files it does not write are never touched)."""
+  from phai_cctbx import starting_model
+  suffixes = starting_model.MODEL_SUFFIXES
+  result.model_building = starting_model.ModelBuilding(
+    None, None, skipped="no atoms placed")
+  try:
+    for overwrite in (False, True):
+      prefix = str(tmp_path / ("out_%s" % overwrite))
+      for s in suffixes:
+        with open(prefix + s, "w") as f:
+          f.write("earlier run\n")
+      files = outputs.write_all(result, prefix, overwrite=overwrite,
+                                remove_stale=suffixes)
+      assert prefix + ".mtz" in files
+      left = [s for s in suffixes if os.path.exists(prefix + s)]
+      assert left == ([] if overwrite else list(suffixes))
+  finally:
+    result.model_building = None
+  json_mb = json.load(open(prefix + ".json"))["model_building"]
+  assert json_mb["files_written"] is False and json_mb["skipped"] == "no atoms placed"

@@ -68,7 +68,10 @@ write phases and maps for refinement and model building:
 Writes PREFIX.mtz (FP SIGFP PHIB FOM FWT PHWT, original space group and
 setting), PREFIX.fcf (SHELX LIST 3 with phases, for Olex2), PREFIX.ccp4 (the
 density map), PREFIX_extended.mtz (phases of unmeasured reflections),
-PREFIX.json and PREFIX.log.
+PREFIX.json and PREFIX.log; and a starting model from the peaks of the map:
+PREFIX.res and PREFIX.ins (shelxl PREFIX), PREFIX.hkl (the data, HKLF 4) and
+PREFIX_model.cif (elements="C H N O" or a formula helps the element choice;
+build_model=False for phases only).
 """
   datatypes = ["phil"]
   master_phil_str = importlib.resources.files("phai_cctbx.phil").joinpath(
@@ -82,6 +85,26 @@ PREFIX.json and PREFIX.log.
       return p.output.prefix
     base = os.path.splitext(os.path.basename(p.input.reflection_file or "phai"))[0]
     return base + "_phai"
+
+  def _output_suffixes(self):
+    """Every file this run may write; all are checked before any work."""
+    from phai_cctbx.starting_model import MODEL_SUFFIXES
+    suffixes = list(self.OUTPUT_SUFFIXES)
+    if self.params.model_building.build_model:
+      suffixes.extend(MODEL_SUFFIXES)
+    return suffixes
+
+  def _check_inputs_not_outputs(self, suffixes):
+    """Sorry when an output would replace an input file (overwrite or not)."""
+    p = self.params
+    inputs = [f for f in (p.input.reflection_file, p.input.symmetry_file,
+                          p.model.weights) if f and os.path.isfile(f)]
+    for suffix in suffixes:
+      name = self._prefix() + suffix
+      for f in inputs:
+        if os.path.exists(name) and os.path.samefile(name, f):
+          raise Sorry("output.prefix=%s would overwrite the input file %s: give "
+                      "another output.prefix." % (self._prefix(), f))
 
   def validate(self):
     p = self.params
@@ -102,11 +125,19 @@ PREFIX.json and PREFIX.log.
     if p.model.weights is not None and not os.path.isfile(p.model.weights):
       raise Sorry("Weights file not found: %s (give model.weights=PATH to an "
                   "existing file)." % p.model.weights)
+    from phai_cctbx.model_building import parse_elements
+    parse_elements(p.model_building.elements)
+    wavelength = p.model_building.wavelength
+    if wavelength is not None and not 0 < wavelength < 10:
+      raise Sorry("model_building.wavelength must be in A, between 0 and 10 "
+                  "(got %s)." % wavelength)
     from phai_cctbx.outputs import OutputFiles
-    OutputFiles(self._prefix(), p.output.overwrite).check(self.OUTPUT_SUFFIXES)
+    suffixes = self._output_suffixes()
+    self._check_inputs_not_outputs(suffixes)
+    OutputFiles(self._prefix(), p.output.overwrite).check(suffixes)
 
   def run(self):
-    from phai_cctbx import data_input, outputs
+    from phai_cctbx import data_input, outputs, starting_model
     from phai_cctbx.solve import solve
     p = self.params
     t0 = time.time()
@@ -135,16 +166,34 @@ PREFIX.json and PREFIX.log.
     self.result.timings["model"] = t_model
     self.result.timings["reading"] = t1 - t0
     prefix = self._prefix()
+    mb = p.model_building
+    self.result.model_building = starting_model.not_asked()
+    if mb.build_model:
+      print("", file=log)
+      t2 = time.time()
+      # The merged amplitudes and the phases in the data's own group and
+      # setting; the .hkl gets the data as read (intensities stay intensities).
+      self.result.model_building = starting_model.build(
+        self.result.f_obs, self.result.phases, data.miller_array,
+        elements=mb.elements, map_type=mb.map_type, wavelength=mb.wavelength,
+        title=os.path.basename(prefix), log=log)
+      self.result.timings["model_building"] = time.time() - t2
     print("", file=log)
-    names = ["%s%s" % (prefix, s) for s in self.OUTPUT_SUFFIXES
-             if s != "_extended.mtz" or self.result.extended.size()]
+    suffixes = outputs.output_suffixes(self.result)
+    names = ["%s%s" % (prefix, s) for s in suffixes]
     print("Timings: " + ", ".join("%s %.1f s" % (k, v) for k, v in sorted(
       self.result.timings.items())), file=log)
     print("Writing " + ", ".join(names), file=log)
+    stale = [prefix + s for s in self._output_suffixes()
+             if s not in suffixes and os.path.exists(prefix + s)]
+    if stale and p.output.overwrite:
+      print("Removing " + ", ".join(stale) + " (from an earlier run; not "
+            "written by this one)", file=log)
     self.files = outputs.write_all(
       self.result, prefix, overwrite=p.output.overwrite,
       log_text=log.copy.getvalue(), include_extended=p.output.include_extended,
-      map_resolution_factor=p.output.map_resolution_factor)
+      map_resolution_factor=p.output.map_resolution_factor,
+      remove_stale=self._output_suffixes())
 
   def get_results(self):
     result = getattr(self, "result", None)
