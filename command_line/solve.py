@@ -18,8 +18,9 @@ def run(args=None):
   try:
     run_program(program_class=Program, args=file_arguments_as_phil(args))
   except Sorry as e:
-    # One line, without the exceptions it was raised while handling.
-    raise Sorry(str(e)) from None
+    # One line (libtbx.phil's own messages span several), without the
+    # exceptions it was raised while handling.
+    raise Sorry(" ".join(l.strip() for l in str(e).splitlines() if l.strip())) from None
   except RuntimeError as e:
     # libtbx.phil reports a value it cannot interpret (trials=abc) as a
     # RuntimeError; it is the user's input, so say it in one line.
