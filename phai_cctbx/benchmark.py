@@ -31,7 +31,6 @@ import math
 import multiprocessing
 import os
 import re
-import sys
 import time
 import zlib
 
