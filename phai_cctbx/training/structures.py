@@ -405,6 +405,35 @@ def pack(units, thr_fn, rng, beta, max_edge=10.0, min_edge=3.5, rounds=3,
   return packer
 
 
+# Lattice translations along a and c; along b (perpendicular to a and c in a
+# monoclinic cell) the rounded difference is already the nearest image.
+_AC_IMAGES = np.array([(i, 0, k) for i in (-1, 0, 1) for k in (-1, 0, 1)], np.float32)
+_AC_ZERO = 4
+
+
+def _clash(new_f, new_c, owner, placed_f, placed_c, m, thr2):
+  """Whether new atoms (fractional; ``owner`` numbers their symmetry copies)
+  come closer than the squared thresholds ``thr2`` (by element class) to the
+  placed atoms, to the other copies, or to lattice images of their own copy."""
+  def dist2(a, b):
+    d = a[:, None, :] - b[None, :, :]
+    d = d - np.round(d)
+    cart = (d[:, :, None, :] + _AC_IMAGES) @ m.T
+    return (cart * cart).sum(-1)                      # (na, nb, 9)
+  t_self = thr2[new_c[:, None], new_c[None, :]]
+  d2 = dist2(new_f, new_f)
+  same = owner[:, None] == owner[None, :]
+  if (~same & (d2.min(-1) < t_self)).any():
+    return True
+  if (same & (np.delete(d2, _AC_ZERO, axis=-1).min(-1) < t_self)).any():
+    return True
+  if len(placed_f):
+    d2 = dist2(new_f, placed_f).min(-1)
+    if (d2 < thr2[new_c[:, None], placed_c[None, :]]).any():
+      return True
+  return False
+
+
 class StructureGenerator:
   """Draws random P2_1/c structures from a ConformerLibrary.
 
@@ -416,12 +445,19 @@ class StructureGenerator:
   inversion_fraction  share of organic structures with a unit on an inversion centre
   z_prime_weights     relative frequencies of 1, 2 and 3 general units
   volume_per_atom     allowed window of cell volume per non-hydrogen atom (A^3)
+  packing             "compress": rigid-body compression to contact (realistic
+                      packing, slow); "insert": a cell of the target density is
+                      drawn first and the molecules are inserted at random
+                      clash-free positions (about 50 times faster, looser packing)
   """
 
   def __init__(self, library, rng, max_edge=10.0, max_atoms=400, inorganic_fraction=0.03,
                inversion_fraction=0.12, z_prime_weights=(0.82, 0.14, 0.04),
                volume_per_atom=(14.0, 26.0), min_edge=3.5, max_asym=100,
-               beta_range=(90.0, 120.0), rounds=4):
+               beta_range=(90.0, 120.0), rounds=4, packing="compress"):
+    if packing not in ("compress", "insert"):
+      raise ValueError("packing must be 'compress' or 'insert'")
+    self.packing = packing
     self.library = library
     self.rounds = int(rounds)
     self.rng = rng
@@ -558,7 +594,8 @@ class StructureGenerator:
     return _Unit(orient(rel, self.rng), z, special=True, asym=asym)
 
   # ------------------------------------------------------------ organic
-  def _try_organic(self):
+  def _organic_units(self):
+    """(units, beta, thr_fn, thr) for one organic attempt, or None."""
     rng = self.rng
     beta = self._beta()
     scale = rng.uniform(1.0, 1.06)
@@ -614,6 +651,16 @@ class StructureGenerator:
     def thr_fn(zp, zq):
       return thr[cls_of[id(zp)][:, None], cls_of[id(zq)][None, :]]
 
+    return units, beta, thr_fn, thr
+
+  def _try_organic(self):
+    chosen = self._organic_units()
+    if chosen is None:
+      return None
+    units, beta, thr_fn, thr = chosen
+    if self.packing == "insert":
+      return self._insert(units, beta, thr)
+    rng = self.rng
     n_heavy = sum(int((u.numbers != 1).sum()) * (2 if u.special else 4) for u in units)
     packer = pack(units, thr_fn, rng, beta, self.max_edge, self.min_edge,
                   rounds=self.rounds, volume_floor=0.9 * self.volume_per_atom[0] * n_heavy,
@@ -627,6 +674,87 @@ class StructureGenerator:
     frac, numbers, asym, body = packer.atoms()
     kind = "metal-organic" if np.isin(numbers, METAL_NUMBERS).any() else "organic"
     return Structure(cell, frac.astype(np.float32), numbers.astype(np.int8), asym, kind, body)
+
+  # ------------------------------------------------------------ insertion
+  def _insert(self, units, beta, thr, tries=20, grow=(1.0, 1.05, 1.1)):
+    """Random insertion into a cell of the target density; Structure or None.
+
+    When a unit finds no clash-free place in ``tries`` random ones, the cell
+    is enlarged by the next factor of ``grow`` and the placement starts over.
+    """
+    rng = self.rng
+    n_heavy = sum(int((u.numbers != 1).sum()) * (2 if u.special else 4) for u in units)
+    lo, hi = self.volume_per_atom
+    volume = n_heavy * rng.uniform(lo, lo + 0.6 * (hi - lo))
+    sin_b = np.sin(np.radians(beta))
+    for _ in range(30):
+      a, b = rng.uniform(self.min_edge, self.max_edge, size=2)
+      edges = np.array([a, b, volume / (a * b * sin_b)])
+      if self.min_edge <= edges[2] <= self.max_edge:
+        edges = rng.permutation(edges)
+        break
+    else:
+      return None
+    # Random insertion cannot interlock molecules as compression does: allow
+    # contacts a little shorter (10 %) so that it reaches crystal densities.
+    thr2 = ((0.9 * thr) ** 2).astype(np.float32)
+    order = sorted(units, key=lambda u: not u.special)
+    for factor in grow:
+      e = edges * factor
+      if e.max() > self.max_edge or np.prod(e) * sin_b > hi * n_heavy:
+        return None
+      placed = self._place_all(order, orthogonalisation(*e, beta), thr2, tries)
+      if placed is not None:
+        break
+    else:
+      return None
+    frac, numbers, asym, body = placed
+    if len(numbers) > self.max_atoms:
+      return None
+    cell = np.array([*e, 90.0, beta, 90.0])
+    kind = "metal-organic" if np.isin(numbers, METAL_NUMBERS).any() else "organic"
+    return Structure(cell, frac.astype(np.float32), numbers.astype(np.int8), asym, kind, body)
+
+  def _place_all(self, units, m, thr2, tries):
+    """(frac, numbers, asym, body) of the units placed one by one, or None."""
+    rng = self.rng
+    m_inv = np.linalg.inv(m)
+    placed_f = np.zeros((0, 3), np.float32)
+    placed_c = np.zeros(0, np.int64)
+    frac_parts, number_parts, asym_parts, body_parts = [], [], [], []
+    count = body = 0
+    for unit in units:
+      cls = _element_class(unit.numbers)
+      n_copies = 2 if unit.special else 4
+      new_c = np.tile(cls, n_copies)
+      owner = np.repeat(np.arange(n_copies), len(unit.numbers))
+      for _ in range(1 if unit.special else tries):
+        if unit.special:  # centrosymmetric: its inversion image is itself
+          rel = unit.rel @ random_rotation(rng).T
+          f = unit.centre + rel @ m_inv.T
+          new_f = np.concatenate([f, OPS_ROT[1] * f + OPS_TRANS[1]])
+        else:
+          rel = orient(unit.rel, rng)
+          f = rng.random(3) + rel @ m_inv.T
+          new_f = np.concatenate([OPS_ROT[op] * f + OPS_TRANS[op] for op in range(4)])
+        new_f = new_f.astype(np.float32)
+        if not _clash(new_f, new_c, owner, placed_f, placed_c, m.astype(np.float32), thr2):
+          break
+      else:
+        return None
+      placed_f = np.concatenate([placed_f, new_f])
+      placed_c = np.concatenate([placed_c, new_c])
+      frac_parts.append(new_f)
+      number_parts.append(np.tile(unit.numbers, n_copies))
+      mask = unit.asym if unit.special else np.ones(len(unit.numbers), bool)
+      asym_parts.append(count + np.nonzero(mask)[0])
+      body_parts.append(body + owner)
+      count += len(new_f)
+      body += n_copies
+    frac = np.concatenate(frac_parts).astype(np.float64)
+    frac = frac - np.floor(frac)
+    frac[frac >= 1.0] = 0.0
+    return frac, np.concatenate(number_parts), np.concatenate(asym_parts), np.concatenate(body_parts)
 
   # ------------------------------------------------------------ inorganic
   def _anion_group(self):

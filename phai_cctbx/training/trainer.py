@@ -70,6 +70,8 @@ class TrainConfig:
   pool_size: int = 20000
   min_pool: int = 2048
   max_atoms: int = 400
+  packing: str = "insert"           # insert (fast) | compress (realistic, slow)
+  compress_workers: int = 0         # generator processes that use compression anyway
   d_min_max: float = 2.2
   missing_max: float = 0.15
   # bookkeeping
@@ -170,7 +172,8 @@ def validation_structures(library, size, max_atoms, path=""):
     if len(batch["cell"]) >= size and batch["frac"].shape[1] == max_atoms:
       return {k: v[:size] for k, v in batch.items()}
   from phai_cctbx.training.structures import StructureGenerator
-  gen = StructureGenerator(library, rng=np.random.default_rng(123456789), max_atoms=max_atoms)
+  gen = StructureGenerator(library, rng=np.random.default_rng(123456789), max_atoms=max_atoms,
+                           packing="compress")
   batch = gen.sample_batch(size)
   if path:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -280,11 +283,11 @@ def train(cfg: TrainConfig, log=sys.stdout):
   loss_fn = OriginInvariantLoss().to(device)
   autocast = torch.autocast(device.type, dtype=torch.bfloat16,
                             enabled=cfg.mixed_precision and device.type == "cuda")
-  validator = Validator(library, cfg, device, maker) if is_main and cfg.validation_size > 0 else None
-
   workers = cfg.workers or max(1, ((os.cpu_count() or 2) - 1) // world)
   stream = StructureStream(cfg.library, seed=cfg.seed * 100 + rank + 7 * state["step"],
-                           workers=workers, chunk=cfg.chunk, max_atoms=cfg.max_atoms)
+                           workers=workers, chunk=cfg.chunk, max_atoms=cfg.max_atoms,
+                           packing=cfg.packing, compress_workers=cfg.compress_workers)
+  validator = Validator(library, cfg, device, maker) if is_main and cfg.validation_size > 0 else None
   pool = StructurePool(cfg.pool_size, cfg.max_atoms, device)
   gen = torch.Generator(device="cpu").manual_seed(cfg.seed * 7919 + rank + state["step"])
   dgen = torch.Generator(device=device).manual_seed(cfg.seed * 104729 + rank + state["step"])
