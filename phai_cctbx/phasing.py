@@ -18,7 +18,9 @@ Each trial gets a figure of merit that needs no true phases:
 
 ``fom = stability * confidence``; the trial with the highest FOM (ties broken
 by skewness) is the solution, called "solved" when its FOM reaches
-``SOLVED_FOM``.
+``SOLVED_FOM``.  Calibration with the shipped model on calculated data of 41
+real structures at 1.0, 1.6 and 2.0 Å (phai.benchmark): of the solutions with
+FOM >= 0.95, three in four had r > 0.95; below 0.95 only 2 of 95 did.
 """
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ import torch
 
 from phai_cctbx import network_io, reflection_set
 
-SOLVED_FOM = 0.80
+SOLVED_FOM = 0.95
 
 
 @dataclasses.dataclass

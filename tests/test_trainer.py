@@ -52,6 +52,11 @@ def test_train_and_resume(library_path, tmp_path):
   trainer.export_weights(ckpt, w)
   m = load_model(w)
   assert m.config.filters == 4 and m.card["steps"] == 5
+  # training goes on from exported weights, keeping the history
+  cfg3 = _config(library_path, tmp_path / "from_weights", init_weights=w, max_steps=7)
+  _, state3 = trainer.train(cfg3)
+  assert state3["step"] == 7 and state3["examples"] == 28
+  assert [c["step"] for c in state3["curve"]] == [2, 3, 4, 5, 6, 7]
 
 
 def test_resume_refuses_other_sizes(library_path, tmp_path):

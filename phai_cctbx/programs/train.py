@@ -51,6 +51,8 @@ CPU, on one GPU, or on several under torchrun:
       raise Sorry("data.missing_max must be a fraction between 0 and 1.")
     if p.run.resume and not os.path.isfile(p.run.resume):
       raise Sorry("Checkpoint to resume not found: %s" % p.run.resume)
+    if p.run.init_weights and not os.path.isfile(p.run.init_weights):
+      raise Sorry("Weights to start from not found: %s" % p.run.init_weights)
     if p.run.device == "cuda":
       import torch
       if not torch.cuda.is_available():
@@ -60,6 +62,7 @@ CPU, on one GPU, or on several under torchrun:
     p = self.params
     return TrainConfig(
       library=p.library.file, output_dir=p.run.output_dir, resume=p.run.resume or "",
+      init_weights=p.run.init_weights or "",
       filters=p.model.filters, cnn_depth=p.model.cnn_depth, dim=p.model.dim,
       dim_exp=p.model.dim_exp, dim_token_exp=p.model.dim_token_exp, mlp_depth=p.model.mlp_depth,
       amplitude_scaling=p.model.amplitude_scaling, optimizer=p.optimiser.name,

@@ -44,6 +44,7 @@ class TrainConfig:
   library: str = "cache/conformers.npz"
   output_dir: str = "runs/default"
   resume: str = ""
+  init_weights: str = ""            # start from a weights file (e.g. the shipped model) with its history
   # network
   filters: int = DEFAULT_MODEL["filters"]
   cnn_depth: int = DEFAULT_MODEL["cnn_depth"]
@@ -272,6 +273,21 @@ def train(cfg: TrainConfig, log=sys.stdout):
       state["warm_restart"] = state["step"]
       say("resumed weights from %s at step %d (%d examples seen); new optimiser state"
           % (cfg.resume, state["step"], state["examples"]))
+  if cfg.init_weights and not cfg.resume:
+    from phai_cctbx.weights import read_weights
+    config, weights, scaling, card = read_weights(cfg.init_weights)
+    if config != model.config:
+      raise SystemExit("init_weights: the file's network sizes %s differ from the requested %s"
+                       % (config.as_dict(), model.config.as_dict()))
+    model.load_state_dict({k: v.float() for k, v in weights.items()})
+    state.update(step=card.get("steps", 0), examples=card.get("examples_seen", 0),
+                 seconds=card.get("training_seconds", 0.0), curve=list(card.get("curve", [])),
+                 runs=list(card.get("runs", [])))
+    state["warm_restart"] = state["step"]
+    say("started from the weights %s (%d examples seen before)" % (cfg.init_weights, state["examples"]))
+  run_record = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                "processes": world, "from_step": state["step"], "from_examples": state["examples"]}
+  state["runs"] = list(state.get("runs", [])) + [run_record]
   train_model = model
   if world > 1:
     train_model = torch.nn.parallel.DistributedDataParallel(
@@ -330,6 +346,8 @@ def train(cfg: TrainConfig, log=sys.stdout):
       state["step"] += 1
       state["examples"] += per_step
       state["seconds"] = seconds0 + time.time() - t_start
+      run_record.update(to_step=state["step"], to_examples=state["examples"],
+                        seconds=round(time.time() - t_start, 1))
       stop_now = stop.stop or (cfg.max_minutes > 0 and time.time() - t_start > 60 * cfg.max_minutes)
       if world > 1:
         flag = torch.tensor([1.0 if stop_now else 0.0], device=device)
@@ -378,7 +396,7 @@ def export_weights(checkpoint_path, weights_path, card_extra=None):
   net = PhAINet(PhAIConfig.from_dict(blob["model_config"]))
   net.load_state_dict(blob["model"])
   card = {"steps": blob["step"], "examples_seen": blob["examples"],
-          "training_seconds": blob["seconds"], "curve": blob["curve"],
+          "training_seconds": blob["seconds"], "curve": blob["curve"], "runs": blob.get("runs", []),
           "train_config": blob["train_config"]}
   card.update(card_extra or {})
   return save_weights(weights_path, net, blob["train_config"]["amplitude_scaling"], card)

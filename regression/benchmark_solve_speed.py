@@ -1,0 +1,69 @@
+"""Wall-clock time of one phai.solve run, imports included (a benchmark, not a test).
+
+    python regression/benchmark_solve_speed.py [--repeats 3] [--published]
+
+Runs the installed ``phai.solve`` on the shipped example (epoxide, HKLF 4,
+P 1 21/n 1) with the default trials and cycles, and prints the median wall
+time and how it splits (imports and reading, phasing, writing).  With
+``--published`` it also times a network of the published size (42.4 M
+parameters; randomly initialised, since speed does not depend on the values).
+Set OMP_NUM_THREADS / taskset to measure on a given number of cores.
+"""
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+EXAMPLE = os.path.join(HERE, "..", "phai_cctbx", "examples")
+
+
+def time_run(extra, workdir):
+  exe = shutil.which("phai.solve")
+  if exe is None:
+    raise SystemExit("phai.solve is not on PATH: pip install the package first")
+  prefix = os.path.join(workdir, "speed")
+  for ext in (".mtz", ".fcf", ".ccp4", ".json", ".log", "_extended.mtz", ".res", ".ins",
+              ".hkl", "_model.cif"):
+    if os.path.exists(prefix + ext):
+      os.remove(prefix + ext)
+  t0 = time.time()
+  subprocess.run([exe, os.path.join(EXAMPLE, "epoxide.hkl"), os.path.join(EXAMPLE, "epoxide.ins"),
+                  "output.prefix=" + prefix] + extra, check=True, capture_output=True)
+  wall = time.time() - t0
+  summary = json.load(open(prefix + ".json"))
+  return wall, summary
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument("--published", action="store_true")
+  args = parser.parse_args()
+  work = tempfile.mkdtemp()
+  cases = [("shipped default model", [])]
+  if args.published:
+    import phai_cctbx  # noqa: F401  (cctbx before torch)
+    import torch
+    from phai_cctbx.model import PhAINet, PUBLISHED
+    path = os.path.join(work, "published_size.pth")
+    torch.save(PhAINet(PUBLISHED).state_dict(), path)
+    cases.append(("published size (42.4 M parameters)", ["model.weights=" + path]))
+  print("cores: %s, OMP_NUM_THREADS=%s" % (os.cpu_count(), os.environ.get("OMP_NUM_THREADS", "unset")))
+  for name, extra in cases:
+    walls, phasing = [], []
+    for _ in range(args.repeats):
+      wall, summary = time_run(extra, work)
+      walls.append(wall)
+      phasing.append(summary.get("timings_s", {}).get("phasing", float("nan")))
+    print("%-38s wall %.1f s (median of %d; min %.1f), phasing %.1f s"
+          % (name, statistics.median(walls), len(walls), min(walls), statistics.median(phasing)))
+  shutil.rmtree(work)
+
+
+if __name__ == "__main__":
+  main()
