@@ -1,0 +1,81 @@
+"""Training throughput (examples per second) for each model size on this machine.
+
+    python -m phai_cctbx.training.benchmark_throughput [device=auto] [batch_size=64] [steps=5]
+
+Times full training steps (structure factors of padded random structures,
+example drawing, recycling with 2 cycles, origin-invariant loss, backward,
+optimiser step) for the shipped default size, the published size and a small
+one.  The structure generator is left out: it runs in separate processes.
+"""
+import sys
+import time
+
+import numpy as np
+import torch
+
+from phai_cctbx.model import PUBLISHED, PhAIConfig, PhAINet
+from phai_cctbx.training.examples import ExampleMaker
+from phai_cctbx.training.loss import OriginInvariantLoss
+from phai_cctbx.training.trainer import DEFAULT_MODEL, run_network
+
+SIZES = {
+  "small": PhAIConfig(filters=16, cnn_depth=2, dim=256, dim_exp=512, dim_token_exp=64, mlp_depth=3),
+  "default (shipped)": PhAIConfig(**DEFAULT_MODEL),
+  "published": PUBLISHED,
+}
+
+
+def random_structures(n, atoms=120, seed=0):
+  rng = np.random.default_rng(seed)
+  frac = rng.random((n, 400, 3)).astype(np.float32)
+  numbers = np.zeros((n, 400), np.int8)
+  numbers[:, :atoms] = rng.choice([1, 6, 7, 8], size=(n, atoms), p=[0.45, 0.35, 0.1, 0.1])
+  cell = np.tile(np.array([8.0, 9.0, 10.0, 90.0, 105.0, 90.0], np.float32), (n, 1))
+  return frac, numbers, cell
+
+
+def measure(config, device, batch_size, steps):
+  model = PhAINet(config).to(device)
+  opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+  maker = ExampleMaker(device)
+  loss_fn = OriginInvariantLoss().to(device)
+  autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+  gen = torch.Generator(device=device).manual_seed(0)
+  frac, numbers, cell = random_structures(batch_size)
+  def step():
+    ex = maker(frac, numbers, cell, generator=gen)
+    start = torch.ones_like(ex.signs)
+    logits = run_network(model, ex.amplitudes, ex.measured, "mean", 2, start, autocast=autocast)
+    loss = loss_fn(logits, ex.signs, ex.weights)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+  step()  # warm-up
+  if device.type == "cuda":
+    torch.cuda.synchronize()
+  t0 = time.time()
+  for _ in range(steps):
+    step()
+  if device.type == "cuda":
+    torch.cuda.synchronize()
+  return batch_size * steps / (time.time() - t0), model.parameter_count()
+
+
+def main(argv=None):
+  args = dict(a.split("=", 1) for a in (sys.argv[1:] if argv is None else argv))
+  name = args.get("device", "auto")
+  if name == "auto":
+    name = "cuda" if torch.cuda.is_available() else "cpu"
+  device = torch.device(name)
+  batch_size = int(args.get("batch_size", 256 if device.type == "cuda" else 16))
+  steps = int(args.get("steps", 20 if device.type == "cuda" else 3))
+  print("device %s (%s), batch %d, %d timed steps, %d CPU threads"
+        % (device, torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+           batch_size, steps, torch.get_num_threads()))
+  for label, config in SIZES.items():
+    rate, params = measure(config, device, batch_size, steps)
+    print("  %-18s %6.1f M parameters  %8.1f examples/s" % (label, params / 1e6, rate))
+
+
+if __name__ == "__main__":
+  main()
