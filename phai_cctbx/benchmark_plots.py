@@ -47,39 +47,34 @@ def plot_r_histograms(file_name, rows, d_mins, solved_r=benchmark.SOLVED_R):
   return file_name
 
 
-def plot_r_per_cycle(file_name, rows, d_mins):
-  """Mean r of the first trial against the recycling cycle; None without data."""
-  curves = [(d, benchmark.mean_r_per_cycle(rows, d)) for d in d_mins]
+def _curves_per_resolution(file_name, curves, xlabel, ylabel, ylim):
+  """One line per resolution (y against 1, 2, ...); None when no curve has data."""
   curves = [(d, c) for d, c in curves if c]
   if not curves:
     return None
   fig, ax = plt.subplots(figsize=(4.5, 3.4))
   for d, c in curves:
     ax.plot(np.arange(1, len(c) + 1), c, marker="o", ms=3, label="d_min %.2f A" % d)
-  ax.set_xlabel("recycling cycle")
-  ax.set_ylabel("mean r (first trial)")
-  ax.set_ylim(min(0.0, min(min(c) for _, c in curves)), 1.02)
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel(ylabel)
+  ax.set_ylim(*ylim(curves))
   ax.legend(fontsize=8)
   fig.tight_layout()
   fig.savefig(file_name, dpi=120)
   plt.close(fig)
   return file_name
+
+
+def plot_r_per_cycle(file_name, rows, d_mins):
+  """Mean r of the first trial against the recycling cycle; None without data."""
+  return _curves_per_resolution(
+    file_name, [(d, benchmark.mean_r_per_cycle(rows, d)) for d in d_mins],
+    "recycling cycle", "mean r (first trial)",
+    lambda curves: (min(0.0, min(min(c) for _, c in curves)), 1.02))
 
 
 def plot_solved_per_trial(file_name, rows, d_mins, solved_r=benchmark.SOLVED_R):
   """Cumulative fraction solved against trials; None without data."""
-  curves = [(d, benchmark.solved_after_trials(rows, d, solved_r)) for d in d_mins]
-  curves = [(d, c) for d, c in curves if c]
-  if not curves:
-    return None
-  fig, ax = plt.subplots(figsize=(4.5, 3.4))
-  for d, c in curves:
-    ax.plot(np.arange(1, len(c) + 1), c, marker="o", ms=3, label="d_min %.2f A" % d)
-  ax.set_xlabel("trials")
-  ax.set_ylabel("fraction solved (r > %.2f)" % solved_r)
-  ax.set_ylim(0, 1.02)
-  ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(file_name, dpi=120)
-  plt.close(fig)
-  return file_name
+  return _curves_per_resolution(
+    file_name, [(d, benchmark.solved_after_trials(rows, d, solved_r)) for d in d_mins],
+    "trials", "fraction solved (r > %.2f)" % solved_r, lambda curves: (0, 1.02))

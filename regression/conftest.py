@@ -17,12 +17,17 @@ def shared_path(*parts):
   return path
 
 
+def installed_command(name):
+  """Path of an installed console script; skips the test when it is missing."""
+  exe = shutil.which(name)
+  if exe is None:
+    pytest.skip("%s is not installed (pip install .)" % name)
+  return exe
+
+
 @pytest.fixture(scope="session")
 def phai_solve():
-  exe = shutil.which("phai.solve")
-  if exe is None:
-    pytest.skip("phai.solve is not installed (pip install .)")
-  return exe
+  return installed_command("phai.solve")
 
 
 @pytest.fixture(scope="session")

@@ -17,15 +17,12 @@ import pytest
 import phai_cctbx  # noqa: F401  (cctbx before torch)
 from phai_cctbx import benchmark
 
-from conftest import shared_path
+from conftest import installed_command, shared_path
 
 
 @pytest.fixture(scope="session")
 def phai_benchmark():
-  exe = shutil.which("phai.benchmark")
-  if exe is None:
-    pytest.skip("phai.benchmark is not installed (pip install .)")
-  return exe
+  return installed_command("phai.benchmark")
 
 
 def _run(exe, args, cwd, timeout=600):
