@@ -86,3 +86,27 @@ def test_key_value_arguments():
   assert cfg.batch_size == 8 and cfg.mixed_precision is False and cfg.validation_d_min == (1.0, 2.0)
   with pytest.raises(SystemExit, match="unknown parameter"):
     TrainConfig.from_args(["batchsize=8"])
+
+
+def test_interruption_writes_a_checkpoint(library_path, tmp_path):
+  """SIGTERM (a scheduler's kill, Ctrl-C) stops after the current step with a
+  checkpoint, so a killed run loses only that step."""
+  import signal
+  args = ["library=" + library_path, "output_dir=" + str(tmp_path), "batch_size=2",
+          "max_steps=1000000", "workers=1", "chunk=4", "pool_size=8", "min_pool=4",
+          "validation_size=0", "device=cpu", "log_every=1", "checkpoint_minutes=1000"] + \
+         ["%s=%s" % kv for kv in TINY.items()]
+  proc = subprocess.Popen([sys.executable, "-u", "-m", "phai_cctbx.training.trainer"] + args,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+  lines = []
+  for line in proc.stdout:
+    lines.append(line)
+    if line.startswith("step"):
+      break
+  proc.send_signal(signal.SIGTERM)
+  out, _ = proc.communicate(timeout=120)
+  assert proc.returncode == 0, "".join(lines) + out
+  assert "stopping at step" in out
+  blob = torch.load(os.path.join(str(tmp_path), "checkpoint.pt"), weights_only=False)
+  assert blob["step"] >= 1 and "optimizer" in blob
