@@ -34,6 +34,14 @@ def centred(library):
 
 
 @pytest.fixture(scope="module")
+def inserted(library):
+  gen = StructureGenerator(library, np.random.default_rng(4), inorganic_fraction=0.0,
+                           inversion_fraction=0.5, packing="insert",
+                           volume_per_atom=(18.0, 30.0))
+  return [gen.sample() for _ in range(8)]
+
+
+@pytest.fixture(scope="module")
 def inorganic(library):
   gen = StructureGenerator(library, np.random.default_rng(3), inorganic_fraction=1.0)
   return [gen.sample() for _ in range(6)]
@@ -82,6 +90,10 @@ def test_density_in_window(organic, centred):
 
 def test_closed_under_p21c_with_cctbx(organic, centred, inorganic):
   for s in all_structures(organic, centred, inorganic):
+    assert_closed_under_p21c(s)
+
+
+def assert_closed_under_p21c(s):
     sym = crystal.symmetry(unit_cell=tuple(float(x) for x in s.cell),
                            space_group_symbol="P 1 21/c 1")
     scatterers = flex.xray_scatterer()
@@ -110,8 +122,11 @@ def test_closed_under_p21c_with_cctbx(organic, centred, inorganic):
 
 
 def test_no_clashes(organic, centred):
-  thr = contact_thresholds()
   for s in organic + centred:
+    assert_no_clashes(s, contact_thresholds())
+
+
+def assert_no_clashes(s, thr):
     d, i, j, intra = pair_distances(s)
     assert (d[i != j] > 0.9).all()  # never two atoms on one site
     other = ~intra
@@ -159,3 +174,20 @@ def test_batch_padding(library):
     assert n > 0
     assert (batch["numbers"][k, :n] != 0).all() and (batch["numbers"][k, n:] == 0).all()
     assert (batch["frac"][k, n:] == 0).all()
+
+
+def test_random_insertion_packing(inserted):
+  """The fast packer: same symmetry, limits and (slightly shorter) contacts."""
+  # units on inversion centres have 2 copies in the cell, general ones 4
+  assert any(len(set(s.body.tolist())) % 4 == 2 for s in inserted)
+  for s in inserted:
+    a, b, c, al, be, ga = s.cell
+    assert 3.5 - 1e-6 <= min(a, b, c) and max(a, b, c) <= 10.0 + 1e-6
+    assert 18.0 - 1e-6 <= s.volume_per_heavy_atom() <= 30.0 + 1e-6
+    assert_closed_under_p21c(s)
+    assert_no_clashes(s, 0.9 * contact_thresholds())
+
+
+def test_unknown_packing_refused(library):
+  with pytest.raises(ValueError, match="packing"):
+    StructureGenerator(library, np.random.default_rng(0), packing="squeeze")

@@ -676,7 +676,7 @@ class StructureGenerator:
     return Structure(cell, frac.astype(np.float32), numbers.astype(np.int8), asym, kind, body)
 
   # ------------------------------------------------------------ insertion
-  def _insert(self, units, beta, thr, tries=20, grow=(1.0, 1.05, 1.1)):
+  def _insert(self, units, beta, thr, tries=10, grow=tuple(1.0 + 0.04 * i for i in range(12))):
     """Random insertion into a cell of the target density; Structure or None.
 
     When a unit finds no clash-free place in ``tries`` random ones, the cell
@@ -687,22 +687,23 @@ class StructureGenerator:
     lo, hi = self.volume_per_atom
     volume = n_heavy * rng.uniform(lo, lo + 0.6 * (hi - lo))
     sin_b = np.sin(np.radians(beta))
-    for _ in range(30):
-      a, b = rng.uniform(self.min_edge, self.max_edge, size=2)
-      edges = np.array([a, b, volume / (a * b * sin_b)])
-      if self.min_edge <= edges[2] <= self.max_edge:
-        edges = rng.permutation(edges)
-        break
-    else:
+    ab = rng.uniform(self.min_edge, self.max_edge, size=(256, 2))
+    c = volume / (ab[:, 0] * ab[:, 1] * sin_b)
+    fits = np.nonzero((c >= self.min_edge) & (c <= self.max_edge))[0]
+    if len(fits) == 0:
       return None
+    k = fits[0]
+    edges = rng.permutation(np.array([ab[k, 0], ab[k, 1], c[k]]))
     # Random insertion cannot interlock molecules as compression does: allow
     # contacts a little shorter (10 %) so that it reaches crystal densities.
     thr2 = ((0.9 * thr) ** 2).astype(np.float32)
     order = sorted(units, key=lambda u: not u.special)
+    e = None
     for factor in grow:
-      e = edges * factor
-      if e.max() > self.max_edge or np.prod(e) * sin_b > hi * n_heavy:
+      grown = np.minimum(edges * factor, self.max_edge)  # edges at the limit stay there
+      if (e is not None and np.allclose(grown, e)) or np.prod(grown) * sin_b > hi * n_heavy:
         return None
+      e = grown
       placed = self._place_all(order, orthogonalisation(*e, beta), thr2, tries)
       if placed is not None:
         break
