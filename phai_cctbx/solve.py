@@ -143,7 +143,7 @@ def _trial_lines(ph):
 
 def solve(miller_array, model=None, weights=None, trials=8, cycles=16,
           random_seed=0, log=None, intensity_treatment="french_wilson",
-          min_reflections=MIN_REFLECTIONS, device="cpu"):
+          min_reflections=MIN_REFLECTIONS, device="cpu", precision="auto"):
   """Phase amplitudes or intensities (a cctbx miller array with crystal symmetry).
 
   Args:
@@ -209,12 +209,15 @@ def solve(miller_array, model=None, weights=None, trials=8, cycles=16,
   weights_source = getattr(model, "source", None)
   timings["model"] = time.time() - t1
   _print(log)
-  _print(log, "Phasing: %d trials of up to %d cycles (random seed %d), weights %s"
-         % (trials, cycles, random_seed, weights_source or "(given model)"))
+  _print(log, "Phasing: %d trials of up to %d cycles (random seed %d, %s), weights %s"
+         % (trials, cycles, random_seed,
+            "bfloat16" if phasing.uses_bfloat16(device, precision, phasing.parameter_count(model))
+            else "float32",
+            weights_source or "(given model)"))
   t2 = time.time()
   result = phasing.phase_reflection_set(
     set_amplitudes, present, model, trials=trials, cycles=cycles,
-    random_seed=random_seed)
+    random_seed=random_seed, device=device, precision=precision)
   timings["phasing"] = time.time() - t2
   for line in _trial_lines(result):
     _print(log, line)

@@ -108,3 +108,15 @@ def test_missing_strongest_reflection_keeps_the_phases():
   w_cut = weights * cut
   assert reflection_set.sign_correlation(w_cut, true, without.best_signs) > 0.95
   assert reflection_set.sign_correlation(w_cut, full.best_signs, without.best_signs) > 0.98
+
+
+def test_precision_choice():
+  small = LoadedModel(PhAINet(TINY), "mean", {}, "tiny")
+  assert not phasing.uses_bfloat16("cpu", "auto", phasing.parameter_count(small))
+  assert phasing.uses_bfloat16("cpu", "bfloat16", 0)
+  assert not phasing.uses_bfloat16("cpu", "float32", 10 ** 9)
+  with pytest.raises(ValueError):
+    phasing.uses_bfloat16("cpu", "fp8", 0)
+  a, m = _amplitudes()
+  res = phasing.phase_reflection_set(a, m, small, trials=2, cycles=2, precision="bfloat16")
+  assert res.signs.shape == (2, 1205) and np.isfinite(res.fom).all()

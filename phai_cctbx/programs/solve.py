@@ -162,7 +162,7 @@ build_model=False for phases only).
       data.miller_array, model=model, trials=p.phasing.trials,
       cycles=p.phasing.cycles, random_seed=p.phasing.random_seed, log=log,
       intensity_treatment=p.input.intensity_treatment,
-      min_reflections=p.phasing.min_reflections)
+      min_reflections=p.phasing.min_reflections, precision=p.phasing.precision)
     self.result.timings["model"] = t_model
     self.result.timings["reading"] = t1 - t0
     prefix = self._prefix()
