@@ -5,7 +5,9 @@ from phai_cctbx.programs.train import Program
 
 
 def run(args=None):
-  return run_program(program_class=Program, args=args)
+  """Run phai.train; returns None so that the console script exits with 0
+  (scripts wanting the results call iotbx.cli_parser.run_program directly)."""
+  run_program(program_class=Program, args=args)
 
 
 if __name__ == "__main__":
