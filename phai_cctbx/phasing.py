@@ -132,7 +132,7 @@ def phase_reflection_set(amplitudes, measured, model, trials: int = 8, cycles: i
   with torch.no_grad():
     for cycle in range(cycles):
       with autocast:
-        logits = model(amp_grid[: len(active)], network_io.phase_grid(signs[active]))
+        logits = model(amp_grid, network_io.phase_grid(signs[active]))
       new_signs, new_probs = network_io.signs_and_probabilities(logits)
       changed = new_signs != signs[active]
       last_change[active] = _weighted_fraction(changed, weights)
@@ -145,7 +145,7 @@ def phase_reflection_set(amplitudes, measured, model, trials: int = 8, cycles: i
       active = active[~fixed]
       if len(active) == 0:
         break
-      amp_grid = amp_grid[: len(active)]
+      amp_grid = amp_grid[: len(active)]  # the rows are identical
 
   signs_np = signs.cpu().numpy()
   probs_np = probs.cpu().numpy()
