@@ -191,3 +191,70 @@ def test_random_insertion_packing(inserted):
 def test_unknown_packing_refused(library):
   with pytest.raises(ValueError, match="packing"):
     StructureGenerator(library, np.random.default_rng(0), packing="squeeze")
+
+
+def _brute_force_clash(new_f, new_c, owner, placed_f, placed_c, m, thr2):
+  """Every pair of atoms over translations -2..2 from the nearest image
+  along each axis; a pair of one copy at zero translation is a bond, not a
+  contact."""
+  f = np.concatenate([new_f, placed_f]).astype(np.float64)
+  c = np.concatenate([new_c, placed_c])
+  body = np.concatenate([owner, np.full(len(placed_f), -1)])
+  n_new = len(new_f)
+  d = f[:n_new, None, :] - f[None, :, :]
+  r = np.round(d)
+  same = body[:n_new, None] == body[None, :]
+  for t in np.stack(np.meshgrid(*[np.arange(-2, 3)] * 3, indexing="ij"), -1).reshape(-1, 3):
+    d2 = (((d - r + t) @ m.T) ** 2).sum(-1)
+    bond = same & (t == r).all(-1)
+    if ((d2 < thr2[c[:n_new, None], c[None, :]]) & ~bond).any():
+      return True
+  return False
+
+
+def test_clash_check_agrees_with_brute_force(library):
+  """The fast check (copy 0 only, nearest images, bonds within a body kept
+  apart from contacts with its own images) gives the same verdict as every
+  pair over 125 translations, for cells with edges down to 3.5 A where a
+  molecule meets its own images."""
+  from phai_cctbx.training.structures import (
+    _clash, orient, OPS_ROT, OPS_TRANS)
+  rng = np.random.default_rng(5)
+  thr2 = (0.9 * contact_thresholds()) ** 2
+  verdicts = []
+  for trial in range(60):
+    a, b, c = rng.uniform(3.5, 10.0, 3) if trial % 2 else rng.uniform(10.0, 20.0, 3)
+    beta = rng.uniform(90, 120)
+    m = orthogonalisation(a, b, c, beta)
+    coords, numbers, _ = library.molecule(int(rng.integers(len(library))))
+    rel = orient(coords - coords.mean(0), rng)
+    f = rng.random(3) + rel @ np.linalg.inv(m).T
+    new_f = np.concatenate([OPS_ROT[op] * f + OPS_TRANS[op] for op in range(4)])
+    new_c = np.tile(_element_class(numbers), 4)
+    owner = np.repeat(np.arange(4), len(numbers))
+    # a few placed atoms, closed under the group
+    p = rng.random((2 * (trial % 3 == 0), 3))
+    placed_f = np.concatenate([OPS_ROT[op] * p + OPS_TRANS[op] for op in range(4)])
+    placed_c = np.tile(_element_class(np.array([6, 8])[:len(p)]), 4)
+    fast = _clash(new_f.astype(np.float32), new_c, owner, placed_f.astype(np.float32),
+                  placed_c, m.astype(np.float32), thr2)
+    slow = _brute_force_clash(new_f, new_c, owner, placed_f, placed_c, m, thr2)
+    assert fast == slow, trial
+    verdicts.append(fast)
+  assert 10 < sum(verdicts) < len(verdicts) - 10  # both verdicts were tested
+
+
+def test_clash_with_own_image_along_b():
+  """Two atoms of one molecule 3.2 A apart along a 4 A axis b: the molecule's
+  own image along b comes within 0.8 A of it."""
+  from phai_cctbx.training.structures import _clash
+  m = orthogonalisation(8.0, 4.0, 8.0, 100.0)
+  thr2 = contact_thresholds() ** 2
+  cls = _element_class(np.array([6, 6]))
+  new_f = np.array([[0.3, 0.1, 0.3], [0.3, 0.9, 0.3]], np.float32)
+  empty_f, empty_c = np.zeros((0, 3), np.float32), np.zeros(0, np.int64)
+  assert _clash(new_f, cls, np.zeros(2, int), empty_f, empty_c, m.astype(np.float32), thr2)
+  # the same pair 3.2 A apart along a 8 A axis is a clear molecule
+  new_f = np.array([[0.3, 0.1, 0.3], [0.3, 0.5, 0.3]], np.float32)
+  m = orthogonalisation(8.0, 8.0, 8.0, 100.0)
+  assert not _clash(new_f, cls, np.zeros(2, int), empty_f, empty_c, m.astype(np.float32), thr2)
