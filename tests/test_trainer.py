@@ -110,3 +110,40 @@ def test_interruption_writes_a_checkpoint(library_path, tmp_path):
   assert "stopping at step" in out
   blob = torch.load(os.path.join(str(tmp_path), "checkpoint.pt"), weights_only=False)
   assert blob["step"] >= 1 and "optimizer" in blob
+
+
+def test_validation_set_packaged_or_cached(library_path, tmp_path):
+  """By default the validation set shipped with the package; a cache file is
+  written once and read back; a set that does not fit is generated."""
+  import numpy as np
+  from phai_cctbx.training.molecules import ConformerLibrary
+  shipped = trainer.validation_structures(None, 8, 400)  # no library needed: nothing generated
+  with np.load(trainer.PACKAGED_VALIDATION) as f:
+    assert len(f["cell"]) == 256
+    assert np.array_equal(shipped["frac"], f["frac"][:8])
+  assert (shipped["numbers"] != 0).any(axis=1).all()
+  library = ConformerLibrary.load(library_path)
+  cache = str(tmp_path / "sub" / "val.npz")
+  made = trainer.validation_structures(library, 2, 200, cache)   # padded to 200: generated
+  assert made["frac"].shape == (2, 200, 3) and os.path.isfile(cache)
+  again = trainer.validation_structures(None, 2, 200, cache)
+  assert all(np.array_equal(made[k], again[k]) for k in made)
+
+
+def test_reuse_throttles_new_structures():
+  """With reuse=2 the pool takes new structures only while it has fewer than
+  one per two examples trained (beyond the initial fill); reuse=0 takes all."""
+  class Pool:
+    added = 0
+  cfg = TrainConfig(min_pool=100, reuse=2.0)
+  pool = Pool()
+  pool.added = 100
+  assert not trainer._wants_structures(pool, 0, cfg)
+  assert trainer._wants_structures(pool, 64, cfg)          # 32 new ones due
+  pool.added = 132
+  assert not trainer._wants_structures(pool, 64, cfg)
+  assert trainer._wants_structures(pool, 128, cfg, world=1)
+  assert not trainer._wants_structures(pool, 128, cfg, world=2)   # per rank: 64 examples
+  assert trainer._wants_structures(pool, 10 ** 6, TrainConfig(reuse=0.0))
+  pool.added = 10 ** 9
+  assert trainer._wants_structures(pool, 0, TrainConfig(reuse=0.0))

@@ -71,11 +71,14 @@ CPU, on one GPU, or on several under torchrun:
       batch_size=p.optimiser.batch_size, grad_clip=p.optimiser.grad_clip,
       mixed_precision=p.optimiser.mixed_precision, max_cycles=p.recycling.max_cycles,
       random_start_fraction=p.recycling.random_start_fraction, workers=p.data.workers,
-      pool_size=p.data.pool_size, min_pool=min(2048, p.data.pool_size),
+      pool_size=p.data.pool_size, min_pool=min(2048, p.data.pool_size), reuse=p.data.reuse,
+      packing=p.data.packing, compress_workers=p.data.compress_workers,
+      cell_strain=p.data.cell_strain,
       d_min_max=p.data.d_min_max, missing_max=p.data.missing_max, seed=p.run.seed,
       device=p.run.device, max_minutes=p.run.max_minutes,
       checkpoint_minutes=p.run.checkpoint_minutes, log_every=p.run.log_every,
-      validate_every=p.run.validate_every, validation_size=p.run.validation_size)
+      validate_every=p.run.validate_every, validation_size=p.run.validation_size,
+      validation_file=p.run.validation_file or "")
 
   def run(self):
     p = self.params

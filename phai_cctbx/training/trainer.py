@@ -70,6 +70,8 @@ class TrainConfig:
   chunk: int = 32
   pool_size: int = 20000
   min_pool: int = 2048
+  reuse: float = 0.0                # draws per new structure to aim at (0: take all the generators make);
+                                    # on a few CPU cores it leaves the generator idle instead of wasting structures
   max_atoms: int = 400
   packing: str = "insert"           # insert (fast) | compress (realistic, slow)
   compress_workers: int = 0         # generator processes that use compression anyway
@@ -84,7 +86,7 @@ class TrainConfig:
   validate_every: int = 1000
   validation_size: int = 256
   validation_d_min: tuple = (1.0, 1.6, 2.0)
-  validation_file: str = ""         # cache of the validation structures
+  validation_file: str = ""         # cache of the validation structures ("": the packaged set)
   cell_strain: float = 0.03         # random cell strain each time a pooled structure is drawn
 
   def model_config(self) -> PhAIConfig:
@@ -149,6 +151,16 @@ def _lr_at(step, cfg, warm_restart=0, time_fraction=0.0):
   return cfg.learning_rate * (cfg.min_lr_fraction + (1 - cfg.min_lr_fraction) * 0.5 * (1 + math.cos(math.pi * t)))
 
 
+def _wants_structures(pool, examples_this_run, cfg, world=1):
+  """Whether the pool takes another chunk of new structures now: always, unless
+  ``cfg.reuse`` is set and this rank already has one new structure per
+  ``reuse`` examples it trained on (a full generator queue then blocks its
+  processes, which frees their cores for training)."""
+  if cfg.reuse <= 0:
+    return True
+  return pool.added < cfg.min_pool + examples_this_run / (cfg.reuse * world)
+
+
 def run_network(model, amplitudes, measured, scaling, cycles, start_signs, grad_last=True,
                 autocast=None):
   """Recycle ``cycles`` times from ``start_signs``; gradients only through the last cycle."""
@@ -164,14 +176,32 @@ def run_network(model, amplitudes, measured, scaling, cycles, start_signs, grad_
   return logits
 
 
+# The validation set the shipped model's learning curve was measured on (256
+# structures from compression packing, seed 123456789, 400 atoms at most).
+PACKAGED_VALIDATION = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                   "data", "validation_structures.npz")
+
+
+def _read_structures(path, size, max_atoms):
+  """The first ``size`` padded structures of an .npz file, or None when the
+  file is missing or holds fewer or differently padded ones."""
+  if not os.path.isfile(path):
+    return None
+  with np.load(path) as f:
+    batch = {k: f[k] for k in ("frac", "numbers", "cell")}
+  if len(batch["cell"]) < size or batch["frac"].shape[1] != max_atoms:
+    return None
+  return {k: v[:size] for k, v in batch.items()}
+
+
 def validation_structures(library, size, max_atoms, path=""):
-  """The fixed validation structures (seeded); cached in ``path`` when given, so
-  that learning curves of separate runs are measured on the same set."""
-  if path and os.path.isfile(path):
-    with np.load(path) as f:
-      batch = {k: f[k] for k in ("frac", "numbers", "cell")}
-    if len(batch["cell"]) >= size and batch["frac"].shape[1] == max_atoms:
-      return {k: v[:size] for k, v in batch.items()}
+  """The fixed validation structures. With ``path``, a cache: read when it
+  fits, else generated (seeded) and written there. Without, the set shipped
+  with the package when it fits (so that learning curves of runs anywhere are
+  measured on the same set), else generated."""
+  batch = _read_structures(path or PACKAGED_VALIDATION, size, max_atoms)
+  if batch is not None:
+    return batch
   from phai_cctbx.training.structures import StructureGenerator
   gen = StructureGenerator(library, rng=np.random.default_rng(123456789), max_atoms=max_atoms,
                            packing="compress")
@@ -317,11 +347,12 @@ def train(cfg: TrainConfig, log=sys.stdout):
     t_start = time.time()
     t_ckpt = t_log = time.time()
     seconds0, examples_log = state["seconds"], state["examples"]
+    examples0 = state["examples"]
     losses = []
     model.train()
     while state["step"] < cfg.max_steps:
-      while True:  # take whatever the generators have ready
-        chunk = stream.get(block=False)
+      while _wants_structures(pool, state["examples"] - examples0, cfg, world):
+        chunk = stream.get(block=False)  # whatever the generators have ready
         if chunk is None:
           break
         pool.add(chunk)
