@@ -4,15 +4,14 @@ import pytest
 
 pytest.importorskip("rdkit")
 from cctbx import crystal, sgtbx, xray  # noqa: E402
+from cctbx.eltbx import tiny_pse  # noqa: E402
 from cctbx.array_family import flex  # noqa: E402
 from phai_cctbx.training.molecules import build_library  # noqa: E402
 from phai_cctbx.training.structures import (  # noqa: E402
   StructureGenerator, Structure, contact_thresholds, _element_class, orthogonalisation)
 
-SYMBOLS = {1: "H", 3: "Li", 6: "C", 7: "N", 8: "O", 9: "F", 11: "Na", 12: "Mg", 13: "Al",
-           14: "Si", 15: "P", 16: "S", 17: "Cl", 19: "K", 20: "Ca", 25: "Mn", 26: "Fe",
-           27: "Co", 28: "Ni", 29: "Cu", 30: "Zn", 35: "Br", 37: "Rb", 38: "Sr", 47: "Ag",
-           48: "Cd", 53: "I", 55: "Cs", 56: "Ba"}
+def symbol(z):
+  return tiny_pse.table(int(z)).symbol()
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +99,7 @@ def assert_closed_under_p21c(s):
     for k, idx in enumerate(s.asym):
       scatterers.append(xray.scatterer(
         label="A%d" % k, site=tuple(float(x) for x in s.frac[idx]),
-        scattering_type=SYMBOLS[int(s.numbers[idx])]))
+        scattering_type=symbol(s.numbers[idx])))
     xs = xray.structure(crystal_symmetry=sym, scatterers=scatterers)
     p1 = xs.expand_to_p1(sites_mod_positive=True)
     assert p1.scatterers().size() == len(s.numbers)
@@ -141,6 +140,35 @@ def test_inorganic_structures(inorganic):
     d, i, j, intra = pair_distances(s)
     assert (d[~intra] > 1.8).all()
     assert (s.numbers != 1).all()
+
+
+def test_inorganic_variety_and_density(library):
+  """Ionic structures: cations from across the periodic table (heavy ones
+  included), complex anions, and mineral-like densities."""
+  gen = StructureGenerator(library, np.random.default_rng(8), inorganic_fraction=1.0)
+  structures = [gen.sample() for _ in range(30)]
+  elements = set(int(z) for s in structures for z in s.numbers)
+  assert any(z > 36 for z in elements)              # heavy scatterers occur
+  assert elements & {14, 15, 16} and 8 in elements  # oxo-anions occur
+  assert max(len(s.asym) for s in structures) >= 5
+  volume = np.median([s.volume_per_heavy_atom() for s in structures])
+  assert 8.0 < volume < 26.0, volume
+
+
+def test_flat_molecule_sizes(library):
+  """flat_sizes=1 draws each size equally often, however few molecules of
+  that size the library has; flat_sizes=0 draws molecules uniformly."""
+  heavy = library.heavy_counts()
+  sizes = np.unique(heavy)
+  for flat in (0.0, 1.0):
+    gen = StructureGenerator(library, np.random.default_rng(9), flat_sizes=flat)
+    picked = heavy[[gen._pick(100) for _ in range(4000)]]
+    share = np.array([(picked == k).mean() for k in sizes])
+    expected = (np.full(len(sizes), 1 / len(sizes)) if flat else
+                np.array([(heavy == k).mean() for k in sizes]))
+    assert np.abs(share - expected).max() < 0.04, (flat, share, expected)
+  small = gen._pick(int(sizes[0]))
+  assert heavy[small] == sizes[0]
 
 
 def test_inversion_centre_units(centred):

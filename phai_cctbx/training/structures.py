@@ -38,11 +38,44 @@ INVERSION_CENTRES = np.array(
 METAL_NUMBERS = (3, 11, 12, 13, 19, 20, 25, 26, 27, 28, 29, 30, 37, 38, 47, 48, 55, 56)
 DONOR_NUMBERS = (7, 8, 9, 15, 16, 17, 35, 53)
 
-# Ionic radii (Angstrom) for the inorganic structures.
+# Ionic radii (Angstrom, about six-coordinate) and charges of the cations of
+# the inorganic structures: alkali, alkaline-earth, transition, post-transition
+# metals, lanthanides and actinides, so that heavy scatterers are common.
 _CATIONS = {3: (1, .76), 11: (1, 1.02), 19: (1, 1.38), 37: (1, 1.52), 55: (1, 1.67),
+            47: (1, 1.15), 81: (1, 1.50),
             12: (2, .72), 20: (2, 1.00), 38: (2, 1.18), 56: (2, 1.35), 30: (2, .74),
-            13: (3, .54)}
-_ANION_RADII = {8: 1.40, 9: 1.33, 17: 1.81, 35: 1.96, 53: 2.20, 16: 1.84}
+            48: (2, .95), 82: (2, 1.19), 25: (2, .83), 26: (2, .78), 27: (2, .75),
+            28: (2, .69), 29: (2, .73), 80: (2, 1.02),
+            13: (3, .54), 31: (3, .62), 49: (3, .80), 39: (3, .90), 57: (3, 1.03),
+            60: (3, .98), 67: (3, .90), 83: (3, 1.03),
+            40: (4, .72), 58: (4, .87), 90: (4, .94), 92: (4, .89)}
+_ANION_RADII = {8: 1.40, 9: 1.33, 17: 1.81, 35: 1.96, 53: 2.20, 16: 1.84, 34: 1.98, 52: 2.21}
+
+_TETRAHEDRON = np.array([[1, 1, 1], [1, -1, -1], [-1, 1, -1], [-1, -1, 1]]) / np.sqrt(3)
+_TRIANGLE = np.array([[1, 0, 0], [-.5, np.sqrt(3) / 2, 0], [-.5, -np.sqrt(3) / 2, 0]])
+_OCTAHEDRON = np.array([[1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1], [0, 0, -1]])
+# Complex anions: (central atom, bond length, charge, ligand directions, ligand).
+_ANION_GROUPS = (
+  (16, 1.47, 2, _TETRAHEDRON, 8),    # sulfate
+  (15, 1.54, 3, _TETRAHEDRON, 8),    # phosphate
+  (17, 1.44, 1, _TETRAHEDRON, 8),    # perchlorate
+  (14, 1.63, 4, _TETRAHEDRON, 8),    # orthosilicate
+  (33, 1.69, 3, _TETRAHEDRON, 8),    # arsenate
+  (24, 1.65, 2, _TETRAHEDRON, 8),    # chromate
+  (34, 1.64, 2, _TETRAHEDRON, 8),    # selenate
+  (42, 1.77, 2, _TETRAHEDRON, 8),    # molybdate
+  (74, 1.78, 2, _TETRAHEDRON, 8),    # tungstate
+  (23, 1.72, 3, _TETRAHEDRON, 8),    # vanadate
+  (5, 1.39, 1, _TETRAHEDRON, 9),     # tetrafluoroborate
+  (6, 1.29, 2, _TRIANGLE, 8),        # carbonate
+  (7, 1.25, 1, _TRIANGLE, 8),        # nitrate
+  (5, 1.37, 3, _TRIANGLE, 8),        # borate
+  (14, 1.68, 2, _OCTAHEDRON, 9),     # hexafluorosilicate
+  (13, 1.81, 3, _OCTAHEDRON, 9),     # hexafluoroaluminate
+  (15, 1.60, 1, _OCTAHEDRON, 9),     # hexafluorophosphate
+)
+# Simple anions and their charges.
+_SIMPLE_ANIONS = {8: 2, 9: 1, 17: 1, 35: 1, 53: 1, 16: 2, 34: 2, 52: 2}
 
 
 @dataclass
@@ -481,25 +514,31 @@ class StructureGenerator:
   rng                 numpy Generator
   max_edge, min_edge  limits on the cell edges (Angstrom)
   max_atoms           cap on atoms in the cell; max_asym: in the asymmetric unit
-  inorganic_fraction  share of simple ionic structures
+  inorganic_fraction  share of ionic structures (simple and complex anions, cations
+                      from Li to U), as in the ICSD part of real small cells
   inversion_fraction  share of organic structures with a unit on an inversion centre
   z_prime_weights     relative frequencies of 1, 2 and 3 general units
   volume_per_atom     allowed window of cell volume per non-hydrogen atom (A^3)
+  flat_sizes          share of molecules drawn by size first (uniform over sizes)
+  rounds, inorganic_rounds  compression rounds (ionic structures need more to
+                      reach mineral densities)
   packing             "compress": rigid-body compression to contact (realistic
                       packing, slow); "insert": a cell of the target density is
                       drawn first and the molecules are inserted at random
                       clash-free positions (about 50 times faster, looser packing)
   """
 
-  def __init__(self, library, rng, max_edge=10.0, max_atoms=400, inorganic_fraction=0.03,
+  def __init__(self, library, rng, max_edge=10.0, max_atoms=400, inorganic_fraction=0.2,
                inversion_fraction=0.12, z_prime_weights=(0.82, 0.14, 0.04),
                volume_per_atom=(14.0, 26.0), min_edge=3.5, max_asym=100,
-               beta_range=(90.0, 120.0), rounds=4, packing="compress"):
+               beta_range=(90.0, 120.0), rounds=4, packing="compress", flat_sizes=0.5,
+               inorganic_rounds=10):
     if packing not in ("compress", "insert"):
       raise ValueError("packing must be 'compress' or 'insert'")
     self.packing = packing
     self.library = library
     self.rounds = int(rounds)
+    self.inorganic_rounds = int(inorganic_rounds)
     self.rng = rng
     self.max_edge = float(max_edge)
     self.min_edge = float(min_edge)
@@ -518,6 +557,8 @@ class StructureGenerator:
     order = np.argsort(self._heavy, kind="stable")
     self._by_heavy = order
     self._heavy_sorted = self._heavy[order]
+    self._sizes_present = np.unique(self._heavy)
+    self.flat_sizes = float(flat_sizes)
     self.attempts = 0
     self.accepted = 0
     self._last = None
@@ -557,12 +598,23 @@ class StructureGenerator:
     return float(self.rng.uniform(lo, hi))
 
   def _pick(self, max_heavy, metal=None):
-    """Index of a random library molecule with at most max_heavy heavy atoms."""
+    """Index of a random library molecule with at most max_heavy heavy atoms.
+
+    With probability ``flat_sizes`` the size is drawn first, uniformly over
+    the sizes the library has up to max_heavy, so that small molecules (which
+    random graphs make rarely) are as common as large ones; else uniformly
+    over the molecules."""
     k = np.searchsorted(self._heavy_sorted, max_heavy, side="right")
     if k == 0:
       return None
+    lo, hi = 0, k
+    if self.rng.random() < self.flat_sizes:
+      size = self._sizes_present[self.rng.integers(np.searchsorted(self._sizes_present, max_heavy,
+                                                                   side="right"))]
+      lo = np.searchsorted(self._heavy_sorted, size, side="left")
+      hi = np.searchsorted(self._heavy_sorted, size, side="right")
     for _ in range(8):
-      i = int(self._by_heavy[self.rng.integers(k)])
+      i = int(self._by_heavy[lo + self.rng.integers(hi - lo)])
       if metal is None or self._metal[i] == metal:
         return i
     return None
@@ -813,35 +865,38 @@ class StructureGenerator:
 
   # ------------------------------------------------------------ inorganic
   def _anion_group(self):
-    """(rel coords, numbers, charge) of a random anion."""
+    """(rel coords, numbers, charge) of a random anion: a simple one (40 %)
+    or a tetrahedral, triangular or octahedral group."""
     rng = self.rng
-    kind = rng.integers(10)
-    tet = np.array([[1, 1, 1], [1, -1, -1], [-1, 1, -1], [-1, -1, 1]]) / np.sqrt(3)
-    tri = np.array([[1, 0, 0], [-.5, np.sqrt(3) / 2, 0], [-.5, -np.sqrt(3) / 2, 0]])
-    if kind < 4:
-      z = int(rng.choice([8, 9, 17, 35, 16, 53], p=[.25, .1, .3, .15, .15, .05]))
-      return np.zeros((1, 3)), np.array([z], np.int8), (2 if z in (8, 16) else 1)
-    centre, d, q, shape = {
-      4: (16, 1.47, 2, tet), 5: (15, 1.54, 3, tet), 6: (17, 1.44, 1, tet),
-      7: (6, 1.29, 2, tri), 8: (7, 1.25, 1, tri), 9: (14, 1.63, 4, tet)}[int(kind)]
+    if rng.random() < 0.4:
+      z = int(rng.choice([8, 9, 17, 35, 53, 16, 34, 52],
+                         p=[.3, .1, .2, .1, .05, .13, .07, .05]))
+      return np.zeros((1, 3)), np.array([z], np.int8), _SIMPLE_ANIONS[z]
+    centre, d, q, shape, ligand = _ANION_GROUPS[rng.integers(len(_ANION_GROUPS))]
+    d = d * rng.uniform(0.98, 1.02)
     rel = np.vstack([[0, 0, 0], d * shape])
-    return rel, np.array([centre] + [8] * len(shape), np.int8), q
+    return rel, np.array([centre] + [ligand] * len(shape), np.int8), q
 
   def _try_inorganic(self):
     rng = self.rng
     beta = self._beta()
     anions = []
     charge = 0
-    for _ in range(1 if rng.random() < 0.7 else 2):
+    for _ in range(1 + int(rng.choice(3, p=[.5, .35, .15]))):
       rel, z, q = self._anion_group()
       anions.append((rel, z))
       charge += q
     cations = []
+    # one or two cation species, balancing the charge
+    species = [int(z) for z in rng.choice(list(_CATIONS), size=2, replace=False)]
     while charge > 0:
-      options = [c for c, (q, _) in _CATIONS.items() if q <= charge]
+      options = [c for c in species if _CATIONS[c][0] <= charge] or \
+                [c for c, (q, _) in _CATIONS.items() if q <= charge]
       zc = int(options[rng.integers(len(options))])
       cations.append(zc)
       charge -= _CATIONS[zc][0]
+    if len(anions) + len(cations) > 12:
+      return None
     units = []
     for rel, z in anions:
       units.append(_Unit(rel @ random_rotation(rng).T, z))
@@ -870,7 +925,7 @@ class StructureGenerator:
 
     n_atoms = sum(len(u.numbers) * (2 if u.special else 4) for u in units)
     packer = pack(units, thr_fn, rng, beta, self.max_edge, self.min_edge,
-                  rounds=self.rounds, volume_floor=6.0 * n_atoms)
+                  rounds=self.inorganic_rounds, volume_floor=6.0 * n_atoms)
     if packer is None:
       return None
     cell = np.array([*packer.edges, 90.0, beta, 90.0])
