@@ -8,7 +8,8 @@ from cctbx.eltbx import tiny_pse  # noqa: E402
 from cctbx.array_family import flex  # noqa: E402
 from phai_cctbx.training.molecules import build_library  # noqa: E402
 from phai_cctbx.training.structures import (  # noqa: E402
-  StructureGenerator, Structure, contact_thresholds, _element_class, orthogonalisation)
+  StructureGenerator, Structure, contact_thresholds, insertion_thresholds, _element_class,
+  orthogonalisation)
 
 def symbol(z):
   return tiny_pse.table(int(z)).symbol()
@@ -125,11 +126,26 @@ def test_no_clashes(organic, centred):
     assert_no_clashes(s, contact_thresholds())
 
 
+def structure_classes(s):
+  """Contact classes of a structure's atoms: a hydrogen whose nearest atom of
+  its own body is N or O is an N-H/O-H hydrogen."""
+  m = orthogonalisation(s.cell[0], s.cell[1], s.cell[2], s.cell[4])
+  f = s.frac.astype(np.float64)
+  parents = np.full(len(f), -1)
+  for h in np.nonzero(s.numbers == 1)[0]:
+    d = f - f[h]
+    d -= np.round(d)
+    dist = np.linalg.norm(d @ m.T, axis=-1)
+    dist[(s.body != s.body[h]) | (s.numbers == 1)] = np.inf
+    parents[h] = int(np.argmin(dist))
+  return _element_class(s.numbers, parents)
+
+
 def assert_no_clashes(s, thr):
     d, i, j, intra = pair_distances(s)
     assert (d[i != j] > 0.9).all()  # never two atoms on one site
     other = ~intra
-    cls = _element_class(s.numbers)
+    cls = structure_classes(s)
     need = thr[cls[i[other]], cls[j[other]]]
     assert (d[other] >= need - 1e-3).all()
 
@@ -213,7 +229,7 @@ def test_random_insertion_packing(inserted):
     assert 3.5 - 1e-6 <= min(a, b, c) and max(a, b, c) <= 10.0 + 1e-6
     assert 18.0 - 1e-6 <= s.volume_per_heavy_atom() <= 30.0 + 1e-6
     assert_closed_under_p21c(s)
-    assert_no_clashes(s, 0.9 * contact_thresholds())
+    assert_no_clashes(s, insertion_thresholds(contact_thresholds()))
 
 
 def test_unknown_packing_refused(library):
@@ -248,7 +264,7 @@ def test_clash_check_agrees_with_brute_force(library):
   from phai_cctbx.training.structures import (
     _clash, orient, OPS_ROT, OPS_TRANS)
   rng = np.random.default_rng(5)
-  thr2 = (0.9 * contact_thresholds()) ** 2
+  thr2 = insertion_thresholds(contact_thresholds()) ** 2
   verdicts = []
   for trial in range(60):
     a, b, c = rng.uniform(3.5, 10.0, 3) if trial % 2 else rng.uniform(10.0, 20.0, 3)
@@ -286,3 +302,27 @@ def test_clash_with_own_image_along_b():
   new_f = np.array([[0.3, 0.1, 0.3], [0.3, 0.5, 0.3]], np.float32)
   m = orthogonalisation(8.0, 8.0, 8.0, 100.0)
   assert not _clash(new_f, cls, np.zeros(2, int), empty_f, empty_c, m.astype(np.float32), thr2)
+
+
+def test_hydrogen_bonds_allowed_other_short_contacts_not():
+  """An O-H hydrogen may sit 1.8 A from another molecule's O (a hydrogen
+  bond); a C-H hydrogen may not, and neither may a C 2.8 A from an O."""
+  from phai_cctbx.training.structures import _clash
+  m = orthogonalisation(9.0, 9.0, 9.0, 90.0).astype(np.float32)
+  thr2 = contact_thresholds() ** 2
+  empty_f, empty_c = np.zeros((0, 3), np.float32), np.zeros(0, np.int64)
+  # molecule 1: O-H (H at 0.97 A); molecule 2: a lone O at 1.8 A from that H
+  o_h = np.array([[0.0, 0.0, 0.0], [0.97, 0.0, 0.0]]) / 9.0 + 0.3
+  lone_o = np.array([[0.97 + 1.8, 0.0, 0.0]]) / 9.0 + 0.3
+  frac = np.concatenate([o_h, lone_o]).astype(np.float32)
+  owner = np.array([0, 0, 1])
+  polar = _element_class(np.array([8, 1]), parents=np.array([-1, 0]))
+  assert list(polar) == [5, 4]
+  o = _element_class(np.array([8]))
+  assert not _clash(frac, np.concatenate([polar, o]), owner, empty_f, empty_c, m, thr2)
+  c_h = _element_class(np.array([6, 1]), parents=np.array([-1, 0]))
+  assert list(c_h) == [1, 0]
+  assert _clash(frac, np.concatenate([c_h, o]), owner, empty_f, empty_c, m, thr2)
+  # insertion keeps hydrogen-bond lengths but shortens the others by 10 %
+  ins = insertion_thresholds(contact_thresholds())
+  assert ins[4, 5] == contact_thresholds()[4, 5] and ins[1, 1] == 0.9 * contact_thresholds()[1, 1]

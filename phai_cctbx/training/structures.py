@@ -117,12 +117,18 @@ class _Unit:
   centre   (3,) fractional coordinates of the centre
   special  True when centred on an inversion centre (rel is centrosymmetric)
   asym     (n,) bool: atoms belonging to the asymmetric unit
+  cls      (n,) contact classes, which tell N-H/O-H hydrogens from C-H ones
   """
   rel: np.ndarray
   numbers: np.ndarray
   centre: np.ndarray = None
   special: bool = False
   asym: np.ndarray = None
+  cls: np.ndarray = None   # contact classes (_element_class); from numbers when None
+
+  @property
+  def classes(self):
+    return _element_class(self.numbers) if self.cls is None else self.cls
 
   @property
   def radius(self):
@@ -167,26 +173,47 @@ def orient(rel, rng, aligned_fraction=0.75, spread_deg=20.0):
   return rel @ frame @ tilt.T
 
 
-def _element_class(z):
-  """0: hydrogen, 1: other non-metal, 2: donor (N, O, F, P, S, Cl, Br, I), 3: metal."""
+def _element_class(z, parents=None):
+  """Contact class of each atom: 0 hydrogen (on carbon), 1 other non-metal,
+  2 F, P, S, Cl, Br, I, 3 metal, 4 hydrogen on N or O (with ``parents``, the
+  index of each hydrogen's bonded atom), 5 N and O."""
   z = np.asarray(z)
   cls = np.ones(z.shape, np.int64)
   cls[z == 1] = 0
   cls[np.isin(z, DONOR_NUMBERS)] = 2
+  cls[np.isin(z, (7, 8))] = 5
   cls[np.isin(z, METAL_NUMBERS)] = 3
+  if parents is not None:
+    parents = np.asarray(parents)
+    polar = (z == 1) & (parents >= 0) & np.isin(z[np.maximum(parents, 0)], (7, 8))
+    cls[polar] = 4
   return cls
 
 
 def contact_thresholds(scale=1.0):
-  """4x4 minimum intermolecular distances (Angstrom) between element classes
-  (see _element_class) of organic and metal-organic structures."""
+  """6x6 minimum intermolecular distances (Angstrom) between the contact
+  classes of _element_class in organic and metal-organic structures. N-H and
+  O-H hydrogens may come to 1.7 A of N and O, and N and O to 2.6 A of each
+  other: the hydrogen bonds that hold most small organic crystals together."""
   t = np.array([
-    # H    C    donor metal
-    [2.0, 2.4, 2.4, 2.3],
-    [2.4, 3.0, 3.0, 2.8],
-    [2.4, 3.0, 3.0, 2.0],
-    [2.3, 2.8, 2.0, 3.0]])
+    # H    C    hal/S metal H(N,O) N,O
+    [2.0, 2.4, 2.4, 2.3, 2.0, 2.4],   # H on C
+    [2.4, 3.0, 3.0, 2.8, 2.4, 3.0],   # C and other non-metals
+    [2.4, 3.0, 3.0, 2.0, 2.3, 3.0],   # F, P, S, Cl, Br, I
+    [2.3, 2.8, 2.0, 3.0, 2.3, 2.0],   # metal
+    [2.0, 2.4, 2.3, 2.3, 2.0, 1.7],   # H on N or O
+    [2.4, 3.0, 3.0, 2.0, 1.7, 2.6]])  # N, O
   return t * scale
+
+
+def insertion_thresholds(thr):
+  """Contact thresholds for random insertion, which cannot interlock
+  molecules as compression does: contacts 10 % shorter, so that it reaches
+  crystal densities, except the hydrogen bonds, which keep their lengths."""
+  out = 0.9 * thr
+  for i, j in ((4, 5), (5, 4), (5, 5)):
+    out[i, j] = thr[i, j]
+  return out
 
 
 def inorganic_threshold(z1, z2):
@@ -620,15 +647,17 @@ class StructureGenerator:
     return None
 
   def _molecule_unit(self, i):
-    coords, numbers, _ = self.library.molecule(i)
+    coords, numbers, parents = self.library.molecule(i)
     rel = coords.astype(np.float64)
     rel = rel - rel.mean(0)
-    return _Unit(orient(rel, self.rng), numbers.astype(np.int8))
+    return _Unit(orient(rel, self.rng), numbers.astype(np.int8),
+                 cls=_element_class(numbers, parents))
 
   def _inversion_unit(self, i, thr):
     """Centrosymmetric unit from molecule i, or None."""
     coords, numbers, parents = self.library.molecule(i)
     xyz = coords.astype(np.float64)
+    classes = _element_class(numbers, parents)
     metal = np.isin(numbers, METAL_NUMBERS)
     if metal.any():
       m = int(np.nonzero(metal)[0][0])
@@ -636,6 +665,7 @@ class StructureGenerator:
       lig = xyz[keep] - xyz[m]
       rel = np.vstack([[[0., 0., 0.]], lig, -lig])
       z = np.concatenate([[numbers[m]], numbers[keep], numbers[keep]]).astype(np.int8)
+      cls = np.concatenate([[classes[m]], classes[keep], classes[keep]])
       n = len(lig)
       asym = np.zeros(len(z), bool)
       asym[:n + 1] = True
@@ -656,6 +686,7 @@ class StructureGenerator:
       frag = xyz[keep] - (xyz[a] + 0.5 * d * u)
       rel = np.vstack([frag, -frag])
       z = np.concatenate([numbers[keep], numbers[keep]]).astype(np.int8)
+      cls = np.concatenate([classes[keep], classes[keep]])
       n = len(frag)
       asym = np.zeros(len(z), bool)
       asym[:n] = True
@@ -667,7 +698,7 @@ class StructureGenerator:
     ia = half_a[~skip[half_a]]
     ib = half_b[~skip[half_b]]
     d2 = ((rel[ia][:, None] - rel[ib][None]) ** 2).sum(-1)
-    t = thr[_element_class(z[ia])[:, None], _element_class(z[ib])[None]] - 0.15
+    t = thr[cls[ia][:, None], cls[ib][None]] - 0.15
     if (d2 < t ** 2).any():
       return None
     near = np.nonzero(skip)[0]
@@ -683,7 +714,7 @@ class StructureGenerator:
         own[:] = True
       if (~own & (dn < 2.0 ** 2)).any():
         return None
-    return _Unit(orient(rel, self.rng), z, special=True, asym=asym)
+    return _Unit(orient(rel, self.rng), z, special=True, asym=asym, cls=cls)
 
   # ------------------------------------------------------------ organic
   def _organic_units(self):
@@ -737,7 +768,7 @@ class StructureGenerator:
     n_asym = sum(int(u.asym.sum()) if u.special else len(u.numbers) for u in units)
     if n_cell > self.max_atoms or n_asym > self.max_asym:
       return None
-    cls = [_element_class(u.numbers) for u in units]
+    cls = [u.classes for u in units]
     cls_of = {id(u.numbers): c for u, c in zip(units, cls)}
 
     def thr_fn(zp, zq):
@@ -786,9 +817,7 @@ class StructureGenerator:
       return None
     k = fits[0]
     edges = rng.permutation(np.array([ab[k, 0], ab[k, 1], c[k]]))
-    # Random insertion cannot interlock molecules as compression does: allow
-    # contacts a little shorter (10 %) so that it reaches crystal densities.
-    thr2 = ((0.9 * thr) ** 2).astype(np.float32)
+    thr2 = (insertion_thresholds(thr) ** 2).astype(np.float32)
     order = sorted(units, key=lambda u: not u.special)
     e = None
     for factor in grow:
@@ -817,7 +846,7 @@ class StructureGenerator:
     frac_parts, number_parts, asym_parts, body_parts = [], [], [], []
     count = body = 0
     for unit in units:
-      cls = _element_class(unit.numbers)
+      cls = unit.classes
       n_copies = 2 if unit.special else 4
       new_c = np.tile(cls, n_copies)
       owner = np.repeat(np.arange(n_copies), len(unit.numbers))
