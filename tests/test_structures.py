@@ -227,7 +227,7 @@ def test_random_insertion_packing(inserted):
   for s in inserted:
     a, b, c, al, be, ga = s.cell
     assert 3.5 - 1e-6 <= min(a, b, c) and max(a, b, c) <= 10.0 + 1e-6
-    assert 18.0 - 1e-6 <= s.volume_per_heavy_atom() <= 30.0 + 1e-6
+    assert 14.0 - 1e-6 <= s.volume_per_heavy_atom() <= 30.0 + 1e-6  # squeezed to 14 at most
     assert_closed_under_p21c(s)
     assert_no_clashes(s, insertion_thresholds(contact_thresholds()))
 
@@ -326,3 +326,14 @@ def test_hydrogen_bonds_allowed_other_short_contacts_not():
   # insertion keeps hydrogen-bond lengths but shortens the others by 10 %
   ins = insertion_thresholds(contact_thresholds())
   assert ins[4, 5] == contact_thresholds()[4, 5] and ins[1, 1] == 0.9 * contact_thresholds()[1, 1]
+
+
+def test_squeeze_after_insertion_makes_denser_cells(library):
+  """The squeeze after random insertion shrinks the cells (contacts still
+  checked by test_random_insertion_packing)."""
+  volumes = {}
+  for squeeze in (False, True):
+    gen = StructureGenerator(library, np.random.default_rng(6), inorganic_fraction=0.0,
+                             packing="insert", volume_per_atom=(18.0, 30.0), squeeze=squeeze)
+    volumes[squeeze] = np.median([gen.sample().volume_per_heavy_atom() for _ in range(12)])
+  assert volumes[True] < 0.95 * volumes[False], volumes

@@ -547,6 +547,8 @@ class StructureGenerator:
   z_prime_weights     relative frequencies of 1, 2 and 3 general units
   volume_per_atom     allowed window of cell volume per non-hydrogen atom (A^3)
   flat_sizes          share of molecules drawn by size first (uniform over sizes)
+  squeeze             after random insertion, shrink the cell towards contact
+                      (down to squeeze_floor A^3 per non-hydrogen atom)
   rounds, inorganic_rounds  compression rounds (ionic structures need more to
                       reach mineral densities)
   packing             "compress": rigid-body compression to contact (realistic
@@ -559,13 +561,15 @@ class StructureGenerator:
                inversion_fraction=0.12, z_prime_weights=(0.82, 0.14, 0.04),
                volume_per_atom=(14.0, 26.0), min_edge=3.5, max_asym=100,
                beta_range=(90.0, 120.0), rounds=4, packing="compress", flat_sizes=0.5,
-               inorganic_rounds=10):
+               inorganic_rounds=10, squeeze=True, squeeze_floor=14.0):
     if packing not in ("compress", "insert"):
       raise ValueError("packing must be 'compress' or 'insert'")
     self.packing = packing
     self.library = library
     self.rounds = int(rounds)
     self.inorganic_rounds = int(inorganic_rounds)
+    self.squeeze = bool(squeeze)
+    self.squeeze_floor = float(squeeze_floor)
     self.rng = rng
     self.max_edge = float(max_edge)
     self.min_edge = float(min_edge)
@@ -800,7 +804,8 @@ class StructureGenerator:
 
   # ------------------------------------------------------------ insertion
   def _insert(self, units, beta, thr, tries=10, grow=tuple(1.0 + 0.04 * i for i in range(12))):
-    """Random insertion into a cell of the target density; Structure or None.
+    """Random insertion into a cell of the target density, then a squeeze
+    of the cell towards contact; Structure or None.
 
     When a unit finds no clash-free place in ``tries`` random ones, the cell
     is enlarged by the next factor of ``grow`` and the placement starts over.
@@ -825,47 +830,106 @@ class StructureGenerator:
       if (e is not None and np.allclose(grown, e)) or np.prod(grown) * sin_b > hi * n_heavy:
         return None
       e = grown
-      placed = self._place_all(order, orthogonalisation(*e, beta), thr2, tries)
-      if placed is not None:
+      poses = self._place_all(order, orthogonalisation(*e, beta), thr2, tries)
+      if poses is not None:
         break
     else:
       return None
-    frac, numbers, asym, body = placed
+    if self.squeeze:
+      e = self._squeeze(order, poses, e, beta, thr2, self.squeeze_floor * n_heavy)
+    frac, numbers, asym, body = self._assemble(order, poses, orthogonalisation(*e, beta))
     if len(numbers) > self.max_atoms:
       return None
     cell = np.array([*e, 90.0, beta, 90.0])
     kind = "metal-organic" if np.isin(numbers, METAL_NUMBERS).any() else "organic"
     return Structure(cell, frac.astype(np.float32), numbers.astype(np.int8), asym, kind, body)
 
+  @staticmethod
+  def _copies(unit, rel, centre, m_inv):
+    """Fractional coordinates of all symmetry copies of ``unit`` at Cartesian
+    orientation ``rel`` and fractional centre ``centre`` (not wrapped)."""
+    f = centre + rel @ m_inv.T
+    if unit.special:  # centrosymmetric: its inversion image is itself
+      return np.concatenate([f, OPS_ROT[1] * f + OPS_TRANS[1]]).astype(np.float32)
+    return np.concatenate([OPS_ROT[op] * f + OPS_TRANS[op] for op in range(4)]).astype(np.float32)
+
+  @staticmethod
+  def _contact_arrays(unit):
+    """(classes, copy number) of the atoms of all copies of ``unit``."""
+    n_copies = 2 if unit.special else 4
+    return np.tile(unit.classes, n_copies), np.repeat(np.arange(n_copies), len(unit.numbers))
+
   def _place_all(self, units, m, thr2, tries):
-    """(frac, numbers, asym, body) of the units placed one by one, or None."""
+    """Poses (Cartesian orientation, fractional centre) of the units placed
+    one by one without clashes, or None."""
     m_inv = np.linalg.inv(m)
     m32 = m.astype(np.float32)
     placed_f = np.zeros((0, 3), np.float32)
     placed_c = np.zeros(0, np.int64)
-    frac_parts, number_parts, asym_parts, body_parts = [], [], [], []
-    count = body = 0
+    poses = []
     for unit in units:
-      cls = unit.classes
-      n_copies = 2 if unit.special else 4
-      new_c = np.tile(cls, n_copies)
-      owner = np.repeat(np.arange(n_copies), len(unit.numbers))
-      new_f = None
+      new_c, owner = self._contact_arrays(unit)
+      pose = None
       # one candidate first (usually enough while the cell is empty), then
       # the remaining tries in one vectorised check
       for chunk in ((1,) if unit.special else (1, tries - 1)):
         if chunk < 1:
           continue
-        cands = np.stack([self._candidate(unit, m_inv) for _ in range(chunk)])
-        bad = _clash(cands, new_c, owner, placed_f, placed_c, m32, thr2)
+        cands = [self._candidate(unit) for _ in range(chunk)]
+        frac = np.stack([self._copies(unit, rel, centre, m_inv) for rel, centre in cands])
+        bad = _clash(frac, new_c, owner, placed_f, placed_c, m32, thr2)
         ok = np.nonzero(~bad)[0]
         if len(ok):
-          new_f = cands[ok[0]]
+          pose = cands[ok[0]]
+          placed_f = np.concatenate([placed_f, frac[ok[0]]])
+          placed_c = np.concatenate([placed_c, new_c])
           break
-      if new_f is None:
+      if pose is None:
         return None
-      placed_f = np.concatenate([placed_f, new_f])
-      placed_c = np.concatenate([placed_c, new_c])
+      poses.append(pose)
+    return poses
+
+  def _squeeze(self, units, poses, edges, beta, thr2, volume_floor, step=0.985, rounds=30):
+    """Shrinks the cell edges (molecules keep their fractional centres and
+    Cartesian orientations) in steps of 1.5 % for as long as no contact becomes
+    too short and the volume stays above volume_floor; returns the edges.
+    Random insertion leaves space; this brings it towards crystal densities."""
+    sin_b = np.sin(np.radians(beta))
+    arrays = [self._contact_arrays(u) for u in units]
+    edges = np.array(edges, float)
+    for _ in range(rounds):
+      moved = False
+      for axis in self.rng.permutation(3):
+        trial = edges.copy()
+        trial[axis] *= step
+        if trial[axis] < self.min_edge or np.prod(trial) * sin_b < volume_floor:
+          continue
+        m = orthogonalisation(*trial, beta)
+        m_inv, m32 = np.linalg.inv(m), m.astype(np.float32)
+        frac = [self._copies(u, rel, centre, m_inv) for u, (rel, centre) in zip(units, poses)]
+        ok = True
+        for k in range(len(units)):
+          others = [j for j in range(len(units)) if j != k]
+          placed_f = np.concatenate([frac[j] for j in others]) if others else np.zeros((0, 3), np.float32)
+          placed_c = np.concatenate([arrays[j][0] for j in others]) if others else np.zeros(0, np.int64)
+          if _clash(frac[k], arrays[k][0], arrays[k][1], placed_f, placed_c, m32, thr2):
+            ok = False
+            break
+        if ok:
+          edges, moved = trial, True
+      if not moved:
+        break
+    return edges
+
+  def _assemble(self, units, poses, m):
+    """(frac, numbers, asym, body) of the posed units in the cell m."""
+    m_inv = np.linalg.inv(m)
+    frac_parts, number_parts, asym_parts, body_parts = [], [], [], []
+    count = body = 0
+    for unit, (rel, centre) in zip(units, poses):
+      new_f = self._copies(unit, rel, centre, m_inv)
+      _, owner = self._contact_arrays(unit)
+      n_copies = 2 if unit.special else 4
       frac_parts.append(new_f)
       number_parts.append(np.tile(unit.numbers, n_copies))
       mask = unit.asym if unit.special else np.ones(len(unit.numbers), bool)
@@ -878,19 +942,13 @@ class StructureGenerator:
     frac[frac >= 1.0] = 0.0
     return frac, np.concatenate(number_parts), np.concatenate(asym_parts), np.concatenate(body_parts)
 
-  def _candidate(self, unit, m_inv):
-    """Fractional coordinates of all symmetry copies of ``unit`` at a random
-    orientation (and, for a unit on a general position, a random place)."""
+  def _candidate(self, unit):
+    """A random pose of ``unit``: Cartesian orientation and fractional centre
+    (its inversion centre for a unit on one)."""
     rng = self.rng
-    if unit.special:  # centrosymmetric: its inversion image is itself
-      rel = unit.rel @ random_rotation(rng).T
-      f = unit.centre + rel @ m_inv.T
-      new_f = np.concatenate([f, OPS_ROT[1] * f + OPS_TRANS[1]])
-    else:
-      rel = orient(unit.rel, rng)
-      f = rng.random(3) + rel @ m_inv.T
-      new_f = np.concatenate([OPS_ROT[op] * f + OPS_TRANS[op] for op in range(4)])
-    return new_f.astype(np.float32)
+    if unit.special:
+      return unit.rel @ random_rotation(rng).T, unit.centre
+    return orient(unit.rel, rng), rng.random(3)
 
   # ------------------------------------------------------------ inorganic
   def _anion_group(self):
