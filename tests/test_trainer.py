@@ -147,3 +147,11 @@ def test_reuse_throttles_new_structures():
   assert trainer._wants_structures(pool, 10 ** 6, TrainConfig(reuse=0.0))
   pool.added = 10 ** 9
   assert trainer._wants_structures(pool, 0, TrainConfig(reuse=0.0))
+
+
+def test_generator_rates(library_path):
+  from phai_cctbx.training.benchmark_throughput import generator_rates
+  rates = generator_rates(library_path, 4)
+  assert set(rates) == {"organic, insertion", "organic, compression", "ionic",
+                        "training mix (insertion)"}
+  assert all(r > 0 for r in rates.values())

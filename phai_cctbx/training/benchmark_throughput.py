@@ -1,12 +1,16 @@
 """Training throughput (examples per second) for each model size on this machine.
 
     python -m phai_cctbx.training.benchmark_throughput [device=auto] [batch_size=64] [steps=5]
+        [library=cache/conformers.npz] [structures=60]
 
 Times full training steps (structure factors of padded random structures,
 example drawing, recycling with 2 cycles, origin-invariant loss, backward,
 optimiser step) for the shipped default size, the published size and a small
-one.  The structure generator is left out: it runs in separate processes.
+one.  The structure generator runs in separate processes, one per core; its
+rate in one process is timed separately for each packing and kind of
+structure, when a conformer library is there.
 """
+import os
 import sys
 import time
 
@@ -61,6 +65,27 @@ def measure(config, device, batch_size, steps):
   return batch_size * steps / (time.time() - t0), model.parameter_count()
 
 
+def generator_rates(library_path, count, seed=0):
+  """{label: structures per second} of one generator process."""
+  from phai_cctbx.training.data import generator_options
+  from phai_cctbx.training.molecules import ConformerLibrary
+  from phai_cctbx.training.structures import StructureGenerator
+  library = ConformerLibrary.load(library_path)
+  kinds = {"organic, insertion": dict(generator_options("insert"), inorganic_fraction=0.0),
+           "organic, compression": dict(generator_options("compress"), inorganic_fraction=0.0),
+           "ionic": dict(inorganic_fraction=1.0),
+           "training mix (insertion)": generator_options("insert")}
+  rates = {}
+  for label, options in kinds.items():
+    gen = StructureGenerator(library, np.random.default_rng(seed), **options)
+    n = max(4, count // 4) if "compression" in label else count
+    t0 = time.time()
+    for _ in range(n):
+      gen.sample()
+    rates[label] = n / (time.time() - t0)
+  return rates
+
+
 def main(argv=None):
   args = dict(a.split("=", 1) for a in (sys.argv[1:] if argv is None else argv))
   name = args.get("device", "auto")
@@ -75,6 +100,13 @@ def main(argv=None):
   for label, config in SIZES.items():
     rate, params = measure(config, device, batch_size, steps)
     print("  %-18s %6.1f M parameters  %8.1f examples/s" % (label, params / 1e6, rate))
+  library = args.get("library", "cache/conformers.npz")
+  if os.path.isfile(library):
+    print("structure generator, one process (%s):" % library)
+    for label, rate in generator_rates(library, int(args.get("structures", 60))).items():
+      print("  %-26s %7.1f structures/s" % (label, rate))
+  else:
+    print("structure generator: no conformer library at %s (library=...)" % library)
 
 
 if __name__ == "__main__":
