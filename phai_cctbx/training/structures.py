@@ -127,6 +127,11 @@ class _Unit:
   cls: np.ndarray = None   # contact classes (_element_class); from numbers when None
 
   @property
+  def n_copies(self):
+    """Symmetry copies in the cell: 2 on an inversion centre, else 4."""
+    return 2 if self.special else 4
+
+  @property
   def classes(self):
     return _element_class(self.numbers) if self.cls is None else self.cls
 
@@ -768,7 +773,7 @@ class StructureGenerator:
       heavy_asym += int((unit.numbers != 1).sum())
     if not units:
       return None
-    n_cell = sum(len(u.numbers) * (2 if u.special else 4) for u in units)
+    n_cell = sum(len(u.numbers) * u.n_copies for u in units)
     n_asym = sum(int(u.asym.sum()) if u.special else len(u.numbers) for u in units)
     if n_cell > self.max_atoms or n_asym > self.max_asym:
       return None
@@ -788,7 +793,7 @@ class StructureGenerator:
     if self.packing == "insert":
       return self._insert(units, beta, thr)
     rng = self.rng
-    n_heavy = sum(int((u.numbers != 1).sum()) * (2 if u.special else 4) for u in units)
+    n_heavy = sum(int((u.numbers != 1).sum()) * u.n_copies for u in units)
     packer = pack(units, thr_fn, rng, beta, self.max_edge, self.min_edge,
                   rounds=self.rounds, volume_floor=0.9 * self.volume_per_atom[0] * n_heavy,
                   volume_limit=self.volume_per_atom[1] * n_heavy)
@@ -811,7 +816,7 @@ class StructureGenerator:
     is enlarged by the next factor of ``grow`` and the placement starts over.
     """
     rng = self.rng
-    n_heavy = sum(int((u.numbers != 1).sum()) * (2 if u.special else 4) for u in units)
+    n_heavy = sum(int((u.numbers != 1).sum()) * u.n_copies for u in units)
     lo, hi = self.volume_per_atom
     volume = n_heavy * rng.uniform(lo, lo + 0.6 * (hi - lo))
     sin_b = np.sin(np.radians(beta))
@@ -856,8 +861,8 @@ class StructureGenerator:
   @staticmethod
   def _contact_arrays(unit):
     """(classes, copy number) of the atoms of all copies of ``unit``."""
-    n_copies = 2 if unit.special else 4
-    return np.tile(unit.classes, n_copies), np.repeat(np.arange(n_copies), len(unit.numbers))
+    return (np.tile(unit.classes, unit.n_copies),
+            np.repeat(np.arange(unit.n_copies), len(unit.numbers)))
 
   def _place_all(self, units, m, thr2, tries):
     """Poses (Cartesian orientation, fractional centre) of the units placed
@@ -907,15 +912,13 @@ class StructureGenerator:
         m = orthogonalisation(*trial, beta)
         m_inv, m32 = np.linalg.inv(m), m.astype(np.float32)
         frac = [self._copies(u, rel, centre, m_inv) for u, (rel, centre) in zip(units, poses)]
-        ok = True
-        for k in range(len(units)):
-          others = [j for j in range(len(units)) if j != k]
-          placed_f = np.concatenate([frac[j] for j in others]) if others else np.zeros((0, 3), np.float32)
-          placed_c = np.concatenate([arrays[j][0] for j in others]) if others else np.zeros(0, np.int64)
-          if _clash(frac[k], arrays[k][0], arrays[k][1], placed_f, placed_c, m32, thr2):
-            ok = False
-            break
-        if ok:
+        # each unit against its own images and the units before it, as when
+        # placed: every contact between two units is checked once (_clash)
+        empty_f, empty_c = np.zeros((0, 3), np.float32), np.zeros(0, np.int64)
+        if not any(_clash(frac[k], arrays[k][0], arrays[k][1],
+                          np.concatenate([empty_f] + frac[:k]),
+                          np.concatenate([empty_c] + [a[0] for a in arrays[:k]]), m32, thr2)
+                   for k in range(len(units))):
           edges, moved = trial, True
       if not moved:
         break
@@ -929,14 +932,13 @@ class StructureGenerator:
     for unit, (rel, centre) in zip(units, poses):
       new_f = self._copies(unit, rel, centre, m_inv)
       _, owner = self._contact_arrays(unit)
-      n_copies = 2 if unit.special else 4
       frac_parts.append(new_f)
-      number_parts.append(np.tile(unit.numbers, n_copies))
+      number_parts.append(np.tile(unit.numbers, unit.n_copies))
       mask = unit.asym if unit.special else np.ones(len(unit.numbers), bool)
       asym_parts.append(count + np.nonzero(mask)[0])
       body_parts.append(body + owner)
       count += len(new_f)
-      body += n_copies
+      body += unit.n_copies
     frac = np.concatenate(frac_parts).astype(np.float64)
     frac = frac - np.floor(frac)
     frac[frac >= 1.0] = 0.0
@@ -1010,7 +1012,7 @@ class StructureGenerator:
           out[i, j] = table[key]
       return out
 
-    n_atoms = sum(len(u.numbers) * (2 if u.special else 4) for u in units)
+    n_atoms = sum(len(u.numbers) * u.n_copies for u in units)
     packer = pack(units, thr_fn, rng, beta, self.max_edge, self.min_edge,
                   rounds=self.inorganic_rounds, volume_floor=6.0 * n_atoms)
     if packer is None:
