@@ -32,12 +32,14 @@ def test_validation_points_are_ordered_and_skip_points_without_validation():
 def test_benchmark_point_counts_p21c_and_all_separately():
   rows = [_row("a", 1.0, 0.99), _row("b", 1.0, 0.50), _row("c", 1.0, 0.97, supergroup=True),
           _row("a", 2.0, 0.96), _row("b", 2.0, 0.95), _row("c", 2.0, 0.10, supergroup=True),
-          {"structure": "d", "d_min": 1.0, "phai_r": None}]  # no network result: not counted
+          {"structure": "d", "d_min": 1.0, "phai_r": None},  # network not run: not counted
+          # too few reflections for the network: counted, as not solved
+          {"structure": "e", "d_min": 2.0, "phai_r": None, "phai_solved": False}]
   p = learning_curve.benchmark_point(rows, 12345)
   assert p["examples"] == 12345
-  assert p["n_p21c"] == 2 and p["n_all"] == 3
-  assert p["p21c"] == {"1.00": 0.5, "2.00": 0.5}  # r = 0.95 is not solved (r > 0.95)
-  assert p["all"]["1.00"] == pytest.approx(2 / 3) and p["all"]["2.00"] == pytest.approx(1 / 3)
+  assert p["n_p21c"] == 3 and p["n_all"] == 4
+  assert p["p21c"] == {"1.00": 0.5, "2.00": pytest.approx(1 / 3)}  # r = 0.95 is not solved
+  assert p["all"]["1.00"] == pytest.approx(2 / 3) and p["all"]["2.00"] == pytest.approx(1 / 4)
 
 
 def test_table_lists_validation_then_real_points():
@@ -56,3 +58,19 @@ def test_plot_of_the_shipped_card(tmp_path):
   out = str(tmp_path / "curve.png")
   learning_curve.main(["plot=%s" % out])
   assert os.path.getsize(out) > 10000
+
+
+def test_command_adds_benchmark_points_at_their_examples(tmp_path, capsys):
+  from phai_cctbx.weights import default_weights_available
+  if not default_weights_available():
+    pytest.skip("no shipped weights")
+  import json
+  rows = [_row("a", 1.0, 0.99), _row("b", 1.0, 0.2)]
+  bench = tmp_path / "bench.json"
+  bench.write_text(json.dumps({"rows": rows}))
+  learning_curve.main(["benchmark=%s:1234" % bench, "benchmark=%s" % bench])
+  out = capsys.readouterr().out.splitlines()
+  real = [l.split() for l in out[out.index("") + 2:]]
+  from phai_cctbx.weights import load_model
+  assert [r[0] for r in real] == ["1234", str(load_model().card["examples_seen"])]
+  assert all(r[1] == "50%" and r[2] == "(2)" for r in real)

@@ -1,7 +1,7 @@
 """The learning curve of a weights file: validation r and real-structure
 solve rates against the examples seen.
 
-    python -m phai_cctbx.training.learning_curve [WEIGHTS] [benchmark=BENCH.json]
+    python -m phai_cctbx.training.learning_curve [WEIGHTS] [benchmark=BENCH.json[:EXAMPLES] ...]
         [plot=learning_curve.png]
 
 The validation points come from the weights' card (``card["curve"]``, written
@@ -9,8 +9,9 @@ by the trainer on its fixed synthetic validation set).  Real-structure points
 are the solve rates that ``phai.benchmark`` measured with the weights at some
 number of examples seen; they are kept in ``card["benchmark_curve"]`` (one dict
 per point: ``examples``, ``n_p21c``, ``p21c`` and, where measured, ``n_all``,
-``all``, each a fraction solved per d_min).  ``benchmark=`` adds the point of a
-``phai.benchmark`` JSON run with these weights.
+``all``, each a fraction solved per d_min).  Each ``benchmark=`` adds the point of a
+``phai.benchmark`` JSON (run with these weights, or with earlier weights of the
+same training when ``:EXAMPLES`` gives the examples they had seen).
 """
 import json
 import sys
@@ -36,15 +37,18 @@ def validation_points(card):
 def benchmark_point(rows, examples, solved_r=SOLVED_R):
   """A real-structure point from ``phai.benchmark`` rows: fractions solved per
   d_min for the P2_1/c structures (not expanded from a supergroup) and for all."""
+  def solved(r):  # as the benchmark's summary counts: too few reflections = not solved
+    return r["phai_solved"] if r.get("phai_solved") is not None else r["phai_r"] > solved_r
   point = {"examples": int(examples)}
   for name, keep in (("p21c", lambda r: not r.get("supergroup")), ("all", lambda r: True)):
-    sel = [r for r in rows if keep(r) and r.get("phai_r") is not None]
+    sel = [r for r in rows if keep(r) and (r.get("phai_solved") is not None
+                                           or r.get("phai_r") is not None)]
     if not sel:
       continue
     fractions = {}
     for d in sorted({r["d_min"] for r in sel}):
       at_d = [r for r in sel if abs(r["d_min"] - d) < 1e-9]
-      fractions[_d_key(d)] = sum(r["phai_r"] > solved_r for r in at_d) / len(at_d)
+      fractions[_d_key(d)] = sum(bool(solved(r)) for r in at_d) / len(at_d)
     point["n_" + name] = len({r["structure"] for r in sel})
     point[name] = fractions
   return point
@@ -120,18 +124,23 @@ def plot(card, file_name):
 def main(argv=None):
   import phai_cctbx  # noqa: F401  (cctbx before torch)
   from phai_cctbx.weights import default_weights_path, read_weights
-  args = dict(a.split("=", 1) for a in (sys.argv[1:] if argv is None else argv) if "=" in a)
-  paths = [a for a in (sys.argv[1:] if argv is None else argv) if "=" not in a]
+  argv = sys.argv[1:] if argv is None else argv
+  paths = [a for a in argv if "=" not in a]
+  options = [a.split("=", 1) for a in argv if "=" in a]
   _, _, _, card = read_weights(paths[0] if paths else default_weights_path())
   card = dict(card)
-  if args.get("benchmark"):
-    with open(args["benchmark"]) as f:
-      rows = json.load(f)["rows"]
-    card["benchmark_curve"] = list(card.get("benchmark_curve", [])) + [
-      benchmark_point(rows, card.get("examples_seen", 0))]
+  points = list(card.get("benchmark_curve", []))
+  for key, value in options:
+    if key == "benchmark":  # BENCH.json, or BENCH.json:EXAMPLES for other weights than these
+      file_name, _, examples = value.partition(":")
+      with open(file_name) as f:
+        rows = json.load(f)["rows"]
+      points.append(benchmark_point(rows, int(examples) if examples else card.get("examples_seen", 0)))
+  card["benchmark_curve"] = points
   print("\n".join(format_table(card)))
-  if args.get("plot"):
-    print("learning curve plotted in %s" % plot(card, args["plot"]))
+  plot_file = dict(options).get("plot")
+  if plot_file:
+    print("learning curve plotted in %s" % plot(card, plot_file))
 
 
 if __name__ == "__main__":
