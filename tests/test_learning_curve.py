@@ -20,7 +20,9 @@ def _card():
 
 
 def _row(name, d, r, supergroup=False):
-  return {"structure": name, "d_min": d, "phai_r": r, "supergroup": supergroup}
+  """A row as phai.benchmark writes it (solved: r > 0.95)."""
+  return {"structure": name, "d_min": d, "phai_r": r, "phai_solved": r > 0.95,
+          "supergroup": supergroup}
 
 
 def test_validation_points_are_ordered_and_skip_points_without_validation():
@@ -32,7 +34,7 @@ def test_validation_points_are_ordered_and_skip_points_without_validation():
 def test_benchmark_point_counts_p21c_and_all_separately():
   rows = [_row("a", 1.0, 0.99), _row("b", 1.0, 0.50), _row("c", 1.0, 0.97, supergroup=True),
           _row("a", 2.0, 0.96), _row("b", 2.0, 0.95), _row("c", 2.0, 0.10, supergroup=True),
-          {"structure": "d", "d_min": 1.0, "phai_r": None},  # network not run: not counted
+          {"structure": "d", "d_min": 1.0, "phai_r": None, "phai_solved": None},  # not run
           # too few reflections for the network: counted, as not solved
           {"structure": "e", "d_min": 2.0, "phai_r": None, "phai_solved": False}]
   p = learning_curve.benchmark_point(rows, 12345)

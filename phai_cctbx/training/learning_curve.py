@@ -16,7 +16,7 @@ same training when ``:EXAMPLES`` gives the examples they had seen).
 import json
 import sys
 
-from phai_cctbx.benchmark import SOLVED_R
+from phai_cctbx.benchmark import SOLVED_R, summarise
 
 
 def _d_key(d):
@@ -34,23 +34,18 @@ def validation_points(card):
   return sorted(out, key=lambda p: p[0])
 
 
-def benchmark_point(rows, examples, solved_r=SOLVED_R):
+def benchmark_point(rows, examples):
   """A real-structure point from ``phai.benchmark`` rows: fractions solved per
-  d_min for the P2_1/c structures (not expanded from a supergroup) and for all."""
-  def solved(r):  # as the benchmark's summary counts: too few reflections = not solved
-    return r["phai_solved"] if r.get("phai_solved") is not None else r["phai_r"] > solved_r
+  d_min for the P2_1/c structures (not expanded from a supergroup) and for
+  all, counted as the benchmark's own summary counts them."""
   point = {"examples": int(examples)}
   for name, keep in (("p21c", lambda r: not r.get("supergroup")), ("all", lambda r: True)):
-    sel = [r for r in rows if keep(r) and (r.get("phai_solved") is not None
-                                           or r.get("phai_r") is not None)]
+    sel = [r for r in rows if keep(r) and r.get("phai_solved") is not None]
     if not sel:
       continue
-    fractions = {}
-    for d in sorted({r["d_min"] for r in sel}):
-      at_d = [r for r in sel if abs(r["d_min"] - d) < 1e-9]
-      fractions[_d_key(d)] = sum(bool(solved(r)) for r in at_d) / len(at_d)
+    summary = summarise(sel, sorted({r["d_min"] for r in sel}))
     point["n_" + name] = len({r["structure"] for r in sel})
-    point[name] = fractions
+    point[name] = {_d_key(s["d_min"]): s["phai_fraction_solved"] for s in summary}
   return point
 
 
