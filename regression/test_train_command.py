@@ -45,7 +45,9 @@ def test_train_resume_export_and_solve(tmp_path):
 
 @pytest.mark.parametrize("arg,word", [("model.filters=0", "model.filters"),
                                       ("data.missing_max=1.5", "missing_max"),
-                                      ("run.resume=nothing.pt", "not found")])
+                                      ("run.resume=nothing.pt", "not found"),
+                                      ("recycling.partial_start_fraction=1.2", "partial_start_fraction"),
+                                      ("recycling.partial_wrong_min=0.5", "partial_wrong_min")])
 def test_bad_parameters_one_line(tmp_path, arg, word):
   exe = installed_command("phai.train")
   p = run([exe, arg, "run.device=cpu"], tmp_path)

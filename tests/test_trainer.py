@@ -39,6 +39,11 @@ def test_train_and_resume(library_path, tmp_path):
   assert blob["step"] == 3 and blob["examples"] == 12
   assert [c["step"] for c in blob["curve"]] == [2, 3]
   assert set(blob["curve"][0]["validation"]) == {"1.00", "1.60", "2.00"}
+  point = blob["curve"][0]["validation"]["1.60"]
+  assert set(point) == {"mean_r", "solved", "random_r", "random_solved", "partial_r",
+                        "partial_solved", "partial_input_r"}
+  assert 0.3 < point["partial_input_r"] < 1.0 and -1.0 <= point["partial_r"] <= 1.0
+  assert blob["train_config"]["partial_start_fraction"] == 0.3
   first = {k: v.clone() for k, v in model.state_dict().items()}
   cfg2 = _config(library_path, tmp_path, resume=ckpt, max_steps=5)
   model2, state2 = trainer.train(cfg2)
@@ -86,6 +91,10 @@ def test_key_value_arguments():
   assert cfg.batch_size == 8 and cfg.mixed_precision is False and cfg.validation_d_min == (1.0, 2.0)
   with pytest.raises(SystemExit, match="unknown parameter"):
     TrainConfig.from_args(["batchsize=8"])
+  with pytest.raises(SystemExit, match="partial_start_fraction"):
+    trainer.train(TrainConfig.from_args(["partial_start_fraction=1.5"]))
+  with pytest.raises(SystemExit, match="above"):
+    trainer.train(TrainConfig.from_args(["partial_wrong_min=0.5", "partial_wrong_max=0.2"]))
 
 
 def test_interruption_writes_a_checkpoint(library_path, tmp_path):

@@ -49,6 +49,17 @@ CPU, on one GPU, or on several under torchrun:
       raise Sorry("data.d_min_max must be between 0 and 5 Å.")
     if not 0 <= p.data.missing_max < 1:
       raise Sorry("data.missing_max must be a fraction between 0 and 1.")
+    fractions = {"recycling.random_start_fraction": p.recycling.random_start_fraction,
+                 "recycling.partial_start_fraction": p.recycling.partial_start_fraction,
+                 "recycling.partial_wrong_min": p.recycling.partial_wrong_min,
+                 "recycling.partial_wrong_max": p.recycling.partial_wrong_max,
+                 "recycling.partial_weak_fraction": p.recycling.partial_weak_fraction}
+    for name, value in fractions.items():
+      if value is None or not 0 <= value <= 1:
+        raise Sorry("%s must be a fraction between 0 and 1 (got %s)." % (name, value))
+    if p.recycling.partial_wrong_min > p.recycling.partial_wrong_max:
+      raise Sorry("recycling.partial_wrong_min (%s) is above recycling.partial_wrong_max (%s)."
+                  % (p.recycling.partial_wrong_min, p.recycling.partial_wrong_max))
     if p.run.resume and not os.path.isfile(p.run.resume):
       raise Sorry("Checkpoint to resume not found: %s" % p.run.resume)
     if p.run.init_weights and not os.path.isfile(p.run.init_weights):
@@ -70,7 +81,11 @@ CPU, on one GPU, or on several under torchrun:
       warmup_steps=p.optimiser.warmup_steps, max_steps=p.optimiser.max_steps,
       batch_size=p.optimiser.batch_size, grad_clip=p.optimiser.grad_clip,
       mixed_precision=p.optimiser.mixed_precision, max_cycles=p.recycling.max_cycles,
-      random_start_fraction=p.recycling.random_start_fraction, workers=p.data.workers,
+      random_start_fraction=p.recycling.random_start_fraction,
+      partial_start_fraction=p.recycling.partial_start_fraction,
+      partial_wrong_min=p.recycling.partial_wrong_min,
+      partial_wrong_max=p.recycling.partial_wrong_max,
+      partial_weak_fraction=p.recycling.partial_weak_fraction, workers=p.data.workers,
       pool_size=p.data.pool_size, min_pool=min(2048, p.data.pool_size), reuse=p.data.reuse,
       packing=p.data.packing, compress_workers=p.data.compress_workers,
       cell_strain=p.data.cell_strain,

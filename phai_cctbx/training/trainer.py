@@ -31,6 +31,7 @@ from phai_cctbx.model import PhAIConfig, PhAINet
 from phai_cctbx.training.data import StructurePool, StructureStream
 from phai_cctbx.training.examples import ExampleMaker, ExampleOptions
 from phai_cctbx.training.loss import OriginInvariantLoss, sign_correlation
+from phai_cctbx.training.starts import StartMaker
 
 
 # The default network for the shipped weights: small enough to phase in about
@@ -63,7 +64,11 @@ class TrainConfig:
   grad_clip: float = 1.0
   batch_size: int = 256
   max_cycles: int = 3               # recycling cycles per batch drawn from 1..max_cycles
-  random_start_fraction: float = 0.5
+  random_start_fraction: float = 0.5   # of the starts that are not partial: random signs, else zero
+  partial_start_fraction: float = 0.3  # starts from the true signs with some of them wrong
+  partial_wrong_min: float = 0.05
+  partial_wrong_max: float = 0.45
+  partial_weak_fraction: float = 0.5   # of the partial starts: wrong signs biased towards weak reflections
   mixed_precision: bool = True      # bf16 autocast on GPU
   # data
   workers: int = 0                  # generator processes (0: all cores but one)
@@ -226,36 +231,74 @@ def strain_cells(cell, generator, strain):
   return out
 
 
+# Partial solutions of the validation set: per structure a fixed fraction of
+# wrong signs drawn in this range, weak-biased for every second structure.
+VALIDATION_WRONG = (0.05, 0.45)
+
+
 class Validator:
-  """A fixed synthetic set: r and the fraction solved (r > 0.95) per resolution."""
+  """A fixed synthetic set: r and the fraction solved (r > 0.95) per
+  resolution, from three kinds of start (one trial of 4 cycles each): all
+  phases 0 (``mean_r``, ``solved``), random signs (``random_r``,
+  ``random_solved``) and fixed partial solutions (``partial_r``,
+  ``partial_solved``; ``partial_input_r`` is the r of those starts themselves)."""
 
   def __init__(self, library, cfg, device, maker):
     batch = validation_structures(library, cfg.validation_size, cfg.max_atoms, cfg.validation_file)
     self.structures = [torch.as_tensor(batch[k]) for k in ("frac", "numbers", "cell")]
     self.d_mins = list(cfg.validation_d_min)
     self.examples = []
+    self.starts = []
+    starts = StartMaker(device)
     for i, d in enumerate(self.d_mins):
       g = torch.Generator(device=device).manual_seed(1000 + i)
-      self.examples.append(maker(*self.structures, generator=g,
-                                 d_min=torch.tensor(d), missing=torch.tensor(0.05), noise=False))
+      ex = maker(*self.structures, generator=g, d_min=torch.tensor(d),
+                 missing=torch.tensor(0.05), noise=False)
+      self.examples.append(ex)
+      b = ex.signs.shape[0]
+      g = torch.Generator(device=device).manual_seed(2000 + i)
+      lo, hi = VALIDATION_WRONG
+      wrong = lo + (hi - lo) * torch.rand(b, generator=g, device=device)
+      weak = torch.arange(b, device=device) % 2 == 1
+      self.starts.append({
+        "zero": torch.ones_like(ex.signs),
+        "random": starts.random(ex.signs.shape, g),
+        "partial": starts.partial(ex.signs, ex.true_amplitudes, wrong, weak, g)})
 
   @torch.no_grad()
   def __call__(self, model, scaling, autocast, batch=128):
     model.eval()
     out = {}
-    for d, ex in zip(self.d_mins, self.examples):
-      rs = []
-      for s in range(0, ex.amplitudes.shape[0], batch):
-        sl = slice(s, s + batch)
-        start = torch.ones_like(ex.signs[sl])
-        logits = run_network(model, ex.amplitudes[sl], ex.measured[sl], scaling, 4, start,
-                             grad_last=False, autocast=autocast)
-        pred = network_io.signs_and_probabilities(logits)[0]
-        rs.append(sign_correlation(ex.true_amplitudes[sl], ex.signs[sl], pred, ex.measured[sl]))
-      r = torch.cat(rs).float().cpu().numpy()
-      out["%.2f" % d] = {"mean_r": float(r.mean()), "solved": float((r > 0.95).mean())}
+    names = {"zero": ("mean_r", "solved"), "random": ("random_r", "random_solved"),
+             "partial": ("partial_r", "partial_solved")}
+    for d, ex, starts in zip(self.d_mins, self.examples, self.starts):
+      entry = {}
+      for kind, start_all in starts.items():
+        rs = []
+        for s in range(0, ex.amplitudes.shape[0], batch):
+          sl = slice(s, s + batch)
+          logits = run_network(model, ex.amplitudes[sl], ex.measured[sl], scaling, 4, start_all[sl],
+                               grad_last=False, autocast=autocast)
+          pred = network_io.signs_and_probabilities(logits)[0]
+          rs.append(sign_correlation(ex.true_amplitudes[sl], ex.signs[sl], pred, ex.measured[sl]))
+        r = torch.cat(rs).float().cpu().numpy()
+        entry[names[kind][0]] = float(r.mean())
+        entry[names[kind][1]] = float((r > 0.95).mean())
+      r_in = sign_correlation(ex.true_amplitudes, ex.signs, starts["partial"], ex.measured)
+      entry["partial_input_r"] = float(r_in.float().mean())
+      out["%.2f" % d] = entry
     model.train()
     return out
+
+
+def format_validation(v):
+  """One line per validation point."""
+  return "  ".join(
+    "d_min %s: r %.3f solved %.0f%% (random start r %.3f %.0f%%; partial %.2f -> %.3f %.0f%%)"
+    % (k, x["mean_r"], 100 * x["solved"], x.get("random_r", float("nan")),
+       100 * x.get("random_solved", float("nan")), x.get("partial_input_r", float("nan")),
+       x.get("partial_r", float("nan")), 100 * x.get("partial_solved", float("nan")))
+    for k, x in v.items())
 
 
 def _save_checkpoint(path, model, optimizer, cfg, state):
@@ -270,7 +313,20 @@ def _save_checkpoint(path, model, optimizer, cfg, state):
   os.replace(tmp, path)
 
 
+def check_config(cfg: TrainConfig):
+  """SystemExit with one line for values the trainer cannot use."""
+  for name in ("random_start_fraction", "partial_start_fraction", "partial_wrong_min",
+               "partial_wrong_max", "partial_weak_fraction"):
+    value = getattr(cfg, name)
+    if not 0 <= value <= 1:
+      raise SystemExit("%s must be a fraction between 0 and 1 (got %s)" % (name, value))
+  if cfg.partial_wrong_min > cfg.partial_wrong_max:
+    raise SystemExit("partial_wrong_min (%s) is above partial_wrong_max (%s)"
+                     % (cfg.partial_wrong_min, cfg.partial_wrong_max))
+
+
 def train(cfg: TrainConfig, log=sys.stdout):
+  check_config(cfg)
   rank, world, device = _setup_distributed(cfg.device)
   is_main = rank == 0
   torch.manual_seed(cfg.seed + rank)
@@ -327,6 +383,7 @@ def train(cfg: TrainConfig, log=sys.stdout):
   library = ConformerLibrary.load(cfg.library)
   maker = ExampleMaker(device, ExampleOptions(d_min_max=cfg.d_min_max, missing_max=cfg.missing_max))
   loss_fn = OriginInvariantLoss().to(device)
+  starts = StartMaker(device)
   autocast = torch.autocast(device.type, dtype=torch.bfloat16,
                             enabled=cfg.mixed_precision and device.type == "cuda")
   workers = cfg.workers or max(1, ((os.cpu_count() or 2) - 1) // world)
@@ -362,9 +419,9 @@ def train(cfg: TrainConfig, log=sys.stdout):
       frac, numbers, cell = pool.sample(cfg.batch_size, gen)
       ex = maker(frac, numbers, strain_cells(cell, dgen, cfg.cell_strain), generator=dgen)
       cycles = int(torch.randint(1, cfg.max_cycles + 1, (1,), generator=gen))
-      start = torch.where(torch.rand(ex.signs.shape, generator=dgen, device=device) < 0.5, -1.0, 1.0)
-      zero_start = torch.rand(ex.signs.shape[0], generator=dgen, device=device) >= cfg.random_start_fraction
-      start[zero_start] = 1.0
+      start, _ = starts.training_starts(ex.signs, ex.true_amplitudes, dgen, cfg.partial_start_fraction,
+                                        cfg.random_start_fraction, cfg.partial_wrong_min,
+                                        cfg.partial_wrong_max, cfg.partial_weak_fraction)
       logits = run_network(train_model, ex.amplitudes, ex.measured, cfg.amplitude_scaling, cycles,
                            start, autocast=autocast)
       loss = loss_fn(logits, ex.signs, ex.weights)
@@ -396,8 +453,7 @@ def train(cfg: TrainConfig, log=sys.stdout):
         v = validator(model, cfg.amplitude_scaling, autocast)
         state["curve"].append({"step": state["step"], "examples": state["examples"],
                                "seconds": round(state["seconds"], 1), "validation": v})
-        say("validation at %d examples: %s" % (state["examples"], "  ".join(
-          "d_min %s: r %.3f solved %.0f%%" % (k, x["mean_r"], 100 * x["solved"]) for k, x in v.items())))
+        say("validation at %d examples: %s" % (state["examples"], format_validation(v)))
       if is_main and (last or time.time() - t_ckpt > 60 * cfg.checkpoint_minutes):
         _save_checkpoint(ckpt_path, model, optimizer, cfg, state)
         t_ckpt = time.time()
