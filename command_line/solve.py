@@ -4,6 +4,7 @@ import sys
 import phai_cctbx  # noqa: F401  (loads cctbx before torch)
 from iotbx.cli_parser import run_program
 from libtbx.utils import Sorry
+from phai_cctbx.programs import solve as program_module
 from phai_cctbx.programs.solve import Program, file_arguments_as_phil
 
 
@@ -15,6 +16,8 @@ def run(args=None):
   """
   if args is None:
     args = sys.argv[1:]
+  # The run's wall time starts with the process (imports included).
+  program_module.COMMAND_STARTED = program_module.process_start_time()
   try:
     run_program(program_class=Program, args=file_arguments_as_phil(args))
   except Sorry as e:

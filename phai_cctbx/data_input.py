@@ -13,8 +13,13 @@ Reflections come from:
 
 The crystal symmetry is put together field by field from, in this order, the
 ``unit_cell``/``space_group`` parameters, a SHELX .ins/.res (or CIF) given
-alongside, and the reflection file itself.  Every problem with the input is
-reported as a :class:`libtbx.utils.Sorry` naming what to do.
+alongside, and the reflection file itself.  What else the files say about
+the crystal is kept for the starting model, field by field in the same order
+(see :func:`read_input_facts`): the composition (SFAC/UNIT of a .ins/.res,
+``_chemical_formula_sum`` times ``_cell_formula_units_Z`` or the
+``_atom_type`` loop of a CIF, an ``elements=``/``formula`` line of an MTZ
+history), the wavelength, Z and the cell's esds.  Every problem with the
+input is reported as a :class:`libtbx.utils.Sorry` naming what to do.
 """
 from __future__ import absolute_import, division, print_function
 
@@ -47,13 +52,23 @@ class ReflectionData(object):
   """
 
   def __init__(self, miller_array, file_name, file_format, labels,
-               symmetry_sources, notes):
+               symmetry_sources, notes, facts=None):
     self.miller_array = miller_array
     self.file_name = file_name
     self.file_format = file_format
     self.labels = labels
     self.symmetry_sources = symmetry_sources
     self.notes = notes
+    self.facts = facts if facts is not None else InputFacts()
+
+  @property
+  def composition(self):
+    """The model_building.Composition the files give (with its source), or None."""
+    return self.facts.composition
+
+  @property
+  def wavelength(self):
+    return self.facts.wavelength
 
   @property
   def crystal_symmetry(self):
@@ -71,7 +86,299 @@ class ReflectionData(object):
     for field in ("unit cell", "space group"):
       lines.append("  %s from %s" % (field, self.symmetry_sources.get(field, "?")))
     lines.extend("  " + n for n in self.notes)
+    lines.extend("  " + n for n in self.facts.describe())
     return lines
+
+
+class InputFacts(object):
+  """What the input files say about the crystal besides reflections and symmetry.
+
+  Attributes (None when no file says it): ``composition`` (a
+  :class:`phai_cctbx.model_building.Composition`, unit-cell content when
+  ``per_cell``), ``wavelength`` (A), ``z`` (formula units per cell),
+  ``cell_esds`` (six esds of a b c alpha beta gamma); ``sources``: field ->
+  where it came from; ``notes``: lines for the log (parts not understood).
+  """
+
+  FIELDS = ("composition", "wavelength", "z", "cell_esds")
+
+  def __init__(self, composition=None, wavelength=None, z=None, cell_esds=None,
+               sources=None, notes=()):
+    self.composition = composition
+    self.wavelength = wavelength
+    self.z = z
+    self.cell_esds = cell_esds
+    self.sources = dict(sources or {})
+    self.notes = list(notes)
+
+  def describe(self):
+    lines = list(self.notes)
+    if self.composition is not None:
+      lines.append("composition %s%s from %s" % (
+        self.composition, " (unit cell)" if self.composition.per_cell else "",
+        self.sources["composition"]))
+    if self.wavelength is not None:
+      lines.append("wavelength %.5g A from %s" % (
+        self.wavelength, self.sources["wavelength"]))
+    return lines
+
+
+def combine_facts(sources):
+  """InputFacts from (description, InputFacts) pairs, the first wins per field."""
+  out = InputFacts()
+  for description, facts in sources:
+    if facts is None:
+      continue
+    out.notes.extend(facts.notes)
+    for field in InputFacts.FIELDS:
+      if getattr(out, field) is None and getattr(facts, field) is not None:
+        setattr(out, field, getattr(facts, field))
+        out.sources[field] = facts.sources.get(field, description)
+  if out.composition is not None:
+    out.composition = out.composition.with_source(out.sources["composition"])
+  return out
+
+
+# --- composition, wavelength, Z and esds ----------------------------------------
+
+def _element_symbol(label):
+  """The element of a SHELX SFAC or CIF _atom_type label ("NA", "Na1+"), or None."""
+  from phai_cctbx.model_building import _standard_symbol
+  m = re.match(r"([A-Za-z]{1,2})", label.strip())
+  if m is None:
+    return None
+  word = m.group(1)
+  for candidate in (word[:1].upper() + word[1:].lower(), word[:1].upper()):
+    if _standard_symbol(candidate) is not None:
+      return _standard_symbol(candidate)
+  return None
+
+
+def _composition(symbols, counts, source, per_cell):
+  """A Composition from labels and counts (None where unusable), or (None, note)."""
+  from phai_cctbx.model_building import Composition
+  elements = []
+  for label in symbols:
+    e = _element_symbol(label)
+    if e is None:
+      return None, "%s: %r is not an element symbol; composition not used" % (
+        source, label)
+    elements.append(e)
+  use_counts = counts is not None and len(counts) == len(elements) and \
+    all(c is not None and math.isfinite(c) and c >= 0 for c in counts) and \
+    any(c > 0 for c in counts)
+  merged = {}
+  order = []
+  for i, e in enumerate(elements):
+    c = counts[i] if use_counts else 1.0
+    if use_counts and c == 0:
+      continue
+    if e not in merged:
+      order.append(e)
+      merged[e] = 0.0
+    merged[e] += c
+  if not [e for e in order if e not in ("H", "D")]:
+    return None, "%s: no element heavier than hydrogen; composition not used" % source
+  return Composition(order, merged if use_counts else None,
+                     per_cell=per_cell and use_counts, source=source), None
+
+
+def _number(text):
+  """A float from a SHELX or CIF number ("11.6812(6)"), or None."""
+  m = re.match(r"^\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)(?:\((\d+)\))?\s*$",
+               str(text))
+  if m is None:
+    return None
+  return float(m.group(1))
+
+
+def _cif_esd(text):
+  """The esd of a CIF number ("11.6812(6)" -> 0.0006; "90" -> 0.0), or None."""
+  m = re.match(r"^\s*[-+]?(\d*)(?:\.(\d*))?(?:[eE][-+]?\d+)?(?:\((\d+)\))?\s*$",
+               str(text))
+  if m is None or not (m.group(1) or m.group(2)):
+    return None
+  if m.group(3) is None:
+    return 0.0
+  decimals = len(m.group(2) or "")
+  return int(m.group(3)) * 10.0 ** (-decimals)
+
+
+def _shelx_instructions(text):
+  """(KEYWORD, [arguments]) of a SHELX .ins/.res, '=' continuations joined."""
+  out = []
+  pending = None
+  for raw in text.splitlines():
+    line = raw.split("!")[0].rstrip()
+    if pending is not None:
+      line = pending + " " + line.strip()
+      pending = None
+    if line.endswith("="):
+      pending = line[:-1]
+      continue
+    words = line.split()
+    if not words or raw[:1].isspace():
+      continue
+    out.append((words[0].upper(), words[1:]))
+  if pending is not None and pending.split():
+    words = pending.split()
+    out.append((words[0].upper(), words[1:]))
+  return out
+
+
+def facts_from_ins_text(text, source):
+  """InputFacts from the CELL, ZERR, SFAC and UNIT lines of a SHELX .ins/.res."""
+  facts = InputFacts()
+  sfac = []
+  unit = None
+  for key, args in _shelx_instructions(text):
+    if key == "CELL" and facts.wavelength is None and args:
+      w = _number(args[0])
+      if w is not None and 0 < w < 10:
+        facts.wavelength = w
+        facts.sources["wavelength"] = "%s (CELL)" % source
+    elif key == "ZERR" and facts.z is None and len(args) >= 7:
+      values = [_number(a) for a in args[:7]]
+      if None not in values:
+        if values[0] > 0:
+          facts.z = values[0]
+          facts.sources["z"] = "%s (ZERR)" % source
+        facts.cell_esds = tuple(values[1:7])
+        facts.sources["cell_esds"] = "%s (ZERR)" % source
+    elif key == "SFAC" and args:
+      if len(args) > 1 and _number(args[1]) is not None:
+        sfac.append(args[0])      # long form: one element and its coefficients
+      else:
+        sfac.extend(args)
+    elif key == "UNIT" and unit is None:
+      unit = [_number(a) for a in args]
+    elif key in ("HKLF", "END"):
+      break
+  if sfac:
+    comp, note = _composition(sfac, unit, "%s (SFAC/UNIT)" % source, per_cell=True)
+    if note:
+      facts.notes.append(note)
+    elif comp is not None:
+      if comp.counts is None:
+        comp.source = "%s (SFAC)" % source
+      facts.composition = comp
+      facts.sources["composition"] = comp.source
+  return facts
+
+
+def _cif_value(block, key):
+  """The first value of a CIF item (looped or not) as a string, or None."""
+  value = block.get(key)
+  if value is None:
+    return None
+  if not isinstance(value, str):
+    value = list(value)
+    value = value[0] if value else None
+  if value is None or value.strip() in ("", "?", "."):
+    return None
+  return value.strip()
+
+
+def facts_from_cif_block(block, source):
+  """InputFacts from a CIF block: formula (times Z), _atom_type, wavelength, esds."""
+  from phai_cctbx.model_building import parse_elements
+  facts = InputFacts()
+  z = _cif_value(block, "_cell_formula_units_Z")
+  z = _number(z) if z is not None else None
+  if z is not None and z > 0:
+    facts.z = z
+    facts.sources["z"] = "%s (_cell_formula_units_Z)" % source
+  formula = _cif_value(block, "_chemical_formula_sum")
+  if formula is not None:
+    try:
+      comp = parse_elements(re.sub(r"[+-]\d*|\d*[+-]", "", formula))
+    except Sorry:
+      facts.notes.append("%s: _chemical_formula_sum %r not understood; not used"
+                         % (source, formula))
+    else:
+      where = "%s (_chemical_formula_sum %s" % (source, formula)
+      if comp.counts is not None and facts.z is not None:
+        comp = comp.times(facts.z)
+        where += ", Z = %g)" % facts.z
+      else:
+        where += ")"
+      facts.composition = comp.with_source(where)
+      facts.sources["composition"] = where
+  if facts.composition is None and block.get("_atom_type_symbol") is not None:
+    labels = block.get("_atom_type_symbol")
+    labels = [labels] if isinstance(labels, str) else list(labels)
+    numbers = block.get("_atom_type_number_in_cell")
+    counts = None
+    if numbers is not None:
+      numbers = [numbers] if isinstance(numbers, str) else list(numbers)
+      counts = [_number(n) for n in numbers]
+    comp, note = _composition(labels, counts, "%s (_atom_type)" % source,
+                              per_cell=True)
+    if note:
+      facts.notes.append(note)
+    elif comp is not None:
+      facts.composition = comp
+      facts.sources["composition"] = comp.source
+  w = _cif_value(block, "_diffrn_radiation_wavelength")
+  w = _number(w) if w is not None else None
+  if w is not None and 0 < w < 10:
+    facts.wavelength = w
+    facts.sources["wavelength"] = "%s (_diffrn_radiation_wavelength)" % source
+  esds = []
+  for key in ("_cell_length_a", "_cell_length_b", "_cell_length_c",
+              "_cell_angle_alpha", "_cell_angle_beta", "_cell_angle_gamma"):
+    v = _cif_value(block, key)
+    esds.append(_cif_esd(v) if v is not None else None)
+  if None not in esds and any(e > 0 for e in esds):
+    facts.cell_esds = tuple(esds)
+    facts.sources["cell_esds"] = "%s (_cell_length/_cell_angle)" % source
+  return facts
+
+
+def _cif_facts(reader, file_name):
+  """InputFacts of a CIF: its embedded _shelx_res_file first, then its blocks."""
+  sources = []
+  for name, block in reader.model().items():
+    if "_shelx_res_file" in block:
+      sources.append((file_name, facts_from_ins_text(
+        str(block["_shelx_res_file"]), file_name + " (_shelx_res_file)")))
+  for name, block in reader.model().items():
+    sources.append((file_name, facts_from_cif_block(block, file_name)))
+  return combine_facts(sources)
+
+
+_MTZ_COMPOSITION = re.compile(r"(?:elements|formula|composition)\s*[=:]\s*"
+                              r"\"?([A-Za-z][A-Za-z0-9. ,]*)", re.I)
+
+
+def facts_from_mtz(file_name):
+  """InputFacts of an MTZ: a composition in its history, its wavelength."""
+  from phai_cctbx.model_building import parse_elements
+  from iotbx import mtz
+  facts = InputFacts()
+  try:
+    m = mtz.object(file_name)
+  except Exception:
+    return facts
+  for line in m.history():
+    found = _MTZ_COMPOSITION.search(line)
+    if found is None:
+      continue
+    try:
+      comp = parse_elements(found.group(1).strip().rstrip(",."))
+    except Sorry:
+      continue
+    where = "%s (history: %s)" % (file_name, line.strip())
+    facts.composition = comp.with_source(where)
+    facts.sources["composition"] = where
+    break
+  for crystal_ in m.crystals():
+    for dataset in crystal_.datasets():
+      w = dataset.wavelength()
+      if facts.wavelength is None and 0 < w < 10:
+        facts.wavelength = w
+        facts.sources["wavelength"] = "%s (dataset %s)" % (file_name, dataset.name())
+  return facts
 
 
 # --- files --------------------------------------------------------------------
@@ -238,6 +545,17 @@ def read_symmetry_file(file_name):
     from iotbx.mtz import crystal_symmetry_from_mtz
     return crystal_symmetry_from_mtz.extract_from(file_name), None
   return symmetry_from_ins_text(text, file_name), hklf_code_from_ins_text(text)
+
+
+def read_symmetry_file_facts(file_name):
+  """InputFacts of a SHELX .ins/.res, CIF or MTZ given for the symmetry."""
+  fmt = detect_format(file_name)
+  if fmt == "cif":
+    return _cif_facts(_read_cif(file_name), file_name)
+  if fmt == "mtz":
+    return facts_from_mtz(file_name)
+  with open(file_name, "r", errors="replace") as f:
+    return facts_from_ins_text(f.read(), file_name)
 
 
 # --- CIF -------------------------------------------------------------------------
@@ -477,9 +795,11 @@ def read_data(file_name, labels=None, hklf=None, symmetry_file=None,
   hklf_code = int(hklf) if hklf not in (None, "auto", "Auto") else None
   if hklf_code not in (None, 3, 4):
     raise Sorry("hklf=%s is not supported: give hklf=4 (intensities) or hklf=3 (amplitudes)." % hklf)
+  fact_sources = []
   if symmetry_file:
     cs_file, code = read_symmetry_file(symmetry_file)
     sources.append((symmetry_file, cs_file))
+    fact_sources.append((symmetry_file, read_symmetry_file_facts(symmetry_file)))
     if hklf_code is None:
       hklf_code = code
   fmt = detect_format(file_name)
@@ -494,16 +814,19 @@ def read_data(file_name, labels=None, hklf=None, symmetry_file=None,
     sources.append((file_name + " (_shelx_res_file)", res_cs))
     if ma.crystal_symmetry() is not None:
       sources.append((file_name, ma.crystal_symmetry()))
+    fact_sources.append((file_name, _cif_facts(_read_cif(file_name), file_name)))
   else:
     ma, lab = _read_mtz(file_name, labels)
     notes = []
     sources.append((file_name, ma.crystal_symmetry()))
+    fact_sources.append((file_name, facts_from_mtz(file_name)))
   cs, where = combine_symmetry([s for s in sources if s[0] is not None])
   ma = ma.customized_copy(crystal_symmetry=cs)
   if ma.anomalous_flag() is None:
     ma = ma.customized_copy(anomalous_flag=False)
   check_values(ma, file_name)
-  return ReflectionData(ma, file_name, fmt, lab, where, notes)
+  return ReflectionData(ma, file_name, fmt, lab, where, notes,
+                        facts=combine_facts(fact_sources))
 
 
 def check_values(miller_array, source):

@@ -51,9 +51,12 @@ HEAVY_ELEMENTS = (
 HEAVY_PRIORS = {"S": 0.3, "Cl": 0.25, "P": 0.1, "Br": 0.1, "I": 0.05,
                 "Fe": 0.05, "Cu": 0.05}
 
-# Without a formula, a peak is called heavier than oxygen only when its
-# height ratio to the carbon level exceeds that of oxygen by this factor.
-HEAVY_MARGIN = 1.4
+# Without a composition, a peak is called heavier than oxygen only when its
+# height ratio to the carbon level is at least this factor times that of
+# oxygen: organic light elements are preferred, and a heavy atom is named only
+# when the map demands it (in an E-map S, P and Cl peak 2.5-3 times higher
+# than O; a misplaced or merged light-atom peak seldom reaches twice O).
+HEAVY_MARGIN = 2.0
 
 # Peaks lower than this fraction of the lightest candidate element's
 # expected height are not atoms.
@@ -76,15 +79,33 @@ ISOLATED_WEAK_FRACTION = 0.75
 # Elements
 
 class Composition(object):
-  """Elements the user says the crystal contains, optionally with counts.
+  """Elements the crystal contains, optionally with counts.
 
   ``symbols``: element symbols in the order given (SHELX's SFAC order);
-  ``counts``: dict symbol -> count, or None when no counts were given.
+  ``counts``: dict symbol -> count, or None when no counts were given;
+  ``per_cell``: True when the counts are the unit-cell content (SHELX UNIT,
+  or a CIF formula times Z), False for a formula unit of unknown number;
+  ``source``: where it came from, for the log (e.g. "epoxide.ins (SFAC/UNIT)").
   """
 
-  def __init__(self, symbols, counts=None):
+  def __init__(self, symbols, counts=None, per_cell=False, source=None):
     self.symbols = tuple(symbols)
     self.counts = counts
+    self.per_cell = bool(per_cell and counts is not None)
+    self.source = source
+
+  def with_source(self, source, per_cell=None):
+    """A copy with another source (and optionally per_cell)."""
+    return Composition(self.symbols, None if self.counts is None
+                       else dict(self.counts),
+                       self.per_cell if per_cell is None else per_cell, source)
+
+  def times(self, factor):
+    """The counts multiplied by ``factor`` (a formula times Z: the cell)."""
+    if self.counts is None:
+      return self
+    return Composition(self.symbols, dict(
+      (e, c * factor) for e, c in self.counts.items()), True, self.source)
 
   def non_hydrogen(self):
     return tuple(e for e in self.symbols if e not in ("H", "D"))
@@ -218,7 +239,8 @@ class StartingModel(object):
   """
 
   def __init__(self, xray_structure, atoms, fragments, warnings, map_type,
-               carbon_level, composition, bonds=()):
+               carbon_level, composition, bonds=(), notes=()):
+    self.notes = list(notes)
     self.xray_structure = xray_structure
     self.atoms = atoms
     self.fragments = fragments
@@ -247,7 +269,11 @@ class StartingModel(object):
     if self.carbon_level is not None:
       print("  carbon level: %.2f r.m.s." % self.carbon_level, file=log)
     if self.composition is not None:
-      print("  elements: %s" % self.composition, file=log)
+      print("  elements: %s%s" % (
+        self.composition, " (unit cell)" if self.composition.per_cell else ""),
+        file=log)
+    for n in self.notes:
+      print("  %s" % n, file=log)
     for w in self.warnings:
       print("  WARNING: %s" % w, file=log)
     if self.is_empty():
@@ -427,11 +453,22 @@ def _expected_atoms_per_asu(crystal_symmetry):
 
 
 def _formula_units_per_asu(composition, crystal_symmetry):
-  """Formula units per asymmetric unit, from the 18 A^3 rule (or None)."""
+  """Formula units per asymmetric unit (or None without counts).
+
+  The unit-cell content (``per_cell``) is 1 / (the space group's order) of
+  an asymmetric unit; a formula unit of unknown number, the multiple that
+  fits the 18 A^3 rule.
+  """
   if composition is None or composition.counts is None:
     return None
   n_formula = sum(composition.counts[e] for e in composition.non_hydrogen())
   n_exp = _expected_atoms_per_asu(crystal_symmetry)
+  if composition.per_cell:
+    k = 1.0 / crystal_symmetry.space_group().order_z()
+    # A cell content far from what the cell volume holds (a placeholder
+    # UNIT 1 1 1) is taken as proportions only.
+    if 1 / 3. <= k * n_formula / n_exp <= 3:
+      return k
   choices = (0.25, 0.5, 1, 2, 3, 4)
   return min(choices, key=lambda k: abs(math.log(k * n_formula / n_exp)))
 
@@ -642,12 +679,28 @@ def build_starting_model(f_obs, phases_deg, elements=None, log=None,
   frags, moves = _fragments_and_moves(xs, bonds)
   model = _named_model(cs, assigned, frags, moves, u_iso, h_c, map_type,
                        composition, warnings)
+  if composition is None:
+    model.notes.extend(_default_element_notes(model, ratios, light_max))
   if len(model.atoms) < 0.3 * n_exp and composition is None \
       and not any(a.element in HEAVY_ELEMENTS for a in model.atoms):
     model.warnings.append(
       "only %d atoms found where about %d were expected from the cell volume."
       % (len(model.atoms), round(n_exp)))
   return _finish(model, log)
+
+
+def _default_element_notes(model, ratios, light_max):
+  """Log lines on the element choice without a composition."""
+  notes = ["no composition known: C, N and O by peak height and bonding "
+           "(organic light elements); a heavier element only for a peak at "
+           "least %.1f times the carbon level (%.1f times oxygen's)"
+           % (HEAVY_MARGIN * light_max, HEAVY_MARGIN)]
+  for a in model.atoms:
+    if a.element not in LIGHT_ELEMENTS:
+      notes.append("%s: peak %.1f times the carbon level, %s expected at %.1f "
+                   "(give elements= if this is wrong)"
+                   % (a.label, a.ratio, a.element, ratios[a.element]))
+  return notes
 
 
 def _assign_light_elements(assigned, bonds, light, ratios, weights,

@@ -34,6 +34,55 @@ def _sfac_order(elements):
   return first + rest
 
 
+def _count(value):
+  return "%d" % int(round(value)) if abs(value - round(value)) < 1e-6 \
+    else "%g" % value
+
+
+def _unit_content(model, z=None, notes=None):
+  """(SFAC order, element -> atoms per cell) for SFAC and UNIT.
+
+  The composition's unit-cell content when the input gave one (SFAC/UNIT of
+  a .ins, a CIF formula times Z); a formula times the input's Z; otherwise
+  the atoms placed, with hydrogens estimated (see :func:`_hydrogen_count`).
+  Every element of the model is on SFAC.
+  """
+  comp = model.composition
+  placed = dict((e, n) for e, n in
+                model.xray_structure.unit_cell_content().items() if n > 0)
+  if comp is not None and comp.counts is not None and (comp.per_cell or z):
+    factor = 1 if comp.per_cell else z
+    content = dict((e, comp.counts[e] * factor) for e in comp.symbols)
+    order = list(comp.symbols)
+    for e in placed:
+      if e not in content:
+        order.append(e)
+        content[e] = placed[e]
+    if notes is not None and not comp.per_cell:
+      notes.append("UNIT: the formula %s times Z = %g" % (comp, z))
+    return order, content
+  content = dict(placed)
+  n_h = _hydrogen_count(model, content)
+  elements = list(content)
+  if n_h is not None and n_h > 0:
+    content["H"] = n_h
+    elements.append("H")
+  if notes is not None:
+    how = ("from the formula's H count per non-H atom"
+           if comp is not None and comp.counts is not None else
+           "about one per carbon")
+    notes.append("UNIT: no unit-cell content in the input; counts of the atoms "
+                  "placed%s" % ("" if n_h is None else
+                                ", hydrogens %s (%d)" % (how, n_h)))
+  if not elements:
+    elements, content = ["C"], {"C": 0}
+  if comp is not None:   # the user's order, as SHELX's SFAC
+    order = [e for e in comp.symbols if e in content]
+    order += [e for e in _sfac_order(elements) if e not in order]
+    return order, content
+  return _sfac_order(elements), content
+
+
 def _hydrogen_count(model, content):
   """Hydrogen atoms per cell for UNIT (hydrogens are not placed).
 
@@ -54,15 +103,37 @@ def _hydrogen_count(model, content):
 
 
 def res_lines(model, title=None, wavelength=None,
-              instructions=DEFAULT_INSTRUCTIONS, remarks=()):
-  """Lines of a SHELX .res file for the model (see :func:`write_res`)."""
+              instructions=DEFAULT_INSTRUCTIONS, remarks=(), cell_esds=None,
+              z=None, notes=None):
+  """Lines of a SHELX .res file for the model (see :func:`write_res`).
+
+  ``wavelength``, ``cell_esds`` (six esds) and ``z`` as the input gave them;
+  where None, SHELX's defaults (Mo K-alpha; zero esds; Z of one formula unit
+  per asymmetric unit).  ``notes``: a list that gets a line for the log per
+  value not taken from the input.
+  """
   xs = model.xray_structure
   if xs.scatterers().size() == 0:
     raise Sorry("The starting model has no atoms; no .res written.")
+  if notes is None:
+    notes = []
   if title is None:
     title = "phai"
   if wavelength is None:
     wavelength = MO_K_ALPHA
+    notes.append("CELL: wavelength not in the input; SHELX's default %.5f A "
+                 "(Mo K-alpha) written (give wavelength= to change it)"
+                 % MO_K_ALPHA)
+  z_given = z
+  if z is None:
+    z = xs.space_group().order_z()
+    notes.append("ZERR: Z not in the input; %d written (one formula unit per "
+                 "asymmetric unit)" % z)
+  if cell_esds is None:
+    cell_esds = (0.0,) * 6
+    notes.append("ZERR: cell esds not in the input; zeros written (SHELX's "
+                 "default)")
+  zerr = "ZERR %s %s" % (_count(z), " ".join("%.5g" % e for e in cell_esds))
   title = " ".join(str(title).split())
   header = []
   if xs.space_group().is_centric() and \
@@ -76,6 +147,8 @@ def res_lines(model, title=None, wavelength=None,
         full_matrix_least_squares_cycles=10, sort_scatterers=False):
       if line.startswith("SFAC"):
         break
+      if line.startswith("ZERR"):
+        line = zerr
       if line.strip():
         header.append(line.rstrip("\n"))
   except RuntimeError as e:
@@ -88,18 +161,13 @@ def res_lines(model, title=None, wavelength=None,
     lines.append("REM %s" % r)
   lines.extend(header[1:])
 
-  content = dict((e, n) for e, n in xs.unit_cell_content().items() if n > 0)
-  n_h = _hydrogen_count(model, content)
-  elements = list(content)
-  if n_h is not None and n_h > 0:
-    content["H"] = n_h
-    elements.append("H")
-  if not elements:
-    elements, content = ["C"], {"C": 0}
-  sfac = _sfac_order(elements)
+  sfac, content = _unit_content(model, z=z_given, notes=notes)
+  if not any(l.startswith("ZERR") for l in lines):
+    lines.insert(next(i for i, l in enumerate(lines) if l.startswith("CELL")) + 1,
+                 zerr)
   lines.append("SFAC %s" % " ".join(sfac))
   lines.append("UNIT %s" % " ".join(
-    "%d" % max(1, int(round(content[e]))) for e in sfac))
+    _count(content[e]) if content[e] > 0 else "1" for e in sfac))
   lines.extend(instructions)
   lines.append("FVAR 1.00000")
   index = dict((e, i + 1) for i, e in enumerate(sfac))
@@ -120,7 +188,8 @@ def res_lines(model, title=None, wavelength=None,
 
 
 def write_res(model, file_name, title=None, wavelength=None,
-              instructions=DEFAULT_INSTRUCTIONS, remarks=()):
+              instructions=DEFAULT_INSTRUCTIONS, remarks=(), cell_esds=None,
+              z=None):
   """Write the model as a SHELX .res in the original space group and setting.
 
   TITL, CELL (``wavelength`` in A, Mo K-alpha when not given), ZERR, LATT,
@@ -128,7 +197,8 @@ def write_res(model, file_name, title=None, wavelength=None,
   instructions, FVAR, the atoms with isotropic U, HKLF 4 and END.
   """
   lines = res_lines(model, title=title, wavelength=wavelength,
-                    instructions=instructions, remarks=remarks)
+                    instructions=instructions, remarks=remarks,
+                    cell_esds=cell_esds, z=z)
   with open(file_name, "w") as f:
     f.write("\n".join(lines) + "\n")
   return file_name

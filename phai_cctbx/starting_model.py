@@ -109,17 +109,33 @@ def not_asked():
   return ModelBuilding(None, None, skipped="not asked (build_model=False)")
 
 
+#: Verdicts whose maps are trusted with a starting model.
+MODEL_VERDICTS = ("solved", "probably solved")
+
+
+def not_supported(verdict):
+  """The step's record when the phases are not good enough for a model."""
+  return ModelBuilding(None, None, skipped=(
+    "verdict %r: the map does not support a model of atoms (a model is "
+    "written only when the verdict is %s)" % (
+      verdict, " or ".join(repr(v) for v in MODEL_VERDICTS))))
+
+
 def build(f_obs, phases_deg, reflections, elements=None, map_type="E",
-          wavelength=None, title=None, log=None):
+          wavelength=None, title=None, log=None, cell_esds=None, z=None):
   """Build the starting model and prepare its files.
 
   Args:
     f_obs: merged amplitudes, original space group and setting.
     phases_deg: their phases in degrees (the solution).
     reflections: the data as read (intensities or amplitudes) for PREFIX.hkl.
-    elements: formula or element list (see model_building.parse_elements).
+    elements: formula or element list (see model_building.parse_elements),
+      or a model_building.Composition (e.g. the unit-cell content read from
+      the input).
     map_type: "E" or "F".
-    wavelength: for the CELL line (None: Mo K-alpha).
+    wavelength: for the CELL line (None: Mo K-alpha, said in the log).
+    cell_esds, z: for the ZERR line, as the input gave them (None: zeros and
+      one formula unit per asymmetric unit, said in the log).
     title: TITL of the .res (the space group is added).
     log: file-like object; the model's listing goes there.
 
@@ -140,14 +156,18 @@ def build(f_obs, phases_deg, reflections, elements=None, map_type="E",
     reason = "no atoms placed (no clear peaks in the map)"
     _print(log, "No model files written: %s; the phases are written." % reason)
     return ModelBuilding(model, reflections, skipped=reason, warnings=warnings)
+  notes = []
   try:
-    lines = shelx_output.res_lines(model, title=title, wavelength=wavelength)
+    lines = shelx_output.res_lines(model, title=title, wavelength=wavelength,
+                                   cell_esds=cell_esds, z=z, notes=notes)
   except Sorry as e:
     reason = "no SHELX file possible: %s" % e
     warnings.append(reason)
     _print(log, "  WARNING: %s" % reason)
     _print(log, "No model files written.")
     return ModelBuilding(model, reflections, skipped=reason, warnings=warnings)
+  for note in notes:
+    _print(log, "  " + note)
   kind = ("intensities" if reflections.is_xray_intensity_array()
           else "amplitudes, squared")
   _print(log, "Model files: %d atoms in %d fragment%s; .res/.ins for SHELXL, "

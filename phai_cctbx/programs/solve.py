@@ -6,8 +6,11 @@ import io
 import os
 import time
 
+import libtbx.phil
 from libtbx.program_template import ProgramTemplate
 from libtbx.utils import Sorry
+
+import phai_cctbx
 
 #: File extensions taken as the symmetry file when given on the command line.
 SYMMETRY_EXTENSIONS = (".ins", ".res")
@@ -37,6 +40,76 @@ def file_arguments_as_phil(args):
   return out
 
 
+#: Set by the phai.solve command to the time its process started, so that the
+#: run's wall time counts the start-up (imports); None when the program runs
+#: inside another Python process, where the time counts from run().
+COMMAND_STARTED = None
+
+
+def process_start_time():
+  """The wall-clock time (as time.time()) this process started, or None."""
+  try:
+    with open("/proc/self/stat") as f:
+      fields = f.read().rsplit(")", 1)[1].split()
+    with open("/proc/uptime") as f:
+      uptime = float(f.read().split()[0])
+    started_ticks = float(fields[19])
+    return time.time() - (uptime - started_ticks / os.sysconf("SC_CLK_TCK"))
+  except (OSError, IndexError, ValueError, AttributeError):
+    return None
+
+
+def _version():
+  try:
+    from libtbx.version import get_version
+    cctbx_version = get_version()
+  except Exception:
+    cctbx_version = None
+  text = "phai_cctbx %s" % phai_cctbx.__version__
+  if cctbx_version:
+    text += " (cctbx %s)" % cctbx_version
+  return text
+
+
+program_citations = libtbx.phil.parse('''
+citation {
+  article_id = phai
+  authors = Larsen AS, Rekis T, Madsen AO
+  title = PhAI: A deep-learning approach to solve the crystallographic phase problem
+  journal = Science
+  volume = 385
+  pages = 522-528
+  year = 2024
+  doi_id = "10.1126/science.adn2777"
+  external = True
+}
+citation {
+  article_id = charge_flipping
+  authors = Oszlanyi G, Suto A
+  title = Ab initio structure solution by charge flipping
+  journal = Acta Cryst.
+  volume = A60
+  pages = 134-141
+  year = 2004
+  doi_id = "10.1107/S0108767303027569"
+  external = True
+}
+''')
+
+
+def wall_times(started, steps, finished):
+  """(list of (step, seconds), total): the steps in order, then "other" for
+  the time between them, so that they add up to the total exactly."""
+  total = max(finished - started, 0.0)
+  rows = [(name, max(seconds, 0.0)) for name, seconds in steps]
+  other = total - sum(s for n, s in rows)
+  if other < 0:   # clock granularity: the total is never below the steps
+    total -= other
+    other = 0.0
+  rows.append(("other", other))
+  return rows, total
+
+
 class _Tee(object):
   """Writes to the program's logger and keeps a copy for the .log file."""
 
@@ -55,6 +128,8 @@ class _Tee(object):
 
 class Program(ProgramTemplate):
   program_name = "phai.solve"
+  version = _version()
+  citations = program_citations
   description = """
 Phase centrosymmetric small-molecule data (P2_1/c in any setting, and its
 supergroups C2/c, Pbca, Pnma, Pbcn, C2/m) with the PhAI neural network, and
@@ -70,8 +145,14 @@ setting), PREFIX.fcf (SHELX LIST 3 with phases, for Olex2), PREFIX.ccp4 (the
 density map), PREFIX_extended.mtz (phases of unmeasured reflections),
 PREFIX.json and PREFIX.log; and a starting model from the peaks of the map:
 PREFIX.res and PREFIX.ins (shelxl PREFIX), PREFIX.hkl (the data, HKLF 4) and
-PREFIX_model.cif (elements="C H N O" or a formula helps the element choice;
-build_model=False for phases only).
+PREFIX_model.cif, when the verdict is "solved" or "probably solved".  The
+model's elements come from the composition the input gives (SFAC/UNIT of a
+.ins/.res, _chemical_formula_sum or _atom_type of a CIF); elements="C H N O"
+or a formula overrides it; build_model=False for phases only.
+
+All parameters with what they mean:
+  phai.solve --show-defaults --attributes-level=2
+(--show-defaults alone lists the parameters without explanations.)
 """
   datatypes = ["phil"]
   master_phil_str = importlib.resources.files("phai_cctbx.phil").joinpath(
@@ -136,15 +217,42 @@ build_model=False for phases only).
     self._check_inputs_not_outputs(suffixes)
     OutputFiles(self._prefix(), p.output.overwrite).check(suffixes)
 
+  def _composition(self, data, log):
+    """The composition for the model: elements=, else the input's, else None."""
+    from phai_cctbx.model_building import (
+      HEAVY_MARGIN, parse_elements)
+    given = self.params.model_building.elements
+    if given is not None:
+      comp = parse_elements(given).with_source("the elements= parameter")
+      print("Composition: %s, from the elements= parameter%s" % (
+        comp, "" if data.composition is None else
+        " (instead of %s from %s)" % (data.composition,
+                                      data.composition.source)), file=log)
+      return comp
+    if data.composition is not None:
+      print("Composition: %s%s, from %s" % (
+        data.composition, " (unit cell)" if data.composition.per_cell else "",
+        data.composition.source), file=log)
+      return data.composition
+    print("Composition: none in the input and no elements= given; elements "
+          "C, N, O by peak height, a heavier element only for a peak %.1f "
+          "times as high as oxygen's or more (give elements= to name them)"
+          % HEAVY_MARGIN, file=log)
+    return None
+
   def run(self):
     from phai_cctbx import data_input, outputs, starting_model
     from phai_cctbx.solve import solve
     p = self.params
     t0 = time.time()
+    started = COMMAND_STARTED if COMMAND_STARTED is not None else t0
+    steps = []
     log = _Tee(self.logger)
-    print("phai.solve: PhAI phasing", file=log)
+    print("phai.solve (%s): PhAI phasing" % self.version, file=log)
     print(time.strftime("  started %Y-%m-%d %H:%M:%S"), file=log)
     print("", file=log)
+    if started < t0:
+      steps.append(("start-up", t0 - started))
     data = data_input.read_data(
       p.input.reflection_file, labels=p.input.labels,
       hklf=None if p.input.hklf == "auto" else int(p.input.hklf),
@@ -154,46 +262,97 @@ build_model=False for phases only).
       print(line, file=log)
     print("", file=log)
     # The network first: a bad weights file fails before any work.
-    from phai_cctbx.weights import load_model
     t1 = time.time()
+    steps.append(("reading", t1 - t0))
+    from phai_cctbx.weights import load_model   # imports torch
     model = load_model(p.model.weights)
-    t_model = time.time() - t1
+    t_solve = time.time()
+    steps.append(("network", t_solve - t1))
     self.result = solve(
       data.miller_array, model=model, trials=p.phasing.trials,
       cycles=p.phasing.cycles, random_seed=p.phasing.random_seed, log=log,
       intensity_treatment=p.input.intensity_treatment,
       min_reflections=p.phasing.min_reflections, precision=p.phasing.precision)
-    self.result.timings["model"] = t_model
-    self.result.timings["reading"] = t1 - t0
+    t2 = time.time()
+    steps.append(("phasing", t2 - t_solve))
+    phasing_steps = [(k, v) for k, v in sorted(
+      (getattr(self.result, "timings", None) or {}).items()) if k != "total"]
     prefix = self._prefix()
     mb = p.model_building
     self.result.model_building = starting_model.not_asked()
-    if mb.build_model:
+    verdict = getattr(self.result, "verdict", None)
+    if mb.build_model and verdict in starting_model.MODEL_VERDICTS:
       print("", file=log)
-      t2 = time.time()
+      composition = self._composition(data, log)
       # The merged amplitudes and the phases in the data's own group and
       # setting; the .hkl gets the data as read (intensities stay intensities).
+      facts = data.facts
       self.result.model_building = starting_model.build(
         self.result.f_obs, self.result.phases, data.miller_array,
-        elements=mb.elements, map_type=mb.map_type, wavelength=mb.wavelength,
-        title=os.path.basename(prefix), log=log)
-      self.result.timings["model_building"] = time.time() - t2
+        elements=composition, map_type=mb.map_type,
+        wavelength=mb.wavelength if mb.wavelength is not None else facts.wavelength,
+        title=os.path.basename(prefix), log=log, cell_esds=facts.cell_esds,
+        z=facts.z)
+      steps.append(("model building", time.time() - t2))
+    elif mb.build_model:
+      self.result.model_building = starting_model.not_supported(verdict)
+      print("", file=log)
+      print("No starting model written: the verdict is %r, and atoms are "
+            "placed only in a map of phases judged solved or probably solved."
+            % verdict, file=log)
     print("", file=log)
     suffixes = outputs.output_suffixes(self.result)
     names = ["%s%s" % (prefix, s) for s in suffixes]
-    print("Timings: " + ", ".join("%s %.1f s" % (k, v) for k, v in sorted(
-      self.result.timings.items())), file=log)
     print("Writing " + ", ".join(names), file=log)
     stale = [prefix + s for s in self._output_suffixes()
              if s not in suffixes and os.path.exists(prefix + s)]
     if stale and p.output.overwrite:
       print("Removing " + ", ".join(stale) + " (from an earlier run; not "
             "written by this one)", file=log)
+    t3 = time.time()
+    self.result.timings = self._timing_keys(steps, phasing_steps, t3 - started)
     self.files = outputs.write_all(
       self.result, prefix, overwrite=p.output.overwrite,
       log_text=log.copy.getvalue(), include_extended=p.output.include_extended,
       map_resolution_factor=p.output.map_resolution_factor,
       remove_stale=self._output_suffixes())
+    steps.append(("writing", time.time() - t3))
+    rows, total = wall_times(started, steps, time.time())
+    lines = ["Timings (wall clock): " + ", ".join(
+      "%s %.2f s" % r for r in rows if r[0] != "other" or r[1] >= 0.005)
+      + "; total %.2f s" % total]
+    if phasing_steps:
+      lines.append("  phasing: " + ", ".join(
+        "%s %.2f s" % r for r in phasing_steps))
+    for line in lines:
+      print(line, file=self.logger)
+    self.result.timings = self._timing_keys(rows, phasing_steps, total)
+    self._complete_outputs(prefix, lines)
+
+  @staticmethod
+  def _timing_keys(rows, phasing_steps, total):
+    out = dict((name.replace(" ", "_").replace("-", "_"), v) for name, v in rows)
+    out.update(("phasing/%s" % k, v) for k, v in phasing_steps)
+    out["total"] = total
+    return out
+
+  def _complete_outputs(self, prefix, lines):
+    """The run's wall times, known only after writing: added to PREFIX.log
+    and PREFIX.json."""
+    from phai_cctbx.outputs import write_json
+    log_name, json_name = prefix + ".log", prefix + ".json"
+    if log_name in self.files:
+      with open(log_name, "a") as f:
+        f.write("\n".join(lines) + "\n")
+    if json_name in self.files:
+      import json
+      with open(json_name) as f:
+        summary = json.load(f)
+      summary["timings_s"] = dict(
+        (k, round(v, 3)) for k, v in self.result.timings.items())
+      tmp = "%s.%d.part.json" % (prefix, os.getpid())
+      write_json(summary, tmp)
+      os.replace(tmp, json_name)
 
   def get_results(self):
     result = getattr(self, "result", None)
