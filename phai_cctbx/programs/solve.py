@@ -74,7 +74,7 @@ def _version():
 program_citations = libtbx.phil.parse('''
 citation {
   article_id = phai
-  authors = Larsen AS, Rekis T, Madsen AO
+  authors = Larsen AS, Rekis T, Madsen AØ
   title = PhAI: A deep-learning approach to solve the crystallographic phase problem
   journal = Science
   volume = 385
@@ -85,7 +85,7 @@ citation {
 }
 citation {
   article_id = charge_flipping
-  authors = Oszlanyi G, Suto A
+  authors = Oszlányi G, Sütő A
   title = Ab initio structure solution by charge flipping
   journal = Acta Cryst.
   volume = A60
