@@ -210,14 +210,15 @@ def _shelx_instructions(text):
   pending = None
   for raw in text.splitlines():
     line = raw.split("!")[0].rstrip()
-    if pending is not None:
+    continued = pending is not None
+    if continued:
       line = pending + " " + line.strip()
       pending = None
     if line.endswith("="):
       pending = line[:-1]
       continue
     words = line.split()
-    if not words or raw[:1].isspace():
+    if not words or (raw[:1].isspace() and not continued):
       continue
     out.append((words[0].upper(), words[1:]))
   if pending is not None and pending.split():

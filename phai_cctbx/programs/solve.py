@@ -234,9 +234,9 @@ All parameters with what they mean:
         data.composition, " (unit cell)" if data.composition.per_cell else "",
         data.composition.source), file=log)
       return data.composition
-    print("Composition: none in the input and no elements= given; elements "
-          "C, N, O by peak height, a heavier element only for a peak %.1f "
-          "times as high as oxygen's or more (give elements= to name them)"
+    print("Composition: none in the input and no elements= given; organic "
+          "light elements preferred, a heavier element only for a peak %.1f "
+          "times oxygen's or more (give elements= to name the elements)"
           % HEAVY_MARGIN, file=log)
     return None
 
