@@ -101,9 +101,15 @@ def map_skewness(amplitudes: np.ndarray, signs: np.ndarray) -> np.ndarray:
 
 def phase_reflection_set(amplitudes, measured, model, trials: int = 8, cycles: int = 16,
                          random_seed: int = 0, device: str = "cpu",
-                         solved_fom: float = SOLVED_FOM, precision: str = "auto") -> PhasingResult:
+                         solved_fom: float = SOLVED_FOM, precision: str = "auto",
+                         start_signs=None) -> PhasingResult:
   """Phase (n,) amplitudes on the reflection list (any scale; ``measured`` flags
-  which are known) with ``model`` (a weights.LoadedModel)."""
+  which are known) with ``model`` (a weights.LoadedModel).
+
+  ``start_signs``: optional (trials, n) starting signs (+1/-1, e.g. a partial
+  solution from dual-space phasing); ``trials`` is then its number of rows.
+  Without it the first trial starts from zero phases, the others from random
+  signs."""
   t0 = time.time()
   n = len(reflection_set.indices())
   amplitudes = np.asarray(amplitudes, dtype=np.float64).reshape(n)
@@ -119,9 +125,15 @@ def phase_reflection_set(amplitudes, measured, model, trials: int = 8, cycles: i
   unique = torch.as_tensor(reflection_set.unique_mask(), device=dev)
   weights = (amp[0] ** 2) * (meas[0] & unique)
 
-  gen = torch.Generator().manual_seed(int(random_seed))
-  signs = torch.where(torch.rand(trials, n, generator=gen) < 0.5, -1.0, 1.0).to(dev)
-  signs[0] = 1.0  # the first trial starts from all phases zero
+  if start_signs is not None:
+    start = np.asarray(start_signs, dtype=np.float32).reshape(-1, n)
+    trials = start.shape[0]
+    amp_grid = amp_grid[:1].expand(trials, -1, -1, -1)
+    signs = torch.as_tensor(np.where(start < 0, -1.0, 1.0).astype(np.float32), device=dev)
+  else:
+    gen = torch.Generator().manual_seed(int(random_seed))
+    signs = torch.where(torch.rand(trials, n, generator=gen) < 0.5, -1.0, 1.0).to(dev)
+    signs[0] = 1.0  # the first trial starts from all phases zero
   probs = torch.full((trials, n), 0.5, device=dev)
   history = torch.zeros((trials, cycles, n), device=dev)
   cycles_run = torch.zeros(trials, dtype=torch.long)

@@ -24,10 +24,44 @@ from libtbx.utils import Sorry
 
 from phai_cctbx import amplitudes as amplitudes_module
 from phai_cctbx import reflection_set
+from phai_cctbx import search as search_module
 from phai_cctbx import symmetry as symmetry_module
 
-#: Fewest measured unique reflections on the list worth phasing.
-MIN_REFLECTIONS = 50
+#: Fewest measured unique reflections phased at all; below FEW_REFLECTIONS
+#: the log and the JSON carry a warning (the PhAI paper's Fig. 5A example was
+#: solved from 16).
+MIN_REFLECTIONS = 10
+FEW_REFLECTIONS = 50
+
+METHODS = ("auto", "network", "dual_space")
+
+#: Verdict levels of the chosen candidate's figure of merit
+#: (:func:`phai_cctbx.search.figure_of_merit`), lowest FOM of each level,
+#: with what the level means and what to do next.  Calibrated with
+#: phai.benchmark on calculated data of the 41 development structures at
+#: 1.0, 1.6 and 2.0 A (see VERDICT_CALIBRATION).
+VERDICTS = (
+  ("solved", 0.85, "the phases are reliable: build and refine the model "
+                   "(PREFIX.res with shelxl or olex2)."),
+  ("probably solved", 0.70, "most phases are likely right: check the map and "
+                            "the starting model before refining."),
+  ("partial", 0.55, "part of the structure may be right: try more starts "
+                    "(phasing.dual_space.starts, phasing.trials) or give elements=."),
+  ("not solved", -1e9, "no reliable solution: the data may not suffice at this "
+                       "resolution; try more starts or better data."),
+)
+SOLVED_FOM = VERDICTS[0][1]
+#: Figure of merit given to each reflection phased by a dual-space candidate.
+LEVEL_FOM = {"solved": 1.0, "probably solved": 0.8, "partial": 0.5, "not solved": 0.3}
+VERDICT_CALIBRATION = "(filled in after calibration)"
+
+
+def verdict(fom):
+  """(level, advice) for a figure of merit."""
+  for level, lowest, advice in VERDICTS:
+    if fom >= lowest:
+      return level, advice
+  return VERDICTS[-1][0], VERDICTS[-1][2]
 
 
 class SolveResult(object):
@@ -41,13 +75,18 @@ class SolveResult(object):
     extended: phases (degrees) of reflections of the list that were not
       measured (phase extension), original group and setting.
     extended_fom: their figures of merit.
-    phasing: the phasing.PhasingResult (all trials).
+    phasing: the network's phasing.PhasingResult (all trials), None when the
+      network did not run.
+    search: the search.SearchResult (every candidate); chosen: the chosen
+      search.Candidate; method: the phasing method.
+    warnings: list of one-line warnings (also in the log).
     set_amplitudes, set_measured: the network's input (1205,).
     standardisation: the symmetry.Standardisation used.
     amplitudes: the amplitudes_module.Amplitudes record.
     mapping: dict of counts from putting the data on the list.
     back: the symmetry.BackTransform of the measured reflections.
-    verdict: "solved" or "uncertain".
+    verdict: "solved", "probably solved", "partial" or "not solved"
+      (:data:`VERDICTS`); advice: what to do next, one line.
     timings: dict of seconds per step.
     model_building: the starting_model.ModelBuilding of the run, or None
       (set by the program after phasing).
@@ -60,14 +99,15 @@ class SolveResult(object):
 
   @property
   def best_trial(self):
-    return int(self.phasing.best)
+    """The network's best trial (0-based), or None without the network."""
+    return None if self.phasing is None else int(self.phasing.best)
 
   def summary(self):
     """A JSON-ready dict of the run."""
     ph = self.phasing
     cs = self.f_obs.crystal_symmetry()
     trials = []
-    for t in range(len(ph.fom)):
+    for t in range(len(ph.fom) if ph is not None else 0):
       entry = {"trial": t + 1, "fom": float(ph.fom[t]),
                "cycles": int(ph.cycles_run[t]), "converged": bool(ph.converged[t])}
       for name, values in sorted(ph.fom_terms.items()):
@@ -76,8 +116,15 @@ class SolveResult(object):
     std = self.standardisation
     out = {
       "verdict": self.verdict,
-      "best_trial": self.best_trial + 1,
-      "best_fom": float(ph.fom[ph.best]),
+      "advice": self.advice,
+      "method": self.method,
+      "chosen": self.chosen.label,
+      "fom": float(self.chosen.fom),
+      "candidates": [c.summary() for c in self.search.candidates],
+      "stages": list(self.search.stages),
+      "warnings": list(self.warnings),
+      "best_trial": None if ph is None else self.best_trial + 1,
+      "best_fom": None if ph is None else float(ph.fom[ph.best]),
       "trials": trials,
       "space_group": str(cs.space_group_info()),
       "space_group_number": cs.space_group_info().type().number(),
@@ -90,7 +137,7 @@ class SolveResult(object):
       "n_phased": int(self.phases.size()),
       "n_extended": int(self.extended.size()),
       "mean_fom": float(flex.mean(self.fom.data())) if self.fom.size() else 0.0,
-      "symmetry_check": {
+      "symmetry_check": None if self.back is None else {
         "n_with_equivalents": int(self.back.n_with_equivalents),
         "n_disagreeing": int(self.back.n_disagreeing),
         "disagreement": float(self.back.disagreement),
@@ -141,9 +188,39 @@ def _trial_lines(ph):
   return lines
 
 
+def _candidate_lines(candidates, best):
+  names = ["r1", "agreement", "skewness"]
+  lines = ["  %-44s %7s  %s" % ("candidate", "FOM", "  ".join("%9s" % n for n in names))]
+  order = sorted(range(len(candidates)), key=lambda i: -candidates[i].fom)
+  for i in order:
+    c = candidates[i]
+    lines.append("  %-44s %7.3f  %s%s" % (
+      c.label[:44], c.fom, "  ".join("%9.3f" % c.terms.get(n, float("nan")) for n in names),
+      "  <- chosen" if i == best else ""))
+  return lines
+
+
+def _complete(chosen, candidates, f_obs, amplitudes):
+  """Phases of every measured reflection: the chosen candidate's, and for the
+  reflections it does not phase (beyond the network's list), those of the
+  dual-space candidate that agrees with it best."""
+  if chosen.phases.size() >= f_obs.size():
+    return chosen.phases, None
+  ds = [c for c in candidates if c.method == "dual_space"]
+  if not ds:
+    return chosen.phases, None
+  corr = [search_module.agreement_matrix([chosen, c], amplitudes)[0, 1] for c in ds]
+  donor = ds[int(np.argmax(corr))]
+  rest = donor.phases.lone_set(chosen.phases)
+  phases = chosen.phases.concatenate(rest)
+  return phases, donor
+
+
 def solve(miller_array, model=None, weights=None, trials=8, cycles=16,
           random_seed=0, log=None, intensity_treatment="french_wilson",
-          min_reflections=MIN_REFLECTIONS, device="cpu", precision="auto"):
+          min_reflections=MIN_REFLECTIONS, device="cpu", precision="auto",
+          method="auto", dual_space_starts=16, dual_space_cycles=200,
+          recycle=4, time_limit=120.0, stop_early=True):
   """Phase amplitudes or intensities (a cctbx miller array with crystal symmetry).
 
   Args:
@@ -152,14 +229,24 @@ def solve(miller_array, model=None, weights=None, trials=8, cycles=16,
       Pnma, Pbcn, C2/m); merged or not.
     model: a loaded network (phai_cctbx.weights.load_model); None loads
       ``weights`` (None: the shipped default weights).
-    trials, cycles, random_seed: passed to the phasing.
+    trials, cycles, random_seed: the network's trials.
     log: file-like object for the log (None: silent).
     intensity_treatment: "french_wilson" or "truncate_at_zero".
-    min_reflections: fewest measured unique reflections on the list.
+    min_reflections: fewest measured unique reflections to phase.
+    method: "auto" (network and dual-space, each seeding the other),
+      "network" or "dual_space" (see :mod:`phai_cctbx.search`).
+    dual_space_starts, dual_space_cycles: random dual-space starts, and
+      flipping cycles per start at most.
+    recycle: distinct dual-space results given back to the network (auto).
+    time_limit: seconds after which no new stage of the search starts.
+    stop_early: stop after the first stage whose best candidate is "solved".
 
   Returns a :class:`SolveResult`.  Raises Sorry on unusable input.
   """
+  from phai_cctbx import dual_space
   from phai_cctbx import phasing
+  if method not in METHODS:
+    raise Sorry("phasing.method must be one of %s (got %s)." % (", ".join(METHODS), method))
   timings = {}
   t0 = time.time()
   if miller_array is None or miller_array.crystal_symmetry() is None:
@@ -186,9 +273,14 @@ def solve(miller_array, model=None, weights=None, trials=8, cycles=16,
     (reflection_set.unique_mate() == np.arange(len(values)))
   stats["n_measured_on_list"] = int(measured_unique.sum())
   stats["n_unique_on_list"] = int(reflection_set.unique_mask().sum())
-  _print(log, "Reflection list: %d of %d unique reflections of the data kept, "
-         "%d dropped (beyond the list's indices)" % (
-           stats["n_kept"], stats["n_unique_in_frame"], stats["n_dropped"]))
+  if stats["n_dropped"]:
+    _print(log, "Network's reflection list: %d of the %d unique reflections of the "
+           "data in P2_1/c fall on it; %d beyond its indices are phased by "
+           "dual-space methods only" % (
+             stats["n_kept"], stats["n_unique_in_frame"], stats["n_dropped"]))
+  else:
+    _print(log, "Network's reflection list: all %d unique reflections of the data "
+           "(in P2_1/c) fall on it" % stats["n_unique_in_frame"])
   if stats["d_min_kept"] is not None:
     _print(log, "  effective resolution %.2f A (data %.2f A, all data kept to %.2f A, "
            "the list's highest-resolution reflection %.2f A); %d of the list's %d "
@@ -197,59 +289,111 @@ def solve(miller_array, model=None, weights=None, trials=8, cycles=16,
              stats["d_complete"], stats["d_min_kept"], stats["n_measured_on_list"],
              stats["n_unique_on_list"],
              100.0 * stats["n_measured_on_list"] / stats["n_unique_on_list"]))
-  if stats["n_measured_on_list"] < min_reflections:
-    raise Sorry("Only %d measured reflections fall on the network's reflection "
-                "list, fewer than the %d a solution needs: give more complete or "
-                "higher-resolution data." % (stats["n_measured_on_list"], min_reflections))
+  n_usable = f_obs.size() if method == "dual_space" else stats["n_measured_on_list"]
+  warnings = []
+  if n_usable < min_reflections:
+    raise Sorry("Only %d measured reflections can be phased, fewer than the %d a "
+                "solution needs: give more complete or higher-resolution data."
+                % (n_usable, min_reflections))
+  if n_usable < FEW_REFLECTIONS:
+    warnings.append("only %d measured reflections to phase (fewer than %d): "
+                    "check the solution with care" % (n_usable, FEW_REFLECTIONS))
+    _print(log, "Warning: " + warnings[-1])
 
   t1 = time.time()
-  if model is None:
+  if model is None and method != "dual_space":
     from phai_cctbx.weights import load_model
     model = load_model(weights)
   weights_source = getattr(model, "source", None)
   timings["model"] = time.time() - t1
+  settings = search_module.SearchSettings(
+    method=method, trials=trials, cycles=cycles, random_seed=random_seed,
+    starts=dual_space_starts, recycle=recycle, time_limit=time_limit,
+    stop_fom=SOLVED_FOM if stop_early else None,
+    dual_space=dual_space.Settings(cycles=dual_space_cycles))
   _print(log)
-  _print(log, "Phasing: %d trials of up to %d cycles (random seed %d, %s), weights %s"
-         % (trials, cycles, random_seed,
-            "bfloat16" if phasing.uses_bfloat16(device, precision, phasing.parameter_count(model))
-            else "float32",
-            weights_source or "(given model)"))
+  _print(log, "Phasing (method %s): %s" % (method, {
+    "auto": "dual-space from %d random starts; then the network (%d trials of up to "
+            "%d cycles) and dual-space from its trials, the network again on %d "
+            "dual-space results" % (dual_space_starts, trials, cycles, recycle),
+    "network": "the network, %d trials of up to %d cycles" % (trials, cycles),
+    "dual_space": "charge flipping from %d random starts" % dual_space_starts}[method]))
+  if method != "dual_space":
+    _print(log, "  network weights %s (%s)" % (
+      weights_source or "(given model)",
+      "bfloat16" if phasing.uses_bfloat16(device, precision, phasing.parameter_count(model))
+      else "float32"))
   t2 = time.time()
-  result = phasing.phase_reflection_set(
-    set_amplitudes, present, model, trials=trials, cycles=cycles,
-    random_seed=random_seed, device=device, precision=precision)
+
+  def stage(name, candidates):
+    best = max(candidates, key=lambda c: c.fom)
+    _print(log, "  %-32s %3d candidates, best %s (FOM %.3f), %.1f s" % (
+      name + ":", len(candidates), best.label, best.fom, time.time() - t2))
+
+  found = search_module.run(f_obs, std, set_amplitudes, present, model, settings,
+                            log_stage=stage)
   timings["phasing"] = time.time() - t2
-  for line in _trial_lines(result):
+  if found.network is not None:
+    _print(log, "Network trials:")
+    for line in _trial_lines(found.network):
+      _print(log, line)
+  _print(log, "Candidates, best figure of merit first:")
+  for line in _candidate_lines(found.candidates, found.best):
     _print(log, line)
-  _print(log, "Verdict: %s (best trial %d, FOM %.3f)" % (
-    result.verdict, result.best + 1, result.fom[result.best]))
+  chosen = found.chosen
+  level, advice = verdict(chosen.fom)
+  _print(log, "Verdict: %s (%s, FOM %.3f)" % (level, chosen.label, chosen.fom))
+  _print(log, "  " + advice)
 
   t3 = time.time()
-  signs = result.signs[result.best]
-  conf = np.clip(2.0 * result.probabilities[result.best] - 1.0, 0.0, 1.0)
-  back = std.from_reflection_set(signs, f_obs, weights=conf)
-  covered = reflection_set_in_original(std)
-  unmeasured = covered.lone_set(f_obs)
-  ext = std.from_reflection_set(signs, unmeasured, weights=conf)
-  f_phased, phases = f_obs.common_sets(back.phases)
-  fom = back.fom.common_set(f_phased)
+  weights_list = np.where(present, set_amplitudes, 0.0)
+  phases, donor = _complete(chosen, found.candidates, f_obs, weights_list)
+  if chosen.method == "network":
+    back = std.from_reflection_set(chosen.signs, f_obs, weights=chosen.weights)
+    fom_of = {h: w for h, w in zip(back.fom.indices(), back.fom.data())}
+    covered = reflection_set_in_original(std)
+    unmeasured = covered.lone_set(f_obs)
+    ext = std.from_reflection_set(chosen.signs, unmeasured, weights=chosen.weights)
+  else:
+    back = None
+    fom_of = {}
+    ext = None
+  f_phased, phases = f_obs.common_sets(phases)
+  level_fom = LEVEL_FOM[level]
+  fom = phases.customized_copy(data=flex.double(
+    [fom_of.get(h, level_fom) for h in phases.indices()]))
   phased = f_phased.phase_transfer(phases, deg=True)
   phased = phased.customized_copy(data=phased.data() * fom.data(), sigmas=None)
+  if ext is not None:
+    extended, extended_fom = ext.phases, ext.fom
+  else:
+    empty = f_obs.select(flex.bool(f_obs.size(), False))
+    extended = empty.customized_copy(data=flex.double(), sigmas=None)
+    extended_fom = extended
   timings["output_phases"] = time.time() - t3
   timings["total"] = time.time() - t0
-  if std.is_supergroup:
+  if back is not None and std.is_supergroup:
     _print(log, "Symmetry check in %s: %d of %d reflections whose equivalents "
            "were phased separately in P2_1/c disagree (%.1f %%)" % (
              std.original_symmetry.space_group_info(), back.n_disagreeing,
              back.n_with_equivalents, 100 * back.disagreement))
-  _print(log, "Phases for %d of %d measured reflections (the others lie beyond "
-         "the list); %d unmeasured reflections of the list phased by extension"
-         % (phases.size(), f_obs.size(), ext.phases.size()))
+  n_left = f_obs.size() - phases.size()
+  line = "Phases for %d of %d measured reflections" % (phases.size(), f_obs.size())
+  if donor is not None:
+    line += " (%d beyond the network's list from %s)" % (
+      phases.size() - chosen.phases.common_set(f_obs).size(), donor.label)
+  if n_left:
+    line += "; %d have none" % n_left
+  if extended.size():
+    line += "; %d unmeasured reflections of the list phased by extension" % extended.size()
+  _print(log, line)
   _print(log, "Mean FOM of the measured reflections %.3f" % (
     flex.mean(fom.data()) if fom.size() else 0.0))
   return SolveResult(
     f_obs=f_obs, phases=phases, fom=fom, phased=phased,
-    extended=ext.phases, extended_fom=ext.fom, phasing=result,
+    extended=extended, extended_fom=extended_fom, phasing=found.network,
+    search=found, chosen=chosen, method=method, warnings=warnings,
     set_amplitudes=set_amplitudes, set_measured=present,
-    standardisation=std, amplitudes=amps, mapping=stats, back=back,
-    verdict=result.verdict, timings=timings, weights_source=weights_source)
+    standardisation=std, amplitudes=amps, mapping=stats,
+    back=back, verdict=level, advice=advice, timings=timings,
+    weights_source=weights_source)

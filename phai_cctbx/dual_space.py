@@ -1,0 +1,388 @@
+"""Dual-space phasing: charge flipping in P 1 from many starts, in one batch.
+
+The engine works on all measured reflections of the data, whatever the
+network's reflection list covers:
+
+* :class:`P1Problem` expands the merged amplitudes to P 1, quasi-normalises
+  them (E values) and lays them on a real-space grid; maps and structure
+  factors of a whole batch of starts come from one numpy FFT each way;
+* :func:`flip` runs charge flipping (Oszlanyi & Suto 2004) with the
+  weak-reflection improvement (Oszlanyi & Suto 2005: the weakest 20 % keep
+  |G| and get their phase shifted by pi/2), the threshold delta a multiple of
+  each map's sigma, from any starting phases (random, the network's, a partial
+  solution); a start stops when its R1(|E|, |G|) has not improved for
+  ``patience`` cycles.  Then a few cycles on F rather than E and a few of
+  low-density elimination (Shiono & Woolfson 1992) polish the map;
+* :func:`symmetrise` brings a P 1 solution back to the data's space group:
+  the origin from smtbx's correlation-map search (``f_calc_symmetrisations``,
+  which also averages the symmetry equivalents), then the phases of centric
+  reflections snapped to their allowed values.
+
+:func:`run` does all three for a set of starts and returns one
+:class:`DualSpaceCandidate` per start, phases in the data's group and
+setting for every measured reflection.
+"""
+from __future__ import absolute_import, division, print_function
+
+import dataclasses
+import math
+import time
+
+import numpy as np
+
+from cctbx import maptbx, miller, sgtbx
+from cctbx.array_family import flex
+
+
+#: Free reflections (unmeasured, left to take the values that flipping gives
+#: them: "free lunch", Caliandro et al., Acta Cryst. A61, 556-565, 2005)
+#: reach no further than this resolution (A).  On the development structures
+#: they let more random starts reach the solution at 1.6 and 2.0 A; at
+#: atomic resolution they only cost time.
+EXTEND_LIMIT = 1.0
+
+
+@dataclasses.dataclass
+class Settings:
+  """Parameters of the dual-space search (PHIL ``phasing.dual_space``)."""
+  cycles: int = 200              # flipping cycles per start at most
+  min_cycles: int = 30           # before a start may stop
+  patience: int = 30             # cycles without a better R1 before a start stops
+  delta: float = 1.1             # flipping threshold, in sigma of the map
+  weak_fraction: float = 0.2     # weakest reflections whose phase is shifted
+  f_cycles: int = 5              # flipping cycles on F after those on E
+  polish_cycles: int = 5         # low-density elimination cycles
+  resolution_factor: float = 0.5  # grid spacing / d_min
+  extend: float = 0.5            # free reflections to d_min / (1 + extend), not
+                                 # beyond EXTEND_LIMIT; 0: none
+
+
+def quasi_normalise(f_obs, reflections_per_bin=100):
+  """|E| of amplitudes: F^2 / (epsilon <F^2/epsilon>) in shells of equal count.
+
+  The shell means are interpolated linearly in d*^2 between shell centres
+  (flat beyond the first and last), so that no reflection sits on a step.
+  Returns a numpy array in the order of ``f_obs``.
+  """
+  f = f_obs.data().as_numpy_array().astype(float)
+  eps = f_obs.epsilons().data().as_numpy_array().astype(float)
+  s2 = f_obs.d_star_sq().data().as_numpy_array()
+  n = len(f)
+  if n == 0:
+    return f
+  order = np.argsort(s2)
+  n_bins = max(1, min(20, n // max(1, reflections_per_bin)))
+  centres, means = [], []
+  for chunk in np.array_split(order, n_bins):
+    centres.append(s2[chunk].mean())
+    means.append(max((f[chunk] ** 2 / eps[chunk]).mean(), 1e-30))
+  mean_at = np.interp(s2, centres, means)
+  return np.sqrt(f ** 2 / (eps * np.maximum(mean_at, 1e-30)))
+
+
+class P1Problem(object):
+  """Merged amplitudes expanded to P 1 and laid on an FFT grid.
+
+  Attributes:
+    f_obs: the merged amplitudes (data's group and setting).
+    p1: the P 1 miller set (one of each Friedel pair).
+    f, e: (m,) amplitudes and quasi-normalised amplitudes in P 1.
+    n_real: grid size.
+    weak: (m,) bool, the reflections whose phases the weak-reflection
+      improvement shifts.
+  """
+
+  def __init__(self, f_obs, resolution_factor=0.5, weak_fraction=0.2,
+               extend=0.5):
+    self.f_obs = f_obs
+    e_sym = f_obs.customized_copy(data=flex.double(quasi_normalise(f_obs)))
+    p1_e = e_sym.expand_to_p1()
+    p1_f = f_obs.expand_to_p1()
+    assert p1_e.indices().all_eq(p1_f.indices())
+    self.p1_set = miller.set(p1_f.crystal_symmetry(), p1_f.indices(),
+                             anomalous_flag=False)
+    self.f = p1_f.data().as_numpy_array().astype(float)
+    self.e = p1_e.data().as_numpy_array().astype(float)
+    d_grid = f_obs.d_min()
+    free = flex.miller_index()
+    if extend > 0 and f_obs.d_min() > EXTEND_LIMIT:
+      d_grid = max(f_obs.d_min() / (1.0 + extend), EXTEND_LIMIT)
+      full = miller.build_set(p1_f.crystal_symmetry(), anomalous_flag=False,
+                              d_min=d_grid)
+      free = full.lone_set(self.p1_set).indices()
+    self.n_free = free.size()
+    all_indices = p1_f.indices().deep_copy()
+    all_indices.extend(free)
+    gridding = maptbx.crystal_gridding(
+      unit_cell=f_obs.unit_cell(), d_min=d_grid,
+      resolution_factor=resolution_factor,
+      space_group_info=sgtbx.space_group_info("P 1"), max_prime=5)
+    n_real = list(gridding.n_real())
+    hkl = np.array(all_indices, dtype=int).reshape(-1, 3)
+    for axis in range(3):
+      # Room for every index and its Friedel mate.
+      while n_real[axis] < 2 * np.abs(hkl[:, axis]).max() + 1:
+        n_real[axis] += 1
+    self.n_real = tuple(n_real)
+    self.hkl = hkl
+    # Each reflection is stored at h (l >= 0) or at -h with its conjugate;
+    # on the l = 0 plane both h and -h are set.
+    flip = hkl[:, 2] < 0
+    rep = np.where(flip[:, None], -hkl, hkl)
+    self._conj = flip
+    n1, n2, _ = self.n_real
+    self._pos = (rep[:, 0] % n1, rep[:, 1] % n2, rep[:, 2])
+    zero = rep[:, 2] == 0
+    self._zero = np.nonzero(zero)[0]
+    self._pos_mate = ((-rep[zero, 0]) % n1, (-rep[zero, 1]) % n2,
+                      np.zeros(int(zero.sum()), dtype=int))
+    order = np.argsort(self.e)
+    self.weak = np.zeros(len(self.e), dtype=bool)
+    self.weak[order[: int(weak_fraction * len(self.e))]] = True
+
+  @property
+  def size(self):
+    """Measured reflections (P 1)."""
+    return len(self.f)
+
+  def density(self, coefficients, f000=None):
+    """(B, n1, n2, n3) maps of (B, m) complex coefficients (and F000)."""
+    coefficients = np.atleast_2d(coefficients)
+    b = coefficients.shape[0]
+    n1, n2, n3 = self.n_real
+    grid = np.zeros((b, n1, n2, n3 // 2 + 1), dtype=complex)
+    c = np.where(self._conj, np.conj(coefficients), coefficients)
+    grid[(slice(None),) + self._pos] = c
+    if len(self._zero):
+      grid[(slice(None),) + self._pos_mate] = np.conj(c[:, self._zero])
+    if f000 is not None:
+      grid[:, 0, 0, 0] = f000
+    return np.fft.irfftn(grid, s=self.n_real, axes=(1, 2, 3)) * (n1 * n2 * n3)
+
+  def structure_factors(self, rho):
+    """(B, m) coefficients and (B,) F000 of (B, n1, n2, n3) maps."""
+    n1, n2, n3 = self.n_real
+    grid = np.fft.rfftn(rho, axes=(1, 2, 3)) / (n1 * n2 * n3)
+    g = grid[(slice(None),) + self._pos]
+    g = np.where(self._conj, np.conj(g), g)
+    return g, grid[:, 0, 0, 0].real
+
+  def random_phases(self, n, rng):
+    """(n, m) random phases (radians)."""
+    return rng.uniform(0.0, 2 * math.pi, size=(n, self.size))
+
+  def phases_from(self, phases_deg):
+    """P 1 phases (radians, (m,)) of a phase array of the data's group.
+
+    Reflections the array does not give get NaN (their start is random)."""
+    p1 = phases_deg.expand_to_p1(phase_deg=True)
+    lookup = {}
+    for h, phi in zip(p1.indices(), p1.data()):
+      lookup[h] = phi
+      lookup[(-h[0], -h[1], -h[2])] = -phi
+    out = np.full(self.size, np.nan)
+    for i, h in enumerate(self.p1_set.indices()):
+      phi = lookup.get(h)
+      if phi is not None:
+        out[i] = math.radians(phi)
+    return out
+
+
+def _skewness(rho):
+  x = rho.reshape(rho.shape[0], -1)
+  x = x - x.mean(1, keepdims=True)
+  var = (x ** 2).mean(1)
+  return (x ** 3).mean(1) / np.maximum(var, 1e-30) ** 1.5
+
+
+def _r1(obs, calc):
+  """R1 of (m,) observed against (B, m) calculated amplitudes, scaled."""
+  k = (obs * calc).sum(1) / np.maximum((calc * calc).sum(1), 1e-30)
+  return np.abs(obs - k[:, None] * calc).sum(1) / max(obs.sum(), 1e-30)
+
+
+@dataclasses.dataclass
+class FlipResult:
+  """Charge flipping of a batch of starts, in P 1."""
+  coefficients: np.ndarray   # (B, m) final complex F (|F_obs| with the found phases)
+  r1: np.ndarray             # (B,) R1(|E|, |G|) at the end of flipping on E
+  skewness: np.ndarray       # (B,) skewness of the final map
+  cycles_run: np.ndarray     # (B,) flipping cycles on E
+  seconds: float
+
+
+def flip(problem, start_phases, settings=None):
+  """Charge flipping from (B, m) starting phases (radians; NaN: random).
+
+  Returns a :class:`FlipResult`; the final coefficients carry |F_obs| (not
+  |E|) with the phases of the polished map."""
+  s = settings or Settings()
+  t0 = time.time()
+  start = np.atleast_2d(np.array(start_phases, dtype=float))
+  b = start.shape[0]
+  missing = np.isnan(start)
+  if missing.any():
+    rng = np.random.default_rng(0)
+    start[missing] = rng.uniform(0, 2 * math.pi, size=int(missing.sum()))
+  e = problem.e
+  strong = ~problem.weak
+  m = problem.size
+  nf = problem.n_free
+  coefficients = np.zeros((b, m + nf), dtype=complex)
+  coefficients[:, :m] = e[None, :] * np.exp(1j * start)
+  f000 = np.zeros(b)
+  best_r1 = np.full(b, np.inf)
+  since_best = np.zeros(b, dtype=int)
+  cycles_run = np.zeros(b, dtype=int)
+  last_r1 = np.full(b, np.inf)
+  active = np.arange(b)
+  for cycle in range(max(1, s.cycles)):
+    rho = problem.density(coefficients[active], f000[active])
+    sigma = rho.reshape(len(active), -1).std(1)
+    delta = (s.delta * sigma)[:, None, None, None]
+    rho = np.where(rho < delta, -rho, rho)
+    g_all, g000 = problem.structure_factors(rho)
+    g = g_all[:, :m]
+    amp_g = np.abs(g)
+    r1 = _r1(e, amp_g)
+    phase = np.angle(g)
+    new = np.where(strong[None, :], e[None, :] * np.exp(1j * phase),
+                   amp_g * np.exp(1j * (phase + math.pi / 2)))
+    coefficients[active, :m] = new
+    if nf:
+      coefficients[active, m:] = g_all[:, m:]
+    f000[active] = g000
+    cycles_run[active] += 1
+    last_r1[active] = r1
+    better = r1 < best_r1[active] - 1e-3
+    best_r1[active] = np.where(better, r1, best_r1[active])
+    since_best[active] = np.where(better, 0, since_best[active] + 1)
+    if cycle + 1 >= s.min_cycles:
+      keep = since_best[active] < s.patience
+      active = active[keep]
+      if not len(active):
+        break
+  # Polish: strong reflections take |E| phases so far; now flip on F, then
+  # low-density elimination on F.
+  phases = np.angle(coefficients[:, :m])
+  f = problem.f
+  coefficients = f[None, :] * np.exp(1j * phases)
+  if nf:
+    coefficients = np.concatenate([coefficients, np.zeros((b, nf), complex)], 1)
+  f000 = np.zeros(b)
+  rho = None
+  for _ in range(s.f_cycles):
+    rho = problem.density(coefficients, f000)
+    sigma = rho.reshape(b, -1).std(1)
+    delta = (s.delta * sigma)[:, None, None, None]
+    rho = np.where(rho < delta, -rho, rho)
+    g, f000 = problem.structure_factors(rho)
+    coefficients = f[None, :] * np.exp(1j * np.angle(g[:, :m]))
+    if nf:
+      coefficients = np.concatenate([coefficients, g[:, m:]], 1)
+  for _ in range(s.polish_cycles):
+    rho = problem.density(coefficients)
+    positive = np.where(rho > 0, rho, 0.0).reshape(b, -1)
+    rho_c = 0.2 * positive.sum(1) / np.maximum((positive > 0).sum(1), 1)
+    rc = np.maximum(rho_c, 1e-30)[:, None, None, None]
+    rho = np.where(rho > 0, rho * (1.0 - np.exp(-0.5 * (rho / rc) ** 2)), 0.0)
+    g, _ = problem.structure_factors(rho)
+    coefficients = f[None, :] * np.exp(1j * np.angle(g[:, :m]))
+    if nf:
+      coefficients = np.concatenate([coefficients, g[:, m:]], 1)
+  skew = _skewness(problem.density(coefficients))
+  return FlipResult(coefficients=coefficients[:, :m], r1=last_r1, skewness=skew,
+                    cycles_run=cycles_run, seconds=time.time() - t0)
+
+
+def snap_centric(phases_deg, space_group):
+  """Phases (flex.double, degrees) of a miller set snapped to the allowed
+  values of centric reflections."""
+  out = flex.double(phases_deg.size())
+  for i, (h, phi) in enumerate(zip(phases_deg.indices(), phases_deg.data())):
+    restriction = space_group.phase_restriction(h)
+    out[i] = restriction.nearest_valid_phase(phi, deg=True) \
+      if restriction.is_centric() else phi
+  return phases_deg.customized_copy(data=out)
+
+
+@dataclasses.dataclass
+class Symmetrised:
+  phases: object          # miller array of phases (degrees), f_obs's indices
+  origin_shift: tuple     # fractional shift applied to the P 1 map
+  cc_peak: float          # correlation of the shifted P 1 map with its symmetrised self
+
+
+def symmetrise(f_obs, p1_set, coefficients):
+  """Origin and symmetry of a P 1 solution: phases of ``f_obs``'s reflections.
+
+  Args:
+    f_obs: merged amplitudes (data's group and setting).
+    p1_set: the P 1 miller set of ``coefficients``.
+    coefficients: (m,) complex structure factors in P 1.
+  """
+  from smtbx.ab_initio import charge_flipping as _cf
+  f_p1 = miller.array(p1_set, data=flex.complex_double(
+    flex.double(np.ascontiguousarray(coefficients.real)),
+    flex.double(np.ascontiguousarray(coefficients.imag))))
+  if f_obs.space_group().order_z() == 1:
+    phases = f_obs.phase_transfer(f_p1.common_set(f_obs)).phases(deg=True)
+    return Symmetrised(phases, (0.0, 0.0, 0.0), 1.0)
+  best = None
+  try:
+    for f_calc, shift, cc in _cf.f_calc_symmetrisations(f_obs, f_p1, -1.0):
+      best = (f_calc, shift, cc)
+      break
+  except (AssertionError, RuntimeError, ValueError):
+    best = None
+  if best is None:
+    f_calc = f_p1.customized_copy(crystal_symmetry=f_obs.crystal_symmetry()) \
+      .merge_equivalents().array()
+    shift, cc = (0.0, 0.0, 0.0), 0.0
+  else:
+    f_calc, shift, cc = best
+  f_calc = f_calc.map_to_asu()
+  f_a, f_c = f_obs.map_to_asu().common_sets(f_calc)
+  phases = snap_centric(f_c.phases(deg=True), f_obs.space_group())
+  return Symmetrised(phases, tuple(float(x) for x in shift), float(cc))
+
+
+@dataclasses.dataclass
+class DualSpaceCandidate:
+  """One start of the dual-space search, brought back to the data's group."""
+  start: str              # "random" or what seeded it
+  phases: object          # miller array of phases (degrees) for f_obs's reflections
+  r1: float
+  skewness: float
+  cycles: int
+  origin_cc: float
+  origin_shift: tuple
+
+
+def run(f_obs, starts, settings=None, problem=None, labels=None):
+  """Charge flipping from each start, symmetrised.
+
+  Args:
+    f_obs: merged amplitudes in the data's group and setting.
+    starts: (B, m) P 1 phases (radians, NaN where random), or an int: that
+      many random starts (from ``settings``'s seed, see :func:`random_starts`).
+    labels: a name per start for the candidates.
+
+  Returns a list of :class:`DualSpaceCandidate`.
+  """
+  s = settings or Settings()
+  if problem is None:
+    problem = P1Problem(f_obs, s.resolution_factor, s.weak_fraction, s.extend)
+  if isinstance(starts, int):
+    starts = problem.random_phases(starts, np.random.default_rng(0))
+  starts = np.atleast_2d(starts)
+  labels = labels or ["random"] * starts.shape[0]
+  result = flip(problem, starts, s)
+  out = []
+  for i in range(starts.shape[0]):
+    sym = symmetrise(f_obs, problem.p1_set, result.coefficients[i])
+    out.append(DualSpaceCandidate(
+      start=labels[i], phases=sym.phases, r1=float(result.r1[i]),
+      skewness=float(result.skewness[i]), cycles=int(result.cycles_run[i]),
+      origin_cc=sym.cc_peak, origin_shift=sym.origin_shift))
+  return out

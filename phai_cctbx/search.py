@@ -1,0 +1,282 @@
+"""The hybrid search of phai.solve: network trials, dual-space starts, recycling.
+
+Every way of phasing the data gives *candidates*: phases of the measured
+reflections in the data's own group and setting.  ``method="auto"`` makes
+
+1. the network's trials (:mod:`phai_cctbx.phasing`);
+2. dual-space runs (:mod:`phai_cctbx.dual_space`) started from each distinct
+   network trial (the network's phases on its reflection list, random phases
+   beyond it: this also completes the phases of cells larger than the list)
+   and from random phases;
+3. the network again, started from the signs of each dual-space result
+   (recycling through both engines).
+
+All candidates are judged by one figure of merit that needs no true phases
+(:func:`assess`), whatever made them, and the best is the solution.  Its
+terms:
+
+* ``r1``: R1 between |E_obs| and |G|, G the structure factors of the
+  E-map after one charge flip (delta = 1.1 sigma).  Correct phases are nearly
+  a fixed point of flipping; wrong ones are not;
+* ``agreement``: the fraction of the *random-start* dual-space runs whose
+  phases agree with the candidate (sign correlation over the reflection list
+  > 0.9, the best over the permissible origins).  Independent starts that end
+  in one place are the strongest sign of a solution;
+* ``skewness``: of the E-map (reported).
+
+``fom = (1 - r1) + 0.5 * agreement`` (see CALIBRATION).
+"""
+from __future__ import absolute_import, division, print_function
+
+import dataclasses
+import time
+
+import numpy as np
+
+from cctbx.array_family import flex
+
+from phai_cctbx import dual_space as dual_space_engine
+from phai_cctbx import reflection_set
+
+#: Calibration on calculated data of the 41 development structures at 1.0,
+#: 1.6 and 2.0 A and the measured data sets: see :func:`verdict`.
+AGREEMENT_R = 0.9
+
+
+@dataclasses.dataclass
+class Candidate:
+  """One phase set proposed for the data."""
+  label: str                 # e.g. "network trial 3", "dual-space random 2"
+  method: str                # "network" or "dual_space"
+  start: str                 # what it started from
+  phases: object             # miller array of phases (degrees), data's group and setting
+  signs: np.ndarray = None   # (1205,) signs on the network's list (0: none)
+  weights: np.ndarray = None # (1205,) confidence of the signs (network), else None
+  terms: dict = dataclasses.field(default_factory=dict)
+  fom: float = 0.0
+
+  def summary(self):
+    out = {"label": self.label, "method": self.method, "start": self.start,
+           "fom": round(float(self.fom), 4), "n_phased": int(self.phases.size())}
+    out.update({k: round(float(v), 4) for k, v in sorted(self.terms.items())})
+    return out
+
+
+def list_signs(standardisation, f_obs, phases):
+  """(1205,) signs of phases (degrees, data's group) on the network's list."""
+  f = f_obs.common_set(phases).phase_transfer(phases.common_set(f_obs), deg=True)
+  values, present = standardisation.map_to_reflection_set(f, fill_absent=False)
+  values = np.asarray(values)
+  signs = np.where(values.real < 0, -1.0, 1.0)
+  signs[~np.asarray(present, dtype=bool)] = 0.0
+  return signs
+
+
+def flip_terms(problem, p1_phases, delta=1.1):
+  """R1(|E|, |G|) after one charge flip, and the E-map's skewness.
+
+  ``p1_phases``: (B, m) radians, NaN for reflections a candidate does not
+  phase (left out of the map and of R1)."""
+  p1_phases = np.atleast_2d(p1_phases)
+  known = ~np.isnan(p1_phases)
+  e = np.where(known, problem.e[None, :], 0.0)
+  coefficients = e * np.exp(1j * np.where(known, p1_phases, 0.0))
+  if problem.n_free:
+    coefficients = np.concatenate(
+      [coefficients, np.zeros((coefficients.shape[0], problem.n_free), complex)], 1)
+  rho = problem.density(coefficients)
+  skew = dual_space_engine._skewness(rho)
+  sigma = rho.reshape(rho.shape[0], -1).std(1)[:, None, None, None]
+  rho = np.where(rho < delta * sigma, -rho, rho)
+  g, _ = problem.structure_factors(rho)
+  g = np.abs(g[:, :problem.size]) * known
+  k = (e * g).sum(1) / np.maximum((g * g).sum(1), 1e-30)
+  r1 = np.abs(e - k[:, None] * g).sum(1) / np.maximum(e.sum(1), 1e-30)
+  return r1, skew
+
+
+def agreement_matrix(candidates, amplitudes):
+  """(n, n) sign correlations (best origin) between the candidates' list signs,
+  weighted by ``amplitudes`` (1205,) where both give a sign."""
+  n = len(candidates)
+  out = np.eye(n)
+  for i in range(n):
+    for j in range(i + 1, n):
+      a, b = candidates[i].signs, candidates[j].signs
+      w = np.where((a != 0) & (b != 0), amplitudes, 0.0)
+      if w.sum() <= 0:
+        c = 0.0
+      else:
+        c = reflection_set.sign_correlation(w, a, b)
+      out[i, j] = out[j, i] = c
+  return out
+
+
+def assess(candidates, problem, amplitudes, agreement_r=AGREEMENT_R):
+  """Fill each candidate's terms and figure of merit (in place)."""
+  if not candidates:
+    return
+  p1 = np.stack([problem.phases_from(c.phases) for c in candidates])
+  r1, skew = flip_terms(problem, p1)
+  corr = agreement_matrix(candidates, amplitudes)
+  random_ds = np.array([c.method == "dual_space" and c.start == "random"
+                        for c in candidates])
+  for i, c in enumerate(candidates):
+    others = random_ds.copy()
+    others[i] = False
+    agree = float((corr[i, others] > agreement_r).sum()) / max(1, others.sum())
+    c.terms["r1"] = float(r1[i])
+    c.terms["skewness"] = float(skew[i])
+    c.terms["agreement"] = agree
+    c.fom = figure_of_merit(c.terms)
+
+
+def figure_of_merit(terms):
+  """The combined figure of merit of a candidate's terms (higher is better)."""
+  return (1.0 - terms["r1"]) + 0.5 * terms["agreement"]
+
+
+@dataclasses.dataclass
+class SearchSettings:
+  """Budget of the hybrid search (PHIL ``phasing`` and ``phasing.dual_space``)."""
+  method: str = "auto"            # auto, network or dual_space
+  trials: int = 8                 # network trials
+  cycles: int = 16                # network recycling cycles
+  random_seed: int = 0
+  starts: int = 16                # random dual-space starts
+  recycle: int = 4                # auto: the network again on this many distinct
+                                  # dual-space results (0: never)
+  time_limit: float = 120.0       # seconds; no new stage starts after it
+  stop_fom: float = None          # stop after a stage whose best reaches this
+  dual_space: dual_space_engine.Settings = dataclasses.field(
+    default_factory=dual_space_engine.Settings)
+
+
+@dataclasses.dataclass
+class SearchResult:
+  candidates: list
+  best: int
+  network: object                 # the first phasing.PhasingResult, or None
+  problem: object                 # the dual_space.P1Problem
+  stages: list                    # names of the stages run
+  seconds: float
+
+  @property
+  def chosen(self):
+    return self.candidates[self.best]
+
+
+def distinct(candidates, amplitudes, n, same_r=0.95):
+  """Up to ``n`` candidates, best figure of merit first, none of which is the
+  same solution as one before it (sign correlation > ``same_r``)."""
+  out = []
+  for c in sorted(candidates, key=lambda c: -c.fom):
+    if len(out) == n:
+      break
+    if all(agreement_matrix([c, o], amplitudes)[0, 1] <= same_r for o in out):
+      out.append(c)
+  return out
+
+
+def _network_candidates(result, standardisation, f_obs, label, start_of):
+  out = []
+  seen = {}
+  for t in range(result.signs.shape[0]):
+    signs = result.signs[t]
+    key = signs.tobytes()
+    if key in seen:
+      continue
+    seen[key] = t
+    conf = np.clip(2.0 * result.probabilities[t] - 1.0, 0.0, 1.0)
+    back = standardisation.from_reflection_set(signs, f_obs, weights=conf)
+    cand = Candidate(label="%s %d" % (label, t + 1), method="network",
+                     start=start_of(t), phases=back.phases,
+                     signs=np.asarray(signs, dtype=float), weights=conf)
+    cand.terms["network_fom"] = float(result.fom[t])
+    out.append(cand)
+  return out
+
+
+def _dual_space_candidates(f_obs, problem, starts, labels, start_names, settings, standardisation):
+  runs = dual_space_engine.run(f_obs, starts, settings, problem=problem, labels=start_names)
+  out = []
+  for label, r in zip(labels, runs):
+    cand = Candidate(label=label, method="dual_space", start=r.start, phases=r.phases,
+                     signs=list_signs(standardisation, f_obs, r.phases))
+    cand.terms["flip_r1"] = r.r1
+    cand.terms["origin_cc"] = r.origin_cc
+    out.append(cand)
+  return out
+
+
+def run(f_obs, standardisation, set_amplitudes, set_measured, model, settings=None,
+        log_stage=None):
+  """The hybrid search; returns a :class:`SearchResult`.
+
+  Args:
+    f_obs: merged amplitudes (data's group and setting).
+    standardisation: its symmetry.Standardisation.
+    set_amplitudes, set_measured: the network's input on its list.
+    model: a loaded network (unused for method="dual_space").
+    log_stage: callable(str) told of each stage as it ends.
+  """
+  from phai_cctbx import phasing
+  s = settings or SearchSettings()
+  t0 = time.time()
+  problem = dual_space_engine.P1Problem(f_obs, s.dual_space.resolution_factor,
+                                 s.dual_space.weak_fraction, s.dual_space.extend)
+  weights = np.where(set_measured, set_amplitudes, 0.0)
+  candidates, stages, network = [], [], None
+  rng = np.random.default_rng(s.random_seed)
+
+  def done():
+    assess(candidates, problem, weights)
+    if log_stage is not None:
+      log_stage(stages[-1], candidates)
+    best = max(c.fom for c in candidates)
+    return (s.stop_fom is not None and best >= s.stop_fom) \
+      or time.time() - t0 > s.time_limit
+
+  stop = False
+  if s.method in ("auto", "dual_space") and s.starts > 0:
+    starts = problem.random_phases(s.starts, rng)
+    candidates += _dual_space_candidates(
+      f_obs, problem, starts,
+      ["dual-space random %d" % (i + 1) for i in range(s.starts)],
+      ["random"] * s.starts, s.dual_space, standardisation)
+    stages.append("dual-space from random phases")
+    stop = done()
+  if s.method in ("auto", "network") and not stop:
+    network = phasing.phase_reflection_set(
+      set_amplitudes, set_measured, model, trials=s.trials, cycles=s.cycles,
+      random_seed=s.random_seed)
+    net = _network_candidates(network, standardisation, f_obs, "network trial",
+                              lambda t: "zero phases" if t == 0 else "random signs")
+    candidates += net
+    stages.append("network")
+    stop = done()
+    if s.method == "auto" and not stop:
+      starts = np.stack([problem.phases_from(c.phases) for c in net])
+      candidates += _dual_space_candidates(
+        f_obs, problem, starts,
+        ["dual-space from %s" % c.label for c in net],
+        [c.label for c in net], s.dual_space, standardisation)
+      stages.append("dual-space from the network")
+      stop = done()
+      if s.recycle > 0 and not stop:
+        ds = distinct([c for c in candidates if c.method == "dual_space"],
+                      weights, s.recycle)
+        start_signs = np.stack([c.signs for c in ds])
+        again = phasing.phase_reflection_set(
+          set_amplitudes, set_measured, model, cycles=s.cycles,
+          start_signs=start_signs)
+        more = _network_candidates(again, standardisation, f_obs, "network from",
+                                   lambda t: ds[t].label)
+        for c in more:
+          c.label = "network from %s" % c.start
+        candidates += more
+        stages.append("network from dual-space")
+        done()
+  best = int(np.argmax([c.fom for c in candidates]))
+  return SearchResult(candidates=candidates, best=best, network=network, problem=problem,
+                      stages=stages, seconds=time.time() - t0)
