@@ -205,3 +205,38 @@ def test_per_cell_composition_sets_the_formula_units():
 def test_bad_elements_parameter_is_still_a_sorry():
   with pytest.raises(Sorry):
     model_building.parse_elements("C H Qq")
+
+
+def _true_phase_model(data, cif, elements):
+  import re
+  import iotbx.cif
+  xs = list(iotbx.cif.reader(file_path=cif).build_crystal_structures().values())[0]
+  for sc in xs.scatterers():
+    sc.scattering_type = re.sub(r"[0-9+-]+$", "", sc.scattering_type)
+  f = data.miller_array.merge_equivalents().array()
+  f = f.select(f.data() > 0).f_sq_as_f().resolution_filter(d_min=0.8)
+  fc = f.structure_factors_from_scatterers(
+    xs.customized_copy(crystal_symmetry=f.crystal_symmetry()), algorithm="direct").f_calc()
+  return starting_model.build(f, fc.phases(deg=True), data.miller_array,
+                              elements=elements).model
+
+
+@needs_data
+def test_cpna_composition_of_the_embedded_res_gives_na():
+  """CpNa (Pnma): the cation is Na, as its CIF says (it was Cu)."""
+  cif = os.path.join(EXPERIMENTAL, "CpNa_Pnma", "iam.cif")
+  data = data_input.read_data(cif)
+  model = _true_phase_model(data, cif, data.composition)
+  elements = [a.element for a in model.atoms]
+  assert elements.count("Na") == 1 and set(elements) <= {"C", "N", "Na"}
+
+
+@needs_data
+def test_no_composition_no_heavy_atom_in_an_organic_map():
+  """COD 2016452 (C14 H14 O2) without any composition: no S, P or metal."""
+  d = os.path.join(EXPERIMENTAL, "cod2016452_P21c")
+  data = data_input.read_data(os.path.join(d, "2016452.hkl"))
+  assert data.composition is None
+  model = _true_phase_model(data, os.path.join(d, "2016452.cif"), None)
+  assert set(a.element for a in model.atoms) <= {"C", "N", "O"}
+  assert any("no composition known" in n for n in model.notes)
