@@ -480,8 +480,8 @@ def read_hklf_text(text, source, hklf_code, crystal_symmetry=None):
   if ma.sigmas() is not None:
     flagged = ma.sigmas() < 0
     if flagged.count(True):
-      notes.append("%d reflections with negative sigma (flagged as rejected) "
-                   "were skipped" % flagged.count(True))
+      notes.append("%d more reflections with negative sigma (flagged as "
+                   "rejected) skipped" % flagged.count(True))
       ma = ma.select(~flagged)
     if ma.sigmas().all_eq(0):
       ma = ma.customized_copy(sigmas=None)
@@ -662,7 +662,7 @@ def _read_cif_reflections(file_name, labels, hklf_code):
   notes = []
   if ma.sigmas() is not None and (ma.sigmas() < 0).count(True):
     flagged = ma.sigmas() < 0
-    notes.append("%d reflections with negative sigma were skipped" % flagged.count(True))
+    notes.append("%d more reflections with negative sigma skipped" % flagged.count(True))
     ma = ma.select(~flagged)
   return ma, _label_string(ma), notes, block_cs, res_cs, hklf_code
 
