@@ -22,6 +22,8 @@ import signal
 import sys
 import time
 
+T_IMPORT = time.time()  # about when the process started, for the lease's start-up time
+
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -86,6 +88,8 @@ class TrainConfig:
   seed: int = 0
   device: str = "auto"
   max_minutes: float = 0.0          # stop (with a checkpoint) after this long; 0 = no limit
+  deadline: float = 0.0             # wall-clock time (s since the epoch) by which to have stopped, the last
+                                    # validation and checkpoint done; 0 = none (set by training.lease)
   checkpoint_minutes: float = 5.0
   log_every: int = 50
   validate_every: int = 1000
@@ -325,7 +329,19 @@ def check_config(cfg: TrainConfig):
                      % (cfg.partial_wrong_min, cfg.partial_wrong_max))
 
 
-def train(cfg: TrainConfig, log=sys.stdout):
+def _end_time(cfg, t_start):
+  """When the learning-rate schedule ends: the time limit or the deadline (None: neither)."""
+  ends = []
+  if cfg.max_minutes > 0:
+    ends.append(t_start + 60 * cfg.max_minutes)
+  if cfg.deadline > 0:
+    ends.append(cfg.deadline)
+  return min(ends) if ends else None
+
+
+def train(cfg: TrainConfig, log=sys.stdout, on_checkpoint=None):
+  """Train; returns (model, state).  ``on_checkpoint(path)`` is called after
+  each checkpoint is written (e.g. to pack it for a machine lease)."""
   check_config(cfg)
   rank, world, device = _setup_distributed(cfg.device)
   is_main = rank == 0
@@ -398,13 +414,40 @@ def train(cfg: TrainConfig, log=sys.stdout):
   per_step = cfg.batch_size * world
   say("training %s (%d parameters) on %s x%d, %d generator processes per rank"
       % (json.dumps(model.config.as_dict()), model.parameter_count(), device.type, world, workers))
+  validation_seconds = save_seconds = 0.0
+
+  def save():
+    nonlocal save_seconds
+    t = time.time()
+    _save_checkpoint(ckpt_path, model, optimizer, cfg, state)
+    if on_checkpoint is not None:
+      on_checkpoint(ckpt_path)
+    save_seconds = time.time() - t
+
   try:
     while pool.filled < min(cfg.min_pool, cfg.pool_size):
       pool.add(stream.get())
+    if validator is not None and cfg.deadline > 0:
+      # Against a deadline: time one validation first (it must fit before the
+      # end), and record where this run starts unless the curve has it.
+      t = time.time()
+      v = validator(model, cfg.amplitude_scaling, autocast)
+      validation_seconds = time.time() - t
+      if not state["curve"] or state["curve"][-1]["examples"] != state["examples"]:
+        state["curve"].append({"step": state["step"], "examples": state["examples"],
+                               "seconds": round(state["seconds"], 1), "validation": v})
+      say("validation at %d examples (start of this run, %.1f s): %s"
+          % (state["examples"], validation_seconds, format_validation(v)))
+    if is_main and cfg.deadline > 0:
+      save()  # times the checkpoint too, and leaves one should the run be killed early
     t_start = time.time()
+    say("first step %.1f s after the start" % (t_start - T_IMPORT))
+    end_time = _end_time(cfg, t_start)
     t_ckpt = t_log = time.time()
     seconds0, examples_log = state["seconds"], state["examples"]
     examples0 = state["examples"]
+    steps0 = state["step"]
+    final_saved = False
     losses = []
     model.train()
     while state["step"] < cfg.max_steps:
@@ -413,7 +456,7 @@ def train(cfg: TrainConfig, log=sys.stdout):
         if chunk is None:
           break
         pool.add(chunk)
-      time_fraction = (time.time() - t_start) / (60 * cfg.max_minutes) if cfg.max_minutes > 0 else 0.0
+      time_fraction = (time.time() - t_start) / max(end_time - t_start, 1e-9) if end_time else 0.0
       for group in optimizer.param_groups:
         group["lr"] = _lr_at(state["step"], cfg, state.get("warm_restart", 0), time_fraction)
       frac, numbers, cell = pool.sample(cfg.batch_size, gen)
@@ -436,7 +479,12 @@ def train(cfg: TrainConfig, log=sys.stdout):
       state["seconds"] = seconds0 + time.time() - t_start
       run_record.update(to_step=state["step"], to_examples=state["examples"],
                         seconds=round(time.time() - t_start, 1))
-      stop_now = stop.stop or (cfg.max_minutes > 0 and time.time() - t_start > 60 * cfg.max_minutes)
+      now = time.time()
+      stop_now = stop.stop or (cfg.max_minutes > 0 and now - t_start > 60 * cfg.max_minutes)
+      if cfg.deadline > 0:
+        # stop while one more step, the last validation and the checkpoint still fit
+        step_seconds = (now - t_start) / max(1, state["step"] - steps0)
+        stop_now = stop_now or now + 2 * step_seconds + 1.2 * (validation_seconds + save_seconds) > cfg.deadline
       if world > 1:
         flag = torch.tensor([1.0 if stop_now else 0.0], device=device)
         dist.all_reduce(flag)
@@ -450,12 +498,15 @@ def train(cfg: TrainConfig, log=sys.stdout):
         losses, t_log, examples_log = [], time.time(), state["examples"]
       last = state["step"] >= cfg.max_steps or stop_now
       if validator is not None and (state["step"] % cfg.validate_every == 0 or last):
+        t = time.time()
         v = validator(model, cfg.amplitude_scaling, autocast)
+        validation_seconds = time.time() - t
         state["curve"].append({"step": state["step"], "examples": state["examples"],
                                "seconds": round(state["seconds"], 1), "validation": v})
         say("validation at %d examples: %s" % (state["examples"], format_validation(v)))
       if is_main and (last or time.time() - t_ckpt > 60 * cfg.checkpoint_minutes):
-        _save_checkpoint(ckpt_path, model, optimizer, cfg, state)
+        save()
+        final_saved = last
         t_ckpt = time.time()
       if stop_now:
         say("stopping at step %d: checkpoint in %s" % (state["step"], ckpt_path))
@@ -464,8 +515,8 @@ def train(cfg: TrainConfig, log=sys.stdout):
     stream.close()
     if world > 1:
       dist.destroy_process_group()
-  if is_main:
-    _save_checkpoint(ckpt_path, model, optimizer, cfg, state)
+  if is_main and not final_saved:
+    save()
   return model, state
 
 
