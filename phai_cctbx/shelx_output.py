@@ -234,10 +234,45 @@ def write_hkl(miller_array, file_name):
   return scale
 
 
-def write_model_cif(model, file_name, data_name="phai_model"):
-  """Write the model as CIF (cell, symmetry and ``_atom_site`` loop)."""
+def value_with_esd(value, esd):
+  """A CIF number with its esd in parentheses ("4.633(5)"); plain without one."""
+  import math
+  if not esd or esd <= 0:
+    return "%.4f" % value
+  n = max(0, -int(math.floor(math.log10(esd))))
+  digits = int(round(esd * 10 ** n))
+  if digits < 2:      # one significant digit of 1: keep two (as SHELXL does)
+    n += 1
+    digits = int(round(esd * 10 ** n))
+  return "%.*f(%d)" % (n, value, digits)
+
+
+def write_model_cif(model, file_name, data_name="phai_model", wavelength=None,
+                    z=None, cell_esds=None):
+  """Write the model as CIF (cell, symmetry and ``_atom_site`` loop).
+
+  With the input's ``wavelength``, ``z`` and ``cell_esds`` (six esds), and
+  the composition of the model (the unit-cell content over Z as
+  ``_chemical_formula_sum``), as far as they are known.
+  """
   block = model.xray_structure.as_cif_block()
   block["_computing_structure_solution"] = "'phai.solve (PhAI phases)'"
+  if cell_esds is not None:
+    params = model.xray_structure.unit_cell().parameters()
+    for key, value, esd in zip(
+        ("length_a", "length_b", "length_c", "angle_alpha", "angle_beta",
+         "angle_gamma"), params, cell_esds):
+      block["_cell.%s" % key] = value_with_esd(value, esd)
+  if z:
+    block["_cell.formula_units_Z"] = _count(z)
+  if wavelength:
+    block["_diffrn_radiation.wavelength"] = "%.5f" % wavelength
+  comp = model.composition
+  if comp is not None and comp.counts is not None:
+    per = z if comp.per_cell and z else 1
+    block["_chemical_formula.sum"] = "'%s'" % " ".join(
+      "%s%s" % (e, "" if abs(comp.counts[e] / per - 1) < 1e-6
+                else _count(comp.counts[e] / per)) for e in comp.symbols)
   cif = iotbx.cif.model.cif()
   cif[data_name] = block
   with open(file_name, "w") as f:

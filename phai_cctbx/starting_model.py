@@ -38,12 +38,13 @@ class ModelBuilding(object):
   """
 
   def __init__(self, model, reflections, res_text=None, skipped=None,
-               warnings=()):
+               warnings=(), cif_items=None):
     self.model = model
     self.reflections = reflections
     self.res_text = res_text
     self.skipped = skipped
     self.warnings = list(warnings)
+    self.cif_items = dict(cif_items or {})
 
   @property
   def writes_files(self):
@@ -66,7 +67,8 @@ class ModelBuilding(object):
       (".res", write_text),
       (".ins", write_text),
       (".hkl", lambda fn: shelx_output.write_hkl(self.reflections, fn)),
-      ("_model.cif", lambda fn: shelx_output.write_model_cif(self.model, fn)),
+      ("_model.cif", lambda fn: shelx_output.write_model_cif(
+        self.model, fn, **self.cif_items)),
     ]
 
   def summary(self):
@@ -175,7 +177,8 @@ def build(f_obs, phases_deg, reflections, elements=None, map_type="E",
            len(model.atoms), len(model.fragments),
            "" if len(model.fragments) == 1 else "s", reflections.size(), kind))
   return ModelBuilding(model, reflections, res_text="\n".join(lines) + "\n",
-                       warnings=warnings)
+                       warnings=warnings, cif_items=dict(
+                         wavelength=wavelength, z=z, cell_esds=cell_esds))
 
 
 def _formula(elements):

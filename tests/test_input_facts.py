@@ -190,6 +190,18 @@ def test_model_step_with_epoxide_ins_gives_o_and_carries_the_header(tmp_path):
   assert "CELL 0.71073 " in res and "SFAC C H O" in res and "UNIT 8 16 4" in res
   assert "elements: C8 H16 O4 (unit cell)" in log.getvalue()
   assert "not in the input" not in log.getvalue()
+  # the model CIF: cell with esds, Z, wavelength, formula
+  writer = dict(step.writers())["_model.cif"]
+  path = str(tmp_path / "m.cif")
+  writer(path)
+  block = list(iotbx.cif.reader(file_path=path).model().values())[0]
+  assert block["_cell.length_a"] == "4.633(5)" and block["_cell.angle_beta"] == "100.37(6)"
+  assert block["_cell.formula_units_Z"] == "4"
+  assert block["_diffrn_radiation.wavelength"] == "0.71073"
+  assert block["_chemical_formula.sum"] == "C2 H4 O"
+  back = list(iotbx.cif.reader(file_path=path).build_crystal_structures().values())[0]
+  assert back.scatterers().size() == 3
+  assert back.unit_cell().is_similar_to(data.miller_array.unit_cell(), 1e-4, 1e-3)
 
 
 def test_per_cell_composition_sets_the_formula_units():
