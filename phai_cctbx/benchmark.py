@@ -1,10 +1,17 @@
-"""The paper's test: PhAI beside charge flipping on structures with known phases.
+"""The paper's test: PhAI beside dual-space phasing on structures with known phases.
 
 For each structure (a CIF with atoms and displacement parameters) and each
-resolution, |F| are calculated with cctbx, phased by the network through
-:func:`phai_cctbx.solve.solve` (the code path of phai.solve) and by cctbx's
-charge flipping (:mod:`phai_cctbx.charge_flipping`), both timed.  Both are
-scored with the paper's r (:func:`phai_cctbx.reflection_set.sign_correlation`,
+resolution, |F| are calculated with cctbx and phased, each way timed, through
+:func:`phai_cctbx.solve.solve` (the code path of phai.solve):
+
+* ``phai_*``: the network alone (``method="network"``);
+* ``ds_*``: dual-space phasing alone from random starts
+  (``method="dual_space"``, as many starts as phai.solve's default);
+* ``auto_*``: phai.solve's default (``method="auto"``);
+* ``cf_*``: an extra, smtbx's charge-flipping state machine
+  (:mod:`phai_cctbx.charge_flipping`) as Olex2 users run it.
+
+All are scored with the paper's r (:func:`phai_cctbx.reflection_set.sign_correlation`,
 the maximum over the 8 origins of P 1 21/c 1) against the true phases on the
 network's reflection list, weighted by the true |F|; a structure counts as
 solved at r > 0.95.
@@ -71,7 +78,17 @@ COLUMNS = (
   "phai_verdict",
   "phai_cycles",          # recycling cycles the chosen trial ran
   "phai_seconds",
-  "cf_r",                 # charge flipping, r over the measured reflections
+  "ds_r",                 # dual-space alone: r over the measured reflections of the list
+  "ds_solved",
+  "ds_fom",               # its figure of merit (phai_cctbx.search)
+  "ds_seconds",
+  "auto_r",               # phai.solve's default
+  "auto_solved",
+  "auto_fom",
+  "auto_verdict",
+  "auto_chosen",          # the candidate chosen, e.g. "dual-space random 3"
+  "auto_seconds",
+  "cf_r",                 # smtbx state machine, r over the measured reflections
   "cf_solved",            # cf_r > 0.95
   "cf_found",             # charge flipping reported a solution itself
   "cf_cc",                # its correlation-map peak height
@@ -84,6 +101,9 @@ SUMMARY_COLUMNS = (
   "d_min", "n_structures",
   "phai_fraction_solved", "phai_fraction_solved_first_trial",
   "phai_median_r", "phai_median_r_all", "phai_median_seconds",
+  "ds_fraction_solved", "ds_median_r", "ds_median_seconds",
+  "auto_fraction_solved", "auto_median_r", "auto_median_seconds",
+  "auto_called_solved", "auto_called_solved_correct",
   "cf_fraction_solved", "cf_median_r", "cf_median_seconds",
 )
 
@@ -97,6 +117,9 @@ class Settings:
   cycles: int = 16
   min_reflections: int = 10
   phase_extension: bool = False
+  dual_space: bool = True
+  auto: bool = True
+  dual_space_starts: int = 16
   charge_flipping: bool = True
   cf_max_solving_iterations: int = 500
   cf_max_attempts: int = 5
@@ -271,14 +294,39 @@ def score_charge_flipping(cf, standardisation, truth, measured, settings):
 
 # --- one structure ---------------------------------------------------------------
 
-def _phase_with_network(f_obs, model, settings, seed):
+def _phase_with(f_obs, model, settings, seed, method="network"):
   from phai_cctbx import solve as solve_module
   t0 = time.time()
   result = solve_module.solve(f_obs, model=model, trials=settings.trials,
                               cycles=settings.cycles, random_seed=seed,
                               min_reflections=settings.min_reflections,
+                              method=method, dual_space_starts=settings.dual_space_starts,
                               log=io.StringIO())
   return result, time.time() - t0
+
+
+def signs_of_phases(f_obs, phases, standardisation):
+  """(1205,) signs on the list of phases (degrees) of f_obs's reflections."""
+  f, p = f_obs.common_sets(phases)
+  f = f.phase_transfer(p, deg=True)
+  signs, _ = charge_flipping.signs_on_reflection_set(f, standardisation)
+  return signs
+
+
+def score_search(result, truth, measured, settings, prefix):
+  """Columns of a search result (methods dual_space and auto), and for auto
+  the r of every candidate (JSON only)."""
+  std = result.standardisation
+  r = truth.r(signs_of_phases(result.f_obs, result.phases, std), measured)
+  row = {prefix + "_r": r, prefix + "_solved": r > settings.solved_r,
+         prefix + "_fom": float(result.chosen.fom)}
+  extra = {}
+  if prefix == "auto":
+    row["auto_verdict"] = result.verdict
+    row["auto_chosen"] = result.chosen.label
+    extra["auto_candidates"] = [dict(c.summary(), r=truth.r(c.signs, measured))
+                                for c in result.search.candidates]
+  return row, extra
 
 
 def _phase_one(f_obs, standardisation, truth, settings, model, seed):
@@ -289,7 +337,7 @@ def _phase_one(f_obs, standardisation, truth, settings, model, seed):
   row["n_on_list"] = int((measured & truth.scored).sum())
   if settings.phai and model is not None:
     try:
-      result, seconds = _phase_with_network(f_obs, model, settings, seed)
+      result, seconds = _phase_with(f_obs, model, settings, seed, "network")
       measured_net = np.asarray(getattr(result, "set_measured", measured), dtype=bool)
       cols, more = score_phai(result, truth, measured_net, settings)
       row.update(cols)
@@ -299,6 +347,19 @@ def _phase_one(f_obs, standardisation, truth, settings, model, seed):
       # Refused (e.g. too few reflections on the list): not solved.
       row["phai_solved"] = False
       notes.append("phai: %s" % _one_line(e))
+  for method, prefix, wanted in (("dual_space", "ds", settings.dual_space),
+                                 ("auto", "auto", settings.auto and model is not None)):
+    if not wanted:
+      continue
+    try:
+      result, seconds = _phase_with(f_obs, model, settings, seed, method)
+      cols, more = score_search(result, truth, measured, settings, prefix)
+      row.update(cols)
+      row[prefix + "_seconds"] = seconds
+      extra.update(more)
+    except Sorry as e:
+      row[prefix + "_solved"] = False
+      notes.append("%s: %s" % (method, _one_line(e)))
   if settings.charge_flipping:
     cf = charge_flipping.run(
       f_obs, max_solving_iterations=settings.cf_max_solving_iterations,
@@ -609,6 +670,17 @@ def summarise(rows, d_mins):
       "phai_median_r": _median([r.get("phai_r") for r in sel]),
       "phai_median_r_all": _median([r.get("phai_r_all") for r in sel]),
       "phai_median_seconds": _median([r.get("phai_seconds") for r in sel]),
+      "ds_fraction_solved": _fraction([r.get("ds_solved") for r in sel
+                                       if "ds_solved" in r]),
+      "ds_median_r": _median([r.get("ds_r") for r in sel]),
+      "ds_median_seconds": _median([r.get("ds_seconds") for r in sel]),
+      "auto_fraction_solved": _fraction([r.get("auto_solved") for r in sel
+                                         if "auto_solved" in r]),
+      "auto_median_r": _median([r.get("auto_r") for r in sel]),
+      "auto_median_seconds": _median([r.get("auto_seconds") for r in sel]),
+      "auto_called_solved": sum(1 for r in sel if r.get("auto_verdict") == "solved"),
+      "auto_called_solved_correct": sum(1 for r in sel if r.get("auto_verdict") == "solved"
+                                        and r.get("auto_solved")),
       "cf_fraction_solved": _fraction([r.get("cf_solved") for r in sel
                                        if "cf_solved" in r]),
       "cf_median_r": _median([r.get("cf_r") for r in sel]),
@@ -685,16 +757,21 @@ def format_summary(summary, phai_available=True):
     if v is None:
       return "-"
     return "%.0f%%" % (100 * v) if pct else "%.3f" % v
-  lines = ["%6s %5s | %9s %8s %8s %8s | %9s %8s %8s" % (
-    "d_min", "n", "PhAI solv", "1st tr.", "med. r", "med. s",
-    "CF solved", "med. r", "med. s")]
+  lines = ["%6s %4s | %-22s | %-22s | %-22s | %-22s" % (
+    "", "", "network alone", "dual-space alone", "phai.solve (auto)",
+    "smtbx state machine"),
+    "%6s %4s | %s | %s | %s | %s" % ("d_min", "n", *(["%6s %7s %7s" % (
+      "solved", "med. r", "med. s")] * 4))]
   for s in summary:
-    lines.append("%6.2f %5d | %9s %8s %8s %8s | %9s %8s %8s" % (
-      s["d_min"], s["n_structures"],
-      fmt(s["phai_fraction_solved"], True), fmt(s["phai_fraction_solved_first_trial"], True),
-      fmt(s["phai_median_r"]), fmt(s["phai_median_seconds"]),
-      fmt(s["cf_fraction_solved"], True), fmt(s["cf_median_r"]),
-      fmt(s["cf_median_seconds"])))
+    lines.append("%6.2f %4d | %s | %s | %s | %s" % (
+      s["d_min"], s["n_structures"], *["%6s %7s %7s" % (
+        fmt(s[k + "_fraction_solved"], True), fmt(s[k + "_median_r"]),
+        fmt(s[k + "_median_seconds"])) for k in ("phai", "ds", "auto", "cf")]))
+  for s in summary:
+    if s.get("auto_called_solved"):
+      lines.append("%6.2f: phai.solve called %d solved, %d of them with r > the "
+                   "threshold" % (s["d_min"], s["auto_called_solved"],
+                                  s["auto_called_solved_correct"]))
   return lines
 
 

@@ -19,28 +19,39 @@ from phai_cctbx import benchmark  # noqa: E402
 
 PHAI_COLOUR = "#1f77b4"
 CF_COLOUR = "#d62728"
+DS_COLOUR = "#ff7f0e"
+AUTO_COLOUR = "#2ca02c"
+#: (column prefix, label, colour) of each method in the histograms.
+METHODS = (("phai", "network alone", PHAI_COLOUR),
+           ("ds", "dual-space alone", DS_COLOUR),
+           ("auto", "phai.solve (auto)", AUTO_COLOUR),
+           ("cf", "smtbx state machine", CF_COLOUR))
 
 
 def plot_r_histograms(file_name, rows, d_mins, solved_r=benchmark.SOLVED_R):
-  """Histograms of r per resolution, both methods; returns the file name."""
+  """Histograms of r: a row per method, a column per resolution (the paper's
+  Fig. 3); returns the file name."""
+  methods = [m for m in METHODS if any(r.get(m[0] + "_r") is not None for r in rows)]
   n = max(len(d_mins), 1)
-  fig, axes = plt.subplots(1, n, figsize=(3.6 * n, 3.2), squeeze=False, sharey=True)
+  m = max(len(methods), 1)
+  fig, axes = plt.subplots(m, n, figsize=(3.4 * n, 2.2 * m), squeeze=False,
+                           sharex=True, sharey=True)
   bins = np.linspace(-1.0, 1.0, 41)
-  for ax, d in zip(axes[0], d_mins):
-    sel = [r for r in rows if abs(r["d_min"] - d) < 1e-9]
-    phai = [r["phai_r"] for r in sel if r.get("phai_r") is not None]
-    cf = [r["cf_r"] for r in sel if r.get("cf_r") is not None]
-    if phai:
-      ax.hist(phai, bins=bins, alpha=0.6, color=PHAI_COLOUR,
-              label="PhAI (%d%% solved)" % round(100 * np.mean(np.array(phai) > solved_r)))
-    if cf:
-      ax.hist(cf, bins=bins, alpha=0.6, color=CF_COLOUR,
-              label="charge flipping (%d%% solved)" % round(100 * np.mean(np.array(cf) > solved_r)))
-    ax.axvline(solved_r, color="k", lw=0.8, ls="--")
-    ax.set_title("d_min %.2f A (%d structures)" % (d, len(sel)), fontsize=9)
-    ax.set_xlabel("r")
-    ax.legend(fontsize=7, loc="upper left")
-  axes[0][0].set_ylabel("structures")
+  for i, (key, label, colour) in enumerate(methods):
+    for ax, d in zip(axes[i], d_mins):
+      sel = [r for r in rows if abs(r["d_min"] - d) < 1e-9]
+      values = [r[key + "_r"] for r in sel if r.get(key + "_r") is not None]
+      if values:
+        ax.hist(values, bins=bins, color=colour,
+                label="%s: %d%% solved" % (label, round(100 * np.mean(
+                  np.array(values) > solved_r))))
+        ax.legend(fontsize=7, loc="upper left")
+      ax.axvline(solved_r, color="k", lw=0.8, ls="--")
+      if i == 0:
+        ax.set_title("d_min %.2f A (%d structures)" % (d, len(sel)), fontsize=9)
+      if i == len(methods) - 1:
+        ax.set_xlabel("r")
+    axes[i][0].set_ylabel("structures")
   fig.tight_layout()
   fig.savefig(file_name, dpi=120)
   plt.close(fig)

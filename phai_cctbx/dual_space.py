@@ -326,7 +326,7 @@ def symmetrise(f_obs, p1_set, coefficients):
     flex.double(np.ascontiguousarray(coefficients.real)),
     flex.double(np.ascontiguousarray(coefficients.imag))))
   if f_obs.space_group().order_z() == 1:
-    phases = f_obs.phase_transfer(f_p1.common_set(f_obs)).phases(deg=True)
+    phases = f_obs.common_sets(f_p1)[1].phases(deg=True)
     return Symmetrised(phases, (0.0, 0.0, 0.0), 1.0)
   best = None
   try:

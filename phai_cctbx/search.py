@@ -18,10 +18,12 @@ terms:
 * ``r1``: R1 between |E_obs| and |G|, G the structure factors of the
   E-map after one charge flip (delta = 1.1 sigma).  Correct phases are nearly
   a fixed point of flipping; wrong ones are not;
-* ``agreement``: the fraction of the *random-start* dual-space runs whose
-  phases agree with the candidate (sign correlation over the reflection list
-  > 0.9, the best over the permissible origins).  Independent starts that end
-  in one place are the strongest sign of a solution;
+* ``agreement``: the fraction of the *independent* starts (dual-space runs
+  and network trials that began from random or zero phases; not those seeded
+  by the other engine) other than the candidate itself whose phases agree
+  with it (sign correlation over the reflection list > 0.9, the best over the
+  permissible origins).  Independent starts that end in one place are the
+  strongest sign of a solution;
 * ``skewness``: of the E-map (reported).
 
 ``fom = (1 - r1) + 0.5 * agreement`` (see CALIBRATION).
@@ -54,17 +56,22 @@ class Candidate:
   weights: np.ndarray = None # (1205,) confidence of the signs (network), else None
   terms: dict = dataclasses.field(default_factory=dict)
   fom: float = 0.0
+  count: int = 1             # starts that ended in exactly these phases
+  independent: bool = False  # started from random (or zero) phases
+
 
   def summary(self):
     out = {"label": self.label, "method": self.method, "start": self.start,
-           "fom": round(float(self.fom), 4), "n_phased": int(self.phases.size())}
+           "fom": round(float(self.fom), 4), "n_phased": int(self.phases.size()),
+           "count": int(self.count)}
     out.update({k: round(float(v), 4) for k, v in sorted(self.terms.items())})
     return out
 
 
 def list_signs(standardisation, f_obs, phases):
   """(1205,) signs of phases (degrees, data's group) on the network's list."""
-  f = f_obs.common_set(phases).phase_transfer(phases.common_set(f_obs), deg=True)
+  f, p = f_obs.common_sets(phases)
+  f = f.phase_transfer(p, deg=True)
   values, present = standardisation.map_to_reflection_set(f, fill_absent=False)
   values = np.asarray(values)
   signs = np.where(values.real < 0, -1.0, 1.0)
@@ -119,12 +126,15 @@ def assess(candidates, problem, amplitudes, agreement_r=AGREEMENT_R):
   p1 = np.stack([problem.phases_from(c.phases) for c in candidates])
   r1, skew = flip_terms(problem, p1)
   corr = agreement_matrix(candidates, amplitudes)
-  random_ds = np.array([c.method == "dual_space" and c.start == "random"
-                        for c in candidates])
+  counts = np.array([c.count if c.independent else 0 for c in candidates], dtype=float)
+  total = counts.sum()
   for i, c in enumerate(candidates):
-    others = random_ds.copy()
-    others[i] = False
-    agree = float((corr[i, others] > agreement_r).sum()) / max(1, others.sum())
+    # Independent starts other than this one that ended at the same solution
+    # (duplicates of this one included).
+    same = corr[i] > agreement_r
+    agreeing = counts[same].sum() - (1 if c.independent else 0)
+    others = total - (1 if c.independent else 0)
+    agree = float(agreeing / others) if others > 0 else 0.0
     c.terms["r1"] = float(r1[i])
     c.terms["skewness"] = float(skew[i])
     c.terms["agreement"] = agree
@@ -178,21 +188,24 @@ def distinct(candidates, amplitudes, n, same_r=0.95):
   return out
 
 
-def _network_candidates(result, standardisation, f_obs, label, start_of):
+def _network_candidates(result, standardisation, f_obs, label, start_of,
+                        independent=False):
   out = []
   seen = {}
   for t in range(result.signs.shape[0]):
     signs = result.signs[t]
     key = signs.tobytes()
     if key in seen:
+      seen[key].count += 1
       continue
-    seen[key] = t
     conf = np.clip(2.0 * result.probabilities[t] - 1.0, 0.0, 1.0)
     back = standardisation.from_reflection_set(signs, f_obs, weights=conf)
     cand = Candidate(label="%s %d" % (label, t + 1), method="network",
                      start=start_of(t), phases=back.phases,
-                     signs=np.asarray(signs, dtype=float), weights=conf)
+                     signs=np.asarray(signs, dtype=float), weights=conf,
+                     independent=independent)
     cand.terms["network_fom"] = float(result.fom[t])
+    seen[key] = cand
     out.append(cand)
   return out
 
@@ -202,7 +215,8 @@ def _dual_space_candidates(f_obs, problem, starts, labels, start_names, settings
   out = []
   for label, r in zip(labels, runs):
     cand = Candidate(label=label, method="dual_space", start=r.start, phases=r.phases,
-                     signs=list_signs(standardisation, f_obs, r.phases))
+                     signs=list_signs(standardisation, f_obs, r.phases),
+                     independent=r.start == "random")
     cand.terms["flip_r1"] = r.r1
     cand.terms["origin_cc"] = r.origin_cc
     out.append(cand)
@@ -251,7 +265,8 @@ def run(f_obs, standardisation, set_amplitudes, set_measured, model, settings=No
       set_amplitudes, set_measured, model, trials=s.trials, cycles=s.cycles,
       random_seed=s.random_seed)
     net = _network_candidates(network, standardisation, f_obs, "network trial",
-                              lambda t: "zero phases" if t == 0 else "random signs")
+                              lambda t: "zero phases" if t == 0 else "random signs",
+                              independent=True)
     candidates += net
     stages.append("network")
     stop = done()

@@ -135,7 +135,7 @@ def test_summary_trials_and_cycles_curves():
   assert benchmark.solved_after_trials(rows, 1.0) == [0.5, 1.0]
   assert benchmark.mean_r_per_cycle(rows, 2.0) == pytest.approx([0.1, 0.3])
   lines = benchmark.format_summary(summary)
-  assert len(lines) == 3 and "100%" in lines[1]
+  assert len(lines) == 4 and "100%" in lines[2] and "dual-space alone" in lines[0]
 
 
 def test_tables_and_plots_are_written(tmp_path):

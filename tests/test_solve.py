@@ -35,7 +35,10 @@ class KnowsTheAnswer(object):
     self.signs = signs
     self.calls = []
 
-  def __call__(self, amplitudes, measured, model, trials=8, cycles=16, random_seed=0, **kw):
+  def __call__(self, amplitudes, measured, model, trials=8, cycles=16, random_seed=0,
+               start_signs=None, **kw):
+    if start_signs is not None:
+      trials = len(start_signs)
     self.calls.append((np.array(amplitudes), np.array(measured), trials, cycles, random_seed))
     n = len(self.signs)
     rng = np.random.RandomState(random_seed)
@@ -83,11 +86,14 @@ def test_solve_end_to_end_with_known_signs(monkeypatch, symbol, cell):
   standin = KnowsTheAnswer(_true_signs(xs))
   monkeypatch.setattr(phasing, "phase_reflection_set", standin)
   log = io.StringIO()
-  res = solve_module.solve(obs, model=object(), trials=3, cycles=4, random_seed=5, log=log)
+  res = solve_module.solve(obs, model=object(), trials=3, cycles=4, random_seed=5, log=log,
+                           method="network")
   amps, measured, trials, cycles, seed = standin.calls[0]
   assert (trials, cycles, seed) == (3, 4, 5)
   assert measured.sum() > 100
-  assert res.verdict == "solved" and res.best_trial == 1
+  # the trial with the true signs is chosen, by the figure of merit alone
+  assert res.best_trial == 1 and res.chosen.label == "network trial 2"
+  assert res.verdict in [v[0] for v in solve_module.VERDICTS]
   err, amp = _phase_errors(fc, res.phases)
   strong = amp > 1e-3 * amp.max()
   assert err[strong].max() < 1e-3
@@ -105,27 +111,82 @@ def test_solve_end_to_end_with_known_signs(monkeypatch, symbol, cell):
   strong = amp > 1e-3 * amp.max()
   assert err[strong].max() < 1e-3
   summary = res.summary()
-  assert summary["verdict"] == "solved" and len(summary["trials"]) == 3
+  assert summary["verdict"] == res.verdict and len(summary["trials"]) == 3
+  assert summary["chosen"] == "network trial 2" and summary["method"] == "network"
+  assert len(summary["candidates"]) == 3 and summary["advice"]
   assert summary["symmetry_check"]["n_disagreeing"] == 0
   import json
   json.dumps(summary)
   text = log.getvalue()
-  assert "trial" in text and "Verdict: solved" in text and "effective resolution" in text
+  assert "trial" in text and "Verdict: " + res.verdict in text and "effective resolution" in text
 
 
 def test_amplitudes_accepted(monkeypatch):
   xs, fc, obs = _data("P 1 21/c 1", (6.1, 7.2, 8.3, 90, 104, 90), intensities=False)
   monkeypatch.setattr(phasing, "phase_reflection_set", KnowsTheAnswer(_true_signs(xs)))
-  res = solve_module.solve(obs, model=object(), trials=2, cycles=2)
+  res = solve_module.solve(obs, model=object(), trials=2, cycles=2, method="network")
   assert res.amplitudes.treatment.startswith("amplitudes")
 
 
 def test_too_few_reflections(monkeypatch):
   xs, fc, obs = _data("P 1 21/c 1", (6.1, 7.2, 8.3, 90, 104, 90), d_min=3.0)
   monkeypatch.setattr(phasing, "phase_reflection_set", KnowsTheAnswer(_true_signs(xs)))
+  assert obs.size() < 50
   with pytest.raises(Sorry) as e:
-    solve_module.solve(obs, model=object())
+    solve_module.solve(obs, model=object(), min_reflections=50)
   assert "fewer than" in str(e.value)
+
+
+def test_few_reflections_phased_with_a_warning(monkeypatch):
+  xs, fc, obs = _data("P 1 21/c 1", (6.1, 7.2, 8.3, 90, 104, 90), d_min=2.0)
+  monkeypatch.setattr(phasing, "phase_reflection_set", KnowsTheAnswer(_true_signs(xs)))
+  log = io.StringIO()
+  res = solve_module.solve(obs, model=object(), trials=2, cycles=2, log=log,
+                           dual_space_starts=4)
+  assert 10 <= obs.size() < 50
+  assert res.warnings and "only" in res.warnings[0]
+  assert "Warning: only" in log.getvalue()
+  assert res.summary()["warnings"] == res.warnings
+  assert res.phases.size() == res.f_obs.size()
+
+
+def test_dual_space_alone_solves_without_a_network():
+  xs, fc, obs = _data("P 1 21/c 1", (6.1, 7.2, 8.3, 90, 104, 90), d_min=1.0)
+  log = io.StringIO()
+  res = solve_module.solve(obs, model=None, method="dual_space", dual_space_starts=4,
+                           log=log)
+  assert res.phasing is None and res.chosen.method == "dual_space"
+  assert res.phases.size() == res.f_obs.size()
+  err, amp = _phase_errors(fc, res.phases)
+  # phases right up to a permissible origin shift: compare by the paper's r
+  from phai_cctbx import benchmark
+  std = res.standardisation
+  truth = benchmark.Truth(std, fc)
+  signs = benchmark.signs_of_phases(res.f_obs, res.phases, std)
+  assert truth.r(signs, benchmark.measured_on_list(std, res.f_obs)) > 0.95
+  assert res.verdict == "solved", log.getvalue()
+  assert "Candidates" in log.getvalue()
+
+
+def test_auto_prefers_the_better_candidate(monkeypatch):
+  """A network that returns wrong signs does not displace a dual-space solution."""
+  xs, fc, obs = _data("P 1 21/c 1", (6.1, 7.2, 8.3, 90, 104, 90), d_min=1.0)
+  wrong = -_true_signs(xs) * np.where(np.arange(1205) % 3 == 0, -1, 1)
+  monkeypatch.setattr(phasing, "phase_reflection_set", KnowsTheAnswer(wrong))
+  res = solve_module.solve(obs, model=object(), trials=3, cycles=2, dual_space_starts=4,
+                           stop_early=False)
+  assert res.chosen.method == "dual_space"
+  labels = [c.label for c in res.search.candidates]
+  assert any(l.startswith("network trial") for l in labels)
+  assert any(l.startswith("dual-space from network") for l in labels)
+  assert any(l.startswith("network from dual-space") for l in labels)
+
+
+def test_unknown_method():
+  xs, fc, obs = _data("P 1 21/c 1", (6.1, 7.2, 8.3, 90, 104, 90), d_min=1.5)
+  with pytest.raises(Sorry) as e:
+    solve_module.solve(obs, model=object(), method="direct")
+  assert "phasing.method" in str(e.value)
 
 
 def test_unsupported_group_before_work():
@@ -148,7 +209,7 @@ def test_with_a_real_small_network(tmp_path):
   path = str(tmp_path / "small.pt")
   save_weights(path, net, "max", {"note": "untrained, for tests"})
   xs, fc, obs = _data("P 1 21/c 1", (6.1, 7.2, 8.3, 90, 104, 90))
-  res = solve_module.solve(obs, weights=path, trials=2, cycles=3)
+  res = solve_module.solve(obs, weights=path, trials=2, cycles=3, method="network")
   assert res.phasing.signs.shape == (2, 1205)
-  assert res.phases.size() > 0 and res.verdict in ("solved", "uncertain")
+  assert res.phases.size() > 0 and res.verdict in [v[0] for v in solve_module.VERDICTS]
   assert res.summary()["weights"] == path

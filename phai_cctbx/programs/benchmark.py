@@ -139,6 +139,8 @@ A CIF that cannot be used is reported and skipped.
       phai=bool(p.phai.enabled), trials=p.phai.trials, cycles=p.phai.cycles,
       min_reflections=p.phai.min_reflections,
       phase_extension=bool(p.phai.phase_extension),
+      dual_space=bool(p.dual_space.enabled), auto=bool(p.auto.enabled),
+      dual_space_starts=p.dual_space.starts,
       charge_flipping=bool(p.charge_flipping.enabled),
       cf_max_solving_iterations=p.charge_flipping.max_solving_iterations,
       cf_max_attempts=p.charge_flipping.max_attempts,
@@ -169,10 +171,10 @@ A CIF that cannot be used is reported and skipped.
     else:
       parts = []
       for row in result["rows"]:
-        phai = "-" if row.get("phai_r") is None else "%.2f" % row["phai_r"]
-        cf = "-" if row.get("cf_r") is None else "%.2f" % row["cf_r"]
-        parts.append("%.1f:%s/%s" % (row["d_min"], phai, cf))
-      label = "%s  r PhAI/CF %s" % (name, " ".join(parts))
+        parts.append("%.1f:%s" % (row["d_min"], "/".join(
+          "-" if row.get(k) is None else "%.2f" % row[k]
+          for k in ("phai_r", "ds_r", "auto_r", "cf_r"))))
+      label = "%s  r network/dual-space/auto/smtbx %s" % (name, " ".join(parts))
     print(benchmark.progress_line(done, total, label), file=self.logger)
     self.logger.flush()
 
@@ -194,8 +196,13 @@ A CIF that cannot be used is reported and skipped.
         file=self.logger)
     if self.model_note:
       print("  %s" % self.model_note, file=self.logger)
+    if settings.dual_space:
+      print("  dual-space alone: %d random starts (phai.solve phasing.method="
+            "dual_space)" % settings.dual_space_starts, file=self.logger)
+    if settings.auto and model is not None:
+      print("  phai.solve default: phasing.method=auto", file=self.logger)
     if settings.charge_flipping:
-      print("  charge flipping: smtbx weak-reflection-improved flipping, "
+      print("  smtbx state machine: weak-reflection-improved flipping, "
             "%d iterations x %d attempts" % (settings.cf_max_solving_iterations,
                                              settings.cf_max_attempts), file=self.logger)
     print("", file=self.logger)

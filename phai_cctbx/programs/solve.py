@@ -200,6 +200,16 @@ All parameters with what they mean:
       raise Sorry("phasing.random_seed must be zero or positive.")
     if p.phasing.min_reflections is None or p.phasing.min_reflections < 1:
       raise Sorry("phasing.min_reflections must be a positive integer.")
+    ds = p.phasing.dual_space
+    if ds.starts is None or ds.starts < 0 or ds.cycles is None or ds.cycles < 1:
+      raise Sorry("phasing.dual_space.starts must be zero or positive and "
+                  "phasing.dual_space.cycles positive.")
+    if p.phasing.method == "dual_space" and ds.starts < 1:
+      raise Sorry("phasing.method=dual_space needs phasing.dual_space.starts of 1 or more.")
+    if ds.recycle is None or ds.recycle < 0:
+      raise Sorry("phasing.dual_space.recycle must be zero or positive.")
+    if p.phasing.time_limit is None or p.phasing.time_limit <= 0:
+      raise Sorry("phasing.time_limit must be a positive number of seconds.")
     rf = p.output.map_resolution_factor
     if rf is None or not 0.05 <= rf <= 0.5:
       raise Sorry("output.map_resolution_factor must be between 0.05 and 0.5.")
@@ -248,7 +258,8 @@ All parameters with what they mean:
     started = COMMAND_STARTED if COMMAND_STARTED is not None else t0
     steps = []
     log = _Tee(self.logger)
-    print("phai.solve (%s): PhAI phasing" % self.version, file=log)
+    print("phai.solve: PhAI phasing (%s)" % self.version.replace(" (", ", ").rstrip(")"),
+          file=log)
     print(time.strftime("  started %Y-%m-%d %H:%M:%S"), file=log)
     print("", file=log)
     if started < t0:
@@ -265,18 +276,23 @@ All parameters with what they mean:
     t1 = time.time()
     steps.append(("reading", t1 - t0))
     from phai_cctbx.weights import load_model   # imports torch
-    model = load_model(p.model.weights)
+    model = load_model(p.model.weights) if p.phasing.method != "dual_space" else None
     t_solve = time.time()
     steps.append(("network", t_solve - t1))
     self.result = solve(
       data.miller_array, model=model, trials=p.phasing.trials,
       cycles=p.phasing.cycles, random_seed=p.phasing.random_seed, log=log,
       intensity_treatment=p.input.intensity_treatment,
-      min_reflections=p.phasing.min_reflections, precision=p.phasing.precision)
+      min_reflections=p.phasing.min_reflections, precision=p.phasing.precision,
+      method=p.phasing.method, dual_space_starts=p.phasing.dual_space.starts,
+      dual_space_cycles=p.phasing.dual_space.cycles,
+      recycle=p.phasing.dual_space.recycle, time_limit=p.phasing.time_limit,
+      stop_early=p.phasing.stop_early)
     t2 = time.time()
     steps.append(("phasing", t2 - t_solve))
-    phasing_steps = [(k, v) for k, v in sorted(
-      (getattr(self.result, "timings", None) or {}).items()) if k != "total"]
+    phasing_steps = [(k, float(v)) for k, v in sorted(
+      (getattr(self.result, "timings", None) or {}).items())
+      if k != "total" and isinstance(v, (int, float))]
     prefix = self._prefix()
     mb = p.model_building
     self.result.model_building = starting_model.not_asked()

@@ -1,0 +1,162 @@
+"""Tests of the dual-space engine (phai_cctbx.dual_space)."""
+import math
+
+import numpy as np
+import pytest
+
+from cctbx import sgtbx
+from cctbx.array_family import flex
+from cctbx.development import random_structure
+
+from phai_cctbx import benchmark, charge_flipping, dual_space, symmetry
+
+
+def _structure(symbol, cell, n_c=6, n_o=2, seed=1):
+  flex.set_random_seed(seed)
+  import random
+  random.seed(seed)
+  return random_structure.xray_structure(
+    space_group_info=sgtbx.space_group_info(symbol), unit_cell=cell,
+    elements=["C"] * n_c + ["O"] * n_o, use_u_iso=True, u_iso=0.02,
+    random_u_iso=False, random_f_prime_d_min=0, min_distance=1.2)
+
+
+def _data(xs, d_min):
+  fc = benchmark.structure_factors(xs, d_min)
+  return fc, abs(fc).set_observation_type_xray_amplitude()
+
+
+def _r(std, fc, f_obs, phases):
+  """The paper's r of phases (degrees, data's group) against the truth."""
+  truth = benchmark.Truth(std, fc)
+  f, p = f_obs.common_sets(phases)
+  f = f.phase_transfer(p, deg=True)
+  signs, _ = charge_flipping.signs_on_reflection_set(f, std)
+  return truth.r(signs, benchmark.measured_on_list(std, f_obs))
+
+
+def _true_p1_phases(problem, fc):
+  p1 = fc.expand_to_p1()
+  lookup = {}
+  for h, f in zip(p1.indices(), p1.data()):
+    lookup[h] = f
+    lookup[(-h[0], -h[1], -h[2])] = f.conjugate()
+  return np.array([math.atan2(lookup[h].imag, lookup[h].real)
+                   for h in problem.p1_set.indices()])
+
+
+P21C = ("P 1 21/c 1", (6.3, 7.4, 8.2, 90, 103, 90))
+
+
+def test_maps_and_structure_factors_are_inverse():
+  xs = _structure(*P21C)
+  fc, f_obs = _data(xs, 1.2)
+  problem = dual_space.P1Problem(f_obs, extend=0)
+  phases = _true_p1_phases(problem, fc)
+  coefficients = problem.f * np.exp(1j * phases)
+  rho = problem.density(coefficients[None])
+  g, _ = problem.structure_factors(rho)
+  assert np.allclose(g[0], coefficients, atol=1e-8 * problem.f.max())
+  # the map of the true F is that of cctbx (up to inversion through the origin)
+  assert rho.shape[1:] == problem.n_real
+
+
+def test_quasi_normalised_amplitudes_have_unit_mean_square():
+  xs = _structure(*P21C)
+  _, f_obs = _data(xs, 0.9)
+  e = dual_space.quasi_normalise(f_obs)
+  eps = f_obs.epsilons().data().as_numpy_array()
+  assert abs(np.mean(e ** 2 * eps) - 1.0) < 0.15
+  assert np.all(np.isfinite(e)) and (e >= 0).all()
+
+
+def test_true_phases_are_a_fixed_point():
+  xs = _structure(*P21C)
+  fc, f_obs = _data(xs, 1.0)
+  problem = dual_space.P1Problem(f_obs)
+  start = _true_p1_phases(problem, fc)
+  result = dual_space.flip(problem, start[None], dual_space.Settings(cycles=40))
+  sym = dual_space.symmetrise(f_obs, problem.p1_set, result.coefficients[0])
+  std = symmetry.prepare(f_obs.crystal_symmetry())
+  assert _r(std, fc, f_obs, sym.phases) > 0.99
+
+
+def test_random_starts_solve_a_small_structure_at_atomic_resolution():
+  xs = _structure(*P21C)
+  fc, f_obs = _data(xs, 1.0)
+  std = symmetry.prepare(f_obs.crystal_symmetry())
+  runs = dual_space.run(f_obs, 4)
+  rs = [_r(std, fc, f_obs, c.phases) for c in runs]
+  best = int(np.argmin([c.r1 for c in runs]))
+  assert rs[best] > 0.95, rs
+  assert all(c.start == "random" and c.cycles >= 1 for c in runs)
+
+
+def test_random_phases_are_not_a_solution():
+  """The search is not handed the answer: one cycle from random phases is far from it."""
+  xs = _structure(*P21C)
+  fc, f_obs = _data(xs, 1.0)
+  std = symmetry.prepare(f_obs.crystal_symmetry())
+  runs = dual_space.run(f_obs, 2, dual_space.Settings(cycles=1, min_cycles=1,
+                                                      f_cycles=0, polish_cycles=0))
+  assert max(_r(std, fc, f_obs, c.phases) for c in runs) < 0.8
+
+
+@pytest.mark.parametrize("shift", [(0, 0, 0), (0.5, 0, 0), (0, 0.5, 0.5),
+                                   (0.5, 0.5, 0.5), (0.13, 0.71, 0.38)])
+def test_symmetrise_finds_the_origin_of_a_shifted_map(shift):
+  xs = _structure(*P21C)
+  fc, f_obs = _data(xs, 1.0)
+  std = symmetry.prepare(f_obs.crystal_symmetry())
+  problem = dual_space.P1Problem(f_obs)
+  phases = _true_p1_phases(problem, fc)
+  hkl = problem.hkl[:problem.size]
+  shifted = phases - 2 * math.pi * (hkl @ np.array(shift))
+  sym = dual_space.symmetrise(f_obs, problem.p1_set, problem.f * np.exp(1j * shifted))
+  assert _r(std, fc, f_obs, sym.phases) > 0.99
+
+
+@pytest.mark.parametrize("symbol,cell", [
+  ("P 1 21/n 1", (6.4, 7.2, 8.1, 90, 98, 90)),
+  ("P 1 21/a 1", (7.4, 6.2, 8.1, 90, 106, 90)),
+  ("C 1 2/c 1", (9.5, 6.2, 8.1, 90, 111, 90)),
+  ("P b c a", (7.1, 8.2, 9.3, 90, 90, 90)),
+  ("P n m a", (7.3, 6.2, 8.8, 90, 90, 90)),
+  ("P b c n", (7.6, 8.1, 6.9, 90, 90, 90)),
+  ("C 1 2/m 1", (9.1, 6.6, 7.7, 90, 104, 90)),
+])
+def test_every_supported_group_round_trip(symbol, cell):
+  """A P 1 map shifted off the origin comes back with the data's symmetry and
+  phases that match the structure's."""
+  xs = _structure(symbol, cell, n_c=3, n_o=1)
+  fc, f_obs = _data(xs, 1.1)
+  std = symmetry.prepare(f_obs.crystal_symmetry())
+  problem = dual_space.P1Problem(f_obs)
+  phases = _true_p1_phases(problem, fc)
+  hkl = problem.hkl[:problem.size]
+  shifted = phases - 2 * math.pi * (hkl @ np.array([0.21, 0.37, 0.09]))
+  sym = dual_space.symmetrise(f_obs, problem.p1_set, problem.f * np.exp(1j * shifted))
+  assert sym.phases.size() == f_obs.size()
+  assert sym.phases.crystal_symmetry().is_similar_symmetry(f_obs.crystal_symmetry())
+  assert _r(std, fc, f_obs, sym.phases) > 0.99
+
+
+def test_starting_phases_from_a_phase_array():
+  xs = _structure(*P21C)
+  fc, f_obs = _data(xs, 1.2)
+  problem = dual_space.P1Problem(f_obs)
+  phases = problem.phases_from(fc.phases(deg=True))
+  truth = _true_p1_phases(problem, fc)
+  d = np.angle(np.exp(1j * (phases - truth)))
+  assert np.abs(d).max() < 1e-6
+  half = fc.select(flex.bool([i % 2 == 0 for i in range(fc.size())]))
+  partial = problem.phases_from(half.phases(deg=True))
+  assert 0 < np.isnan(partial).sum() < problem.size
+
+
+def test_free_reflections_only_below_atomic_resolution():
+  xs = _structure(*P21C)
+  _, f_low = _data(xs, 2.0)
+  _, f_high = _data(xs, 0.9)
+  assert dual_space.P1Problem(f_low, extend=0.5).n_free > 0
+  assert dual_space.P1Problem(f_high, extend=0.5).n_free == 0
