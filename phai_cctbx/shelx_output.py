@@ -26,6 +26,11 @@ MO_K_ALPHA = 0.71073
 HKL_MAX = 99999.0
 
 
+def _version():
+  import phai_cctbx
+  return "(phai_cctbx %s)" % phai_cctbx.__version__
+
+
 def _sfac_order(elements):
   """SHELX convention: C and H first, then by atomic number."""
   first = [e for e in ("C", "H") if e in elements]
@@ -155,8 +160,9 @@ def res_lines(model, title=None, wavelength=None,
     raise Sorry("Cannot write a SHELX file for %s: %s"
                 % (xs.space_group_info(), e))
   lines = header[:1]
-  lines.append("REM Starting model from phai.solve (PhAI phases, %s-map "
-               "peaks); hydrogen atoms not placed" % model.map_type)
+  lines.append("REM Starting model from phai.solve %s (peaks of the %s-map "
+               "of its phases); hydrogen atoms not placed"
+               % (_version(), model.map_type))
   for r in remarks:
     lines.append("REM %s" % r)
   lines.extend(header[1:])
@@ -256,7 +262,7 @@ def write_model_cif(model, file_name, data_name="phai_model", wavelength=None,
   ``_chemical_formula_sum``), as far as they are known.
   """
   block = model.xray_structure.as_cif_block()
-  block["_computing_structure_solution"] = "'phai.solve (PhAI phases)'"
+  block["_computing_structure_solution"] = "'phai.solve %s'" % _version()
   if cell_esds is not None:
     params = model.xray_structure.unit_cell().parameters()
     for key, value, esd in zip(
