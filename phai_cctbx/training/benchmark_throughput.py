@@ -1,14 +1,16 @@
 """Training throughput (examples per second) for each model size on this machine.
 
     python -m phai_cctbx.training.benchmark_throughput [device=auto] [batch_size=64] [steps=5]
-        [library=cache/conformers.npz] [structures=60]
+        [library=cache/conformers.npz] [structures=60] [device_structures=2048]
 
 Times full training steps (structure factors of padded random structures,
 example drawing, recycling with 2 cycles, origin-invariant loss, backward,
 optimiser step) for the shipped default size, the published size and a small
 one.  The structure generator runs in separate processes, one per core; its
 rate in one process is timed separately for each packing and kind of
-structure, when a conformer library is there.
+structure, when a conformer library is there; the batched torch generator
+(torch_structures) is timed on the device itself, so that its rate of new
+structures can be set against the examples per second the trainer takes.
 """
 import os
 import sys
@@ -86,6 +88,24 @@ def generator_rates(library_path, count, seed=0):
   return rates
 
 
+def device_generator_rate(library_path, device, count, seed=0):
+  """Structures per second of the batched torch generator on ``device``
+  (organic, random insertion and squeeze), after one warm-up batch."""
+  from phai_cctbx.training.molecules import ConformerLibrary
+  from phai_cctbx.training.torch_structures import TorchStructureGenerator
+  library = ConformerLibrary.load(library_path)
+  gen = TorchStructureGenerator(library, device)
+  g = torch.Generator(device=device).manual_seed(seed)
+  gen.sample_batch(min(count, 16), g)
+  if device.type == "cuda":
+    torch.cuda.synchronize()
+  t0 = time.time()
+  gen.sample_batch(count, g)
+  if device.type == "cuda":
+    torch.cuda.synchronize()
+  return count / (time.time() - t0), gen.accepted / max(gen.candidates, 1)
+
+
 def main(argv=None):
   args = dict(a.split("=", 1) for a in (sys.argv[1:] if argv is None else argv))
   name = args.get("device", "auto")
@@ -105,6 +125,10 @@ def main(argv=None):
     print("structure generator, one process (%s):" % library)
     for label, rate in generator_rates(library, int(args.get("structures", 60))).items():
       print("  %-26s %7.1f structures/s" % (label, rate))
+    count = int(args.get("device_structures", 2048 if device.type == "cuda" else 16))
+    rate, acceptance = device_generator_rate(library, device, count)
+    print("structure generator on %s (torch, batched, organic, %d structures, %.0f %% of candidates "
+          "accepted): %.1f structures/s" % (device, count, 100 * acceptance, rate))
   else:
     print("structure generator: no conformer library at %s (library=...)" % library)
 

@@ -89,6 +89,9 @@ class StructurePool:
 
   def add(self, chunk):
     n = len(chunk["cell"])
+    if n > self.size:
+      chunk = {k: chunk[k][-self.size:] for k in ("frac", "numbers", "cell")}
+      n = self.size
     idx = (self.cursor + torch.arange(n)) % self.size
     dev = self.frac.device
     self.frac[idx] = torch.as_tensor(chunk["frac"]).to(dev, non_blocking=True)

@@ -97,6 +97,9 @@ class TrainConfig:
   validation_d_min: tuple = (1.0, 1.6, 2.0)
   validation_file: str = ""         # cache of the validation structures ("": the packaged set)
   cell_strain: float = 0.03         # random cell strain each time a pooled structure is drawn
+  device_structures: float = 0.0    # new structures made on the training device per example (torch
+                                    # generator, organic); up to a batch of them per step go straight
+                                    # into the batch, the rest of the batch comes from the pool
 
   def model_config(self) -> PhAIConfig:
     return PhAIConfig(filters=self.filters, cnn_depth=self.cnn_depth, dim=self.dim,
@@ -408,6 +411,11 @@ def train(cfg: TrainConfig, log=sys.stdout, on_checkpoint=None):
                            packing=cfg.packing, compress_workers=cfg.compress_workers)
   validator = Validator(library, cfg, device, maker) if is_main and cfg.validation_size > 0 else None
   pool = StructurePool(cfg.pool_size, cfg.max_atoms, device)
+  device_generator = None
+  if cfg.device_structures > 0:
+    from phai_cctbx.training.torch_structures import TorchStructureGenerator
+    device_generator = TorchStructureGenerator(library, device, max_atoms=cfg.max_atoms)
+    ggen = torch.Generator(device=device).manual_seed(cfg.seed * 15485863 + rank + state["step"])
   gen = torch.Generator(device="cpu").manual_seed(cfg.seed * 7919 + rank + state["step"])
   dgen = torch.Generator(device=device).manual_seed(cfg.seed * 104729 + rank + state["step"])
   stop = _StopFlag()
@@ -459,7 +467,16 @@ def train(cfg: TrainConfig, log=sys.stdout, on_checkpoint=None):
       time_fraction = (time.time() - t_start) / max(end_time - t_start, 1e-9) if end_time else 0.0
       for group in optimizer.param_groups:
         group["lr"] = _lr_at(state["step"], cfg, state.get("warm_restart", 0), time_fraction)
-      frac, numbers, cell = pool.sample(cfg.batch_size, gen)
+      if device_generator is not None:
+        n_new = max(1, int(round(cfg.device_structures * cfg.batch_size)))
+        new = device_generator.sample_batch(n_new, ggen)
+        pool.add(new)
+        k = min(n_new, cfg.batch_size)
+        old = pool.sample(cfg.batch_size - k, gen)
+        frac, numbers, cell = (torch.cat([new[key][:k].to(o.dtype), o])
+                               for key, o in zip(("frac", "numbers", "cell"), old))
+      else:
+        frac, numbers, cell = pool.sample(cfg.batch_size, gen)
       ex = maker(frac, numbers, strain_cells(cell, dgen, cfg.cell_strain), generator=dgen)
       cycles = int(torch.randint(1, cfg.max_cycles + 1, (1,), generator=gen))
       start, _ = starts.training_starts(ex.signs, ex.true_amplitudes, dgen, cfg.partial_start_fraction,

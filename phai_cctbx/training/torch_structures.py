@@ -1,0 +1,430 @@
+"""Random P2_1/c organic structures generated in batches in torch, on any device.
+
+The CPU generator (``structures.StructureGenerator``) builds one structure at
+a time in numpy in worker processes; on a GPU the trainer can consume more
+examples per second than a machine's cores make structures.  This generator
+makes thousands of candidate structures at once on the training device by
+vectorised rejection sampling, with the contact rules of the CPU generator's
+random insertion (``insertion_thresholds(contact_thresholds(scale))``, the
+same element classes, hydrogen bonds allowed):
+
+1. per candidate: the cell's beta as the CPU generator draws it; Z' = 1-3
+   molecules from the conformer library within the heavy-atom budget of a
+   10 Å cell (molecule sizes drawn flat half of the time, a molecule repeated
+   30 % of the time), oriented as ``structures.orient`` does (mostly principal
+   axes along the cell axes); a cell volume of 18-25.2 Å^3 per non-hydrogen
+   atom and edges 3.5-10 Å;
+2. random fractional centres; the four symmetry copies of each molecule;
+   the contact test of every atom of the asymmetric unit against every atom
+   of the cell and their lattice images (a molecule's own images included);
+3. candidates that clash get new centres and orientations, up to ``tries``
+   times, then a cell 4 % larger, as the CPU insertion does;
+4. a squeeze: each edge in turn shrinks by 1.5 % while no contact becomes too
+   short (down to 14 Å^3 per non-hydrogen atom).
+
+Not made here (the CPU generator makes them): units on inversion centres and
+ionic structures.  ``python -m phai_cctbx.training.benchmark_throughput``
+times this generator beside the trainer.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from phai_cctbx.training.structures import (
+  METAL_NUMBERS, _element_class, contact_thresholds, insertion_thresholds)
+
+OPS_ROT = torch.tensor([[1, 1, 1], [-1, 1, -1], [-1, -1, -1], [1, -1, 1]], dtype=torch.float32)
+OPS_TRANS = torch.tensor([[0, 0, 0], [0, .5, .5], [0, 0, 0], [0, .5, .5]], dtype=torch.float32)
+_PERMS = torch.tensor([[0, 1, 2], [0, 2, 1], [1, 0, 2], [1, 2, 0], [2, 0, 1], [2, 1, 0]])
+_AC = torch.tensor([(i, 0, k) for i in (-1, 0, 1) for k in (-1, 0, 1)], dtype=torch.float32)
+_ALL = torch.tensor([(i, j, k) for i in (-1, 0, 1) for j in (-1, 0, 1) for k in (-1, 0, 1)],
+                    dtype=torch.float32)
+
+
+def orthogonalisation(edges, beta_deg):
+  """(B, 3, 3) fractional -> Cartesian matrices (a along x, b along y)."""
+  br = torch.deg2rad(beta_deg)
+  b = edges.shape[0]
+  m = torch.zeros((b, 3, 3), dtype=edges.dtype, device=edges.device)
+  m[:, 0, 0] = edges[:, 0]
+  m[:, 1, 1] = edges[:, 1]
+  m[:, 0, 2] = edges[:, 2] * torch.cos(br)
+  m[:, 2, 2] = edges[:, 2] * torch.sin(br)
+  return m
+
+
+def _rotation_from_quaternion(q):
+  q = q / q.norm(dim=-1, keepdim=True)
+  w, x, y, z = q.unbind(-1)
+  return torch.stack([
+    torch.stack([1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)], -1),
+    torch.stack([2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)], -1),
+    torch.stack([2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)], -1)], -2)
+
+
+def _axis_angle(axis, angle):
+  axis = axis / axis.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+  x, y, z = axis.unbind(-1)
+  zero = torch.zeros_like(x)
+  k = torch.stack([torch.stack([zero, -z, y], -1), torch.stack([z, zero, -x], -1),
+                   torch.stack([-y, x, zero], -1)], -2)
+  eye = torch.eye(3, dtype=axis.dtype, device=axis.device).expand_as(k)
+  s, c = torch.sin(angle)[..., None, None], torch.cos(angle)[..., None, None]
+  return eye + s * k + (1 - c) * (k @ k)
+
+
+class TorchStructureGenerator:
+  """Batches of P2_1/c organic structures on ``device`` from a ConformerLibrary."""
+
+  def __init__(self, library, device="cpu", max_atoms=400, max_asym=100, max_edge=10.0,
+               min_edge=3.5, volume_per_atom=(18.0, 30.0), beta_range=(90.0, 120.0),
+               z_prime_weights=(0.82, 0.14, 0.04), flat_sizes=0.5, repeat_fraction=0.3,
+               aligned_fraction=0.75, tries=10, grows=12, squeeze_floor=14.0, squeeze_rounds=30,
+               squeeze_step=0.985, chunk=512):
+    self.device = torch.device(device)
+    dev = self.device
+    self.max_atoms, self.max_asym = int(max_atoms), int(max_asym)
+    self.max_edge, self.min_edge = float(max_edge), float(min_edge)
+    self.volume_per_atom = volume_per_atom
+    self.beta_range = beta_range
+    w = torch.as_tensor(z_prime_weights, dtype=torch.float32)
+    self.z_weights = (w / w.sum()).to(dev)
+    self.flat_sizes, self.repeat_fraction = float(flat_sizes), float(repeat_fraction)
+    self.aligned_fraction = float(aligned_fraction)
+    self.tries, self.grows = int(tries), int(grows)
+    self.squeeze_floor, self.squeeze_rounds = float(squeeze_floor), int(squeeze_rounds)
+    self.squeeze_step = float(squeeze_step)
+    self.chunk = int(chunk)
+    # the library, padded, on the device
+    n_mol = len(library)
+    sizes = np.diff(library.offsets)
+    a_max = int(sizes.max())
+    coords = np.zeros((n_mol, a_max, 3), np.float32)
+    numbers = np.zeros((n_mol, a_max), np.int64)
+    classes = np.zeros((n_mol, a_max), np.int64)
+    frames = np.zeros((n_mol, 3, 3), np.float32)
+    for i in range(n_mol):
+      xyz, z, parents = library.molecule(i)
+      rel = xyz.astype(np.float64) - xyz.astype(np.float64).mean(0)
+      n = len(z)
+      coords[i, :n] = rel
+      numbers[i, :n] = z
+      classes[i, :n] = _element_class(z, parents)
+      frames[i] = np.linalg.eigh(rel.T @ rel)[1]
+    self.coords = torch.as_tensor(coords, device=dev)
+    self.numbers = torch.as_tensor(numbers, device=dev)
+    self.classes = torch.as_tensor(classes, device=dev)
+    self.frames = torch.as_tensor(frames, device=dev)
+    self.atoms = torch.as_tensor(sizes, device=dev)
+    heavy = library.heavy_counts()
+    self.heavy = torch.as_tensor(heavy, device=dev)
+    self.metal = torch.as_tensor(np.isin(numbers, METAL_NUMBERS).any(1), device=dev)
+    order = np.argsort(heavy, kind="stable")
+    self.by_heavy = torch.as_tensor(order, device=dev)
+    self.heavy_sorted = torch.as_tensor(heavy[order], device=dev)
+    self.sizes_present = torch.as_tensor(np.unique(heavy), device=dev)
+    self.a_max = a_max
+    self.candidates = 0
+    self.accepted = 0
+
+  # ------------------------------------------------------------ drawing
+  def _rand(self, *shape, gen):
+    return torch.rand(shape, generator=gen, device=self.device)
+
+  def _beta(self, b, gen):
+    lo, hi = self.beta_range
+    near90 = self._rand(b, gen=gen) < 0.15
+    return torch.where(near90, 90.0 + self._rand(b, gen=gen) if lo <= 90 else torch.full((b,), lo, device=self.device),
+                       lo + (hi - lo) * self._rand(b, gen=gen))
+
+  def _pick(self, left, gen):
+    """(B,) molecule indices with at most ``left`` heavy atoms (-1: none)."""
+    b = left.shape[0]
+    k = torch.searchsorted(self.heavy_sorted, left, right=True)
+    idx = torch.floor(self._rand(b, gen=gen) * k).long().clamp(max=len(self.by_heavy) - 1)
+    pick = self.by_heavy[idx]
+    ks = torch.searchsorted(self.sizes_present, left, right=True)
+    size = self.sizes_present[torch.floor(self._rand(b, gen=gen) * ks).long().clamp(
+      min=0, max=len(self.sizes_present) - 1)]
+    lo = torch.searchsorted(self.heavy_sorted, size, right=False)
+    hi = torch.searchsorted(self.heavy_sorted, size, right=True)
+    flat_idx = (lo + torch.floor(self._rand(b, gen=gen) * (hi - lo)).long()).clamp(max=len(self.by_heavy) - 1)
+    flat = (self._rand(b, gen=gen) < self.flat_sizes) & (ks > 0)
+    pick = torch.where(flat, self.by_heavy[flat_idx], pick)
+    return torch.where(k > 0, pick, torch.full_like(pick, -1))
+
+  def _orientations(self, mol, gen):
+    """(B, S, 3, 3) rotations R (rel @ R) as structures.orient draws them."""
+    shape = mol.shape
+    n = mol.numel()
+    dev = self.device
+    q = torch.randn((n, 4), generator=gen, device=dev)
+    uniform = _rotation_from_quaternion(q).transpose(-1, -2)
+    frame = self.frames[mol.clamp(min=0).reshape(-1)]
+    perm = _PERMS.to(dev)[torch.randint(0, 6, (n,), generator=gen, device=dev)]
+    frame = torch.gather(frame, 2, perm[:, None, :].expand(n, 3, 3))
+    signs = torch.where(self._rand(n, 3, gen=gen) < 0.5, -1.0, 1.0)
+    frame = frame * signs[:, None, :]
+    det = torch.linalg.det(frame)
+    frame[:, :, 0] = frame[:, :, 0] * torch.sign(det)[:, None]
+    angle = torch.deg2rad(torch.abs(torch.randn(n, generator=gen, device=dev) * 20.0))
+    tilt = _axis_angle(torch.randn((n, 3), generator=gen, device=dev), angle)
+    aligned = frame @ tilt.transpose(-1, -2)
+    use = (self._rand(n, gen=gen) < self.aligned_fraction)[:, None, None]
+    return torch.where(use, aligned, uniform).reshape(shape + (3, 3))
+
+  def _draw(self, b, gen):
+    """Molecules, orientations, cell and thresholds of b candidates."""
+    dev = self.device
+    beta = self._beta(b, gen)
+    scale = 1.0 + 0.06 * self._rand(b, gen=gen)
+    vol_max = self.max_edge ** 3 * torch.sin(torch.deg2rad(beta))
+    budget = torch.floor(vol_max / (4 * self.volume_per_atom[0] * 1.1)).long()
+    z_prime = 1 + torch.multinomial(self.z_weights, b, replacement=True, generator=gen)
+    mol = torch.full((b, 3), -1, dtype=torch.long, device=dev)
+    used = torch.zeros(b, dtype=torch.long, device=dev)
+    for s in range(3):
+      left = budget - used
+      pick = self._pick(left, gen)
+      if s > 0:
+        prev = mol[:, s - 1]
+        repeat = (prev >= 0) & (self._rand(b, gen=gen) < self.repeat_fraction) \
+          & (self.heavy[prev.clamp(min=0)] <= left)
+        pick = torch.where(repeat, prev, pick)
+      active = (z_prime > s) & (left >= 1) & (pick >= 0)
+      mol[:, s] = torch.where(active, pick, torch.full_like(pick, -1))
+      used = used + torch.where(active, self.heavy[pick.clamp(min=0)], torch.zeros_like(used))
+    present = mol >= 0
+    atoms = torch.where(present, self.atoms[mol.clamp(min=0)], torch.zeros_like(mol)).sum(1)
+    ok = present[:, 0] & (4 * atoms <= self.max_atoms) & (atoms <= self.max_asym)
+    n_heavy = 4 * used
+    lo, hi = self.volume_per_atom
+    volume = n_heavy * (lo + 0.6 * (hi - lo) * self._rand(b, gen=gen))
+    sin_b = torch.sin(torch.deg2rad(beta))
+    ab = self.min_edge + (self.max_edge - self.min_edge) * self._rand(b, 32, gen=gen)
+    ab2 = self.min_edge + (self.max_edge - self.min_edge) * self._rand(b, 32, gen=gen)
+    c = volume[:, None] / (ab * ab2 * sin_b[:, None])
+    fits = (c >= self.min_edge) & (c <= self.max_edge)
+    first = torch.argmax(fits.float(), 1)
+    ok = ok & fits.any(1)
+    rows = torch.arange(b, device=dev)
+    edges = torch.stack([ab[rows, first], ab2[rows, first], c[rows, first]], 1)
+    perm = _PERMS.to(dev)[torch.randint(0, 6, (b,), generator=gen, device=dev)]
+    edges = torch.gather(edges, 1, perm)
+    return {"mol": mol, "beta": beta, "scale": scale, "edges": edges, "ok": ok,
+            "n_heavy": n_heavy}
+
+  # ------------------------------------------------------------ geometry
+  def _compact(self, mol):
+    """The atoms of each candidate's asymmetric unit, front-packed: slot and
+    atom index (B, N) and a mask, N the largest count of the batch."""
+    b, s = mol.shape
+    dev = self.device
+    counts = torch.where(mol >= 0, self.atoms[mol.clamp(min=0)], torch.zeros_like(mol))
+    ends = torch.cumsum(counts, 1)
+    total = ends[:, -1]
+    n = max(1, int(total.max()))
+    j = torch.arange(n, device=dev).expand(b, n)
+    slot = torch.searchsorted(ends, j.contiguous(), right=True).clamp(max=s - 1)
+    starts = ends - counts
+    atom = (j - torch.gather(starts, 1, slot)).clamp(min=0, max=self.a_max - 1)
+    mask = j < total[:, None]
+    return {"slot": slot, "atom": atom, "mask": mask, "total": total}
+
+  def _atoms(self, mol, rot, centre, m, comp):
+    """Fractional coordinates (B, 4, N, 3) of all copies of the compact atoms
+    (not wrapped) for cells m."""
+    b = mol.shape[0]
+    rows = torch.arange(b, device=self.device)[:, None]
+    slot, atom = comp["slot"], comp["atom"]
+    molecule = mol[rows, slot].clamp(min=0)
+    rel = (self.coords[molecule, atom][..., None, :] @ rot[rows, slot]).squeeze(-2)   # (B, N, 3)
+    m_inv = torch.linalg.inv(m)
+    f0 = centre[rows, slot] + rel @ m_inv.transpose(1, 2)
+    ops_r, ops_t = OPS_ROT.to(self.device), OPS_TRANS.to(self.device)
+    return ops_r[None, :, None, :] * f0[:, None] + ops_t[None, :, None, :]
+
+  def compact_classes(self, mol, comp):
+    rows = torch.arange(mol.shape[0], device=self.device)[:, None]
+    molecule = mol[rows, comp["slot"]].clamp(min=0)
+    return self.classes[molecule, comp["atom"]], self.numbers[molecule, comp["atom"]]
+
+  def clashes(self, f, cls, slot, mask, m, thr2):
+    """(B,) whether any contact between different bodies (or a body and its
+    own lattice images) is shorter than its threshold.  f: (B, 4, N, 3)
+    fractional coordinates of the symmetry copies (copy 0 = the asymmetric
+    unit), cls/slot/mask (B, N), m the cells, thr2 (B, 6, 6) squared
+    thresholds.  Copy 0 against everything covers every contact: the atoms
+    of the cell are closed under the space group."""
+    b, _, n, _ = f.shape
+    dev = self.device
+    first = f[:, 0]
+    every = f.reshape(b, 4 * n, 3)
+    c_every = cls.repeat(1, 4)
+    m_every = mask.repeat(1, 4)
+    body_first = slot * 4
+    body_every = (slot[:, None, :] * 4 + torch.arange(4, device=dev)[None, :, None]).reshape(b, 4 * n)
+    thr_flat = thr2.reshape(b, 36)
+    mt = m.transpose(1, 2)
+    # different bodies: the nearest image along b by rounding, along a and c of 9
+    d = first[:, :, None, :] - every[:, None, :, :]
+    d = d - torch.round(d)
+    cart = d @ mt[:, None]                                               # (B, n, 4n, 3)
+    t = _AC.to(dev) @ mt                                                 # (B, 9, 3)
+    d2 = (cart * cart).sum(-1)[..., None] + 2.0 * torch.einsum("bijx,btx->bijt", cart, t) \
+      + (t * t).sum(-1)[:, None, None, :]
+    d2 = d2.min(-1).values
+    need = torch.gather(thr_flat, 1, (cls[:, :, None] * 6 + c_every[:, None, :]).reshape(b, -1)) \
+      .reshape(b, n, 4 * n)
+    bad = (d2 < need) & (body_first[:, :, None] != body_every[:, None, :]) \
+      & mask[:, :, None] & m_every[:, None, :]
+    clash = bad.flatten(1).any(1)
+    # each molecule against its own lattice images (27 translations but the zero one)
+    d = first[:, :, None, :] - first[:, None, :, :]
+    r = torch.round(d)
+    cart = (d - r) @ mt[:, None]
+    t = _ALL.to(dev) @ mt                                                # (B, 27, 3)
+    d2 = (cart * cart).sum(-1)[..., None] + 2.0 * torch.einsum("bijx,btx->bijt", cart, t) \
+      + (t * t).sum(-1)[:, None, None, :]
+    index = ((r + 1) * torch.tensor([9.0, 3.0, 1.0], device=dev)).sum(-1).long()
+    index = torch.where((r.abs() > 1).any(-1), torch.full_like(index, -1), index)
+    d2 = torch.where(index[..., None] == torch.arange(27, device=dev), float("inf"), d2)
+    d2 = d2.min(-1).values                                               # (B, n, n)
+    need = torch.gather(thr_flat, 1, (cls[:, :, None] * 6 + cls[:, None, :]).reshape(b, -1)) \
+      .reshape(b, n, n)
+    bad = (d2 < need) & (slot[:, :, None] == slot[:, None, :]) & mask[:, :, None] & mask[:, None, :]
+    return clash | bad.flatten(1).any(1)
+
+  def _test_many(self, draw, rot, centre, edges, todo):
+    """Clash flags of the candidates ``todo`` (indices), in chunks of similar size."""
+    comp, cls = draw["comp"], draw["cls"]
+    order = torch.argsort(comp["total"][todo])
+    todo_sorted = todo[order]
+    bad = torch.zeros(len(todo), dtype=torch.bool, device=self.device)
+    for start in range(0, len(todo), self.chunk):
+      sel = todo_sorted[start:start + self.chunk]
+      n = max(1, int(comp["total"][sel].max()))
+      sub = {k: v[sel][:, :n] for k, v in comp.items() if k != "total"}
+      m = orthogonalisation(edges[sel], draw["beta"][sel])
+      f = self._atoms(draw["mol"][sel], rot[sel], centre[sel], m, sub)
+      bad[order[start:start + self.chunk]] = self.clashes(f, cls[sel][:, :n], sub["slot"], sub["mask"],
+                                                          m, draw["thr2"][sel])
+    return bad
+
+  # ------------------------------------------------------------ the batch
+  def _candidates(self, b, gen):
+    """Accepted structures out of b candidates: dict of tensors."""
+    dev = self.device
+    draw = self._draw(b, gen)
+    thr = torch.as_tensor(insertion_thresholds(contact_thresholds()), dtype=torch.float32,
+                          device=dev)
+    # insertion_thresholds is linear in the scale of contact_thresholds
+    draw["thr2"] = (thr[None] * draw["scale"][:, None, None]) ** 2
+    mol = draw["mol"]
+    draw["comp"] = self._compact(mol)
+    draw["cls"], draw["z"] = self.compact_classes(mol, draw["comp"])
+    s = mol.shape[1]
+    rot = self._orientations(mol, gen)
+    centre = self._rand(b, s, 3, gen=gen)
+    edges = draw["edges"].clone()
+    base = draw["edges"].clone()
+    sin_b = torch.sin(torch.deg2rad(draw["beta"]))
+    hi = self.volume_per_atom[1]
+    placed = torch.zeros(b, dtype=torch.bool, device=dev)
+    alive = draw["ok"].clone()
+    for grow in range(self.grows):
+      if grow:
+        grown = torch.minimum(base * (1.0 + 0.04 * grow), torch.tensor(self.max_edge, device=dev))
+        too_big = grown.prod(1) * sin_b > hi * draw["n_heavy"]
+        stuck = torch.isclose(grown, edges).all(1)
+        alive = alive & ~((too_big | stuck) & ~placed)
+        edges = torch.where(placed[:, None], edges, grown)
+      for _ in range(self.tries):
+        todo = torch.nonzero(alive & ~placed).flatten()
+        if len(todo) == 0:
+          break
+        rot[todo] = self._orientations(mol[todo], gen)
+        centre[todo] = self._rand(len(todo), s, 3, gen=gen)
+        bad = self._test_many(draw, rot, centre, edges, todo)
+        placed[todo[~bad]] = True
+      if not bool((alive & ~placed).any()):
+        break
+    keep = torch.nonzero(placed & alive).flatten()
+    self.candidates += b
+    self.accepted += len(keep)
+    if len(keep) == 0:
+      return None
+    edges = edges[keep]
+    rot, centre = rot[keep], centre[keep]
+    draw = {k: (v[keep] if torch.is_tensor(v) else {kk: vv[keep] for kk, vv in v.items()})
+            for k, v in draw.items()}
+    n_keep = len(keep)
+    every = torch.arange(n_keep, device=dev)
+    # squeeze: each edge in turn by squeeze_step while no contact is too short
+    floor = self.squeeze_floor * draw["n_heavy"]
+    sin_b = torch.sin(torch.deg2rad(draw["beta"]))
+    active = torch.ones(n_keep, dtype=torch.bool, device=dev)
+    for _ in range(self.squeeze_rounds):
+      moved = torch.zeros(n_keep, dtype=torch.bool, device=dev)
+      axes = torch.argsort(torch.rand((n_keep, 3), generator=gen, device=dev), 1)
+      for k in range(3):
+        axis = axes[:, k]
+        trial = edges.clone()
+        trial[every, axis] = trial[every, axis] * self.squeeze_step
+        ok = active & (trial[every, axis] >= self.min_edge) & (trial.prod(1) * sin_b >= floor)
+        todo = torch.nonzero(ok).flatten()
+        if len(todo) == 0:
+          continue
+        bad = self._test_many(draw, rot, centre, trial, todo)
+        good = todo[~bad]
+        edges[good] = trial[good]
+        moved[good] = True
+      active = moved
+      if not bool(active.any()):
+        break
+    m = orthogonalisation(edges, draw["beta"])
+    comp = draw["comp"]
+    f = self._atoms(draw["mol"], rot, centre, m, comp)
+    return self._pad(f, comp, draw["z"], edges, draw["beta"])
+
+  def _pad(self, f, comp, z, edges, beta):
+    """Padded arrays: frac (n, max_atoms, 3) in [0, 1), numbers, cell, body
+    (-1: padding); each molecule's four copies together, as the CPU generator."""
+    b, _, n, _ = f.shape
+    dev = self.device
+    f = f - torch.floor(f)
+    f = torch.where(f >= 1.0, torch.zeros_like(f), f)
+    slot, mask = comp["slot"], comp["mask"]
+    body = slot[:, None, :] * 4 + torch.arange(4, device=dev)[None, :, None]       # (B, 4, N)
+    # order: slot, copy, atom
+    key = (body * n + torch.arange(n, device=dev)).reshape(b, -1)
+    key = torch.where(mask.repeat(1, 4), key, torch.full_like(key, 10 ** 9))
+    order = torch.argsort(key, 1)[:, :self.max_atoms]
+    valid = torch.gather(mask.repeat(1, 4), 1, order)
+    frac = torch.gather(f.reshape(b, -1, 3), 1, order[..., None].expand(-1, -1, 3)) * valid[..., None]
+    numbers = torch.gather(z.repeat(1, 4), 1, order) * valid
+    bodies = torch.where(valid, torch.gather(body.reshape(b, -1), 1, order), -1)
+    pad = self.max_atoms - frac.shape[1]
+    if pad > 0:
+      frac = torch.nn.functional.pad(frac, (0, 0, 0, pad))
+      numbers = torch.nn.functional.pad(numbers, (0, pad))
+      bodies = torch.nn.functional.pad(bodies, (0, pad), value=-1)
+    cell = torch.stack([edges[:, 0], edges[:, 1], edges[:, 2], torch.full_like(beta, 90.0), beta,
+                        torch.full_like(beta, 90.0)], 1)
+    return {"frac": frac, "numbers": numbers.to(torch.int8), "cell": cell, "body": bodies}
+
+  def sample_batch(self, n, generator, candidates=None):
+    """n structures (dict of tensors on the device: frac, numbers, cell, body)."""
+    parts, got = [], 0
+    while got < n:
+      rate = self.accepted / self.candidates if self.candidates else 0.5
+      b = candidates or max(16, int(1.3 * (n - got) / max(rate, 0.05)))
+      out = self._candidates(b, generator)
+      if out is None:
+        continue
+      parts.append(out)
+      got += out["cell"].shape[0]
+    return {k: torch.cat([p[k] for p in parts])[:n] for k in parts[0]}

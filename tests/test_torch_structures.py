@@ -1,0 +1,137 @@
+"""The batched torch structure generator (for GPUs), run on CPU: its contact
+test agrees with a brute-force one, its structures obey the CPU generator's
+contact rules, are closed under P2_1/c, and have the CPU generator's
+density and composition; the trainer takes structures from it."""
+import numpy as np
+import pytest
+
+pytest.importorskip("rdkit")
+import phai_cctbx  # noqa: F401,E402
+import torch  # noqa: E402
+
+from phai_cctbx.training.molecules import build_library  # noqa: E402
+from phai_cctbx.training.structures import (  # noqa: E402
+  Structure, StructureGenerator, contact_thresholds, insertion_thresholds, orthogonalisation)
+from phai_cctbx.training.torch_structures import TorchStructureGenerator  # noqa: E402
+from test_structures import (  # noqa: E402
+  _brute_force_clash, assert_closed_under_p21c, assert_no_clashes)
+
+
+@pytest.fixture(scope="module")
+def library():
+  return build_library(20, seed=11, processes=1, metal_fraction=0.3)
+
+
+@pytest.fixture(scope="module")
+def generated(library):
+  gen = TorchStructureGenerator(library, "cpu", chunk=64)
+  out = gen.sample_batch(8, torch.Generator().manual_seed(0))
+  return gen, out
+
+
+def _structures(out):
+  result = []
+  for i in range(out["cell"].shape[0]):
+    k = int((out["numbers"][i] != 0).sum())
+    body = out["body"][i, :k].numpy()
+    result.append(Structure(out["cell"][i].double().numpy(), out["frac"][i, :k].numpy(),
+                            out["numbers"][i, :k].numpy(), asym=np.nonzero(body % 4 == 0)[0],
+                            body=body))
+  return result
+
+
+def test_structures_obey_the_contact_rules(generated):
+  _, out = generated
+  assert out["frac"].shape == (8, 400, 3) and out["numbers"].dtype == torch.int8
+  assert (out["body"] >= 0).sum() == (out["numbers"] != 0).sum()
+  for s in _structures(out):
+    a, b, c, al, be, ga = s.cell
+    assert 3.5 - 1e-4 <= min(a, b, c) and max(a, b, c) <= 10.0 + 1e-4
+    assert al == 90 and ga == 90 and 90 <= be <= 120
+    assert 14.0 - 1e-3 <= s.volume_per_heavy_atom() <= 30.0 + 1e-3
+    assert ((s.frac >= 0) & (s.frac < 1)).all()
+    assert_closed_under_p21c(s)
+    assert_no_clashes(s, insertion_thresholds(contact_thresholds()))
+
+
+def test_contact_test_agrees_with_brute_force(library):
+  """Random (mostly clashing) placements: the batched test and the
+  brute-force one over translations -2..2 agree on every one."""
+  gen = TorchStructureGenerator(library, "cpu")
+  g = torch.Generator().manual_seed(3)
+  draw = gen._draw(48, g)
+  mol = draw["mol"]
+  comp = gen._compact(mol)
+  cls, _ = gen.compact_classes(mol, comp)
+  rot = gen._orientations(mol, g)
+  centre = torch.rand((48, 3, 3), generator=g)
+  edges = draw["edges"] * 1.3     # looser cells: both outcomes occur
+  m = __import__("phai_cctbx.training.torch_structures", fromlist=["x"]).orthogonalisation(
+    edges, draw["beta"])
+  f = gen._atoms(mol, rot, centre, m, comp)
+  thr2 = (torch.as_tensor(insertion_thresholds(contact_thresholds()), dtype=torch.float32)[None]
+          * draw["scale"][:, None, None]) ** 2
+  fast = gen.clashes(f, cls, comp["slot"], comp["mask"], m, thr2)
+  outcomes = set()
+  for i in range(48):
+    keep = comp["mask"][i].numpy()
+    n = int(keep.sum())
+    coords = f[i][:, :n].numpy().reshape(-1, 3)          # copy-major
+    classes = np.tile(cls[i][:n].numpy(), 4)
+    body = (comp["slot"][i][:n].numpy()[None, :] * 4 + np.arange(4)[:, None]).reshape(-1)
+    mm = orthogonalisation(*edges[i].double().numpy(), float(draw["beta"][i]))
+    slow = _brute_force_clash(coords, classes, body, np.zeros((0, 3)), np.zeros(0, np.int64), mm,
+                              thr2[i].double().numpy())
+    assert bool(fast[i]) == slow, i
+    outcomes.add(slow)
+  assert outcomes == {True, False}
+
+
+def test_density_and_composition_like_the_cpu_generator(library, generated):
+  """Against the CPU generator's random insertion (organic, no units on
+  inversion centres): median volume per non-hydrogen atom within 20 %, the
+  share of hydrogen atoms and the mean molecule count alike."""
+  _, out = generated
+  ours = _structures(out)
+  cpu = StructureGenerator(library, np.random.default_rng(5), inorganic_fraction=0.0,
+                           inversion_fraction=0.0, packing="insert", volume_per_atom=(18.0, 30.0))
+  theirs = [cpu.sample() for _ in range(24)]
+  v_ours = np.median([s.volume_per_heavy_atom() for s in ours])
+  v_cpu = np.median([s.volume_per_heavy_atom() for s in theirs])
+  assert abs(v_ours / v_cpu - 1) < 0.2, (v_ours, v_cpu)
+  h_ours = np.mean([(s.numbers == 1).mean() for s in ours])
+  h_cpu = np.mean([(s.numbers == 1).mean() for s in theirs])
+  assert abs(h_ours - h_cpu) < 0.15, (h_ours, h_cpu)
+  z_ours = np.mean([len(set(s.body.tolist())) / 4 for s in ours])
+  z_cpu = np.mean([len(set(s.body.tolist())) / 4 for s in theirs])
+  assert 1.0 <= z_ours <= 2.0 and abs(z_ours - z_cpu) < 0.6
+
+
+def test_structure_factors_of_generated_structures(generated):
+  """The trainer's structure factors of a generated structure: real, and
+  the same for every origin choice of its symmetry copies (F(h) of the
+  centrosymmetric cell does not depend on which copy is listed first)."""
+  from phai_cctbx.training.structure_factors import StructureFactorCalculator
+  _, out = generated
+  calc = StructureFactorCalculator()
+  f = calc(out["frac"][:2], out["numbers"][:2], out["cell"][:2], torch.tensor([0.02, 0.02]))
+  # an atom list closed under -x,-y,-z: sum of sin terms vanishes
+  hkl = calc.hkl
+  phase = 2 * np.pi * out["frac"][:2] @ hkl.T
+  z = (out["numbers"][:2] != 0).float()
+  assert float((torch.sin(phase) * z[..., None]).sum(1).abs().max()) < 1e-2
+  assert torch.isfinite(f).all() and float(f.abs().max()) > 1.0
+
+
+def test_trainer_takes_device_structures(library, tmp_path):
+  """device_structures=1: every example of a batch is a new structure made
+  on the training device (here the CPU)."""
+  from phai_cctbx.training import trainer
+  path = str(tmp_path / "lib.npz")
+  library.save(path)
+  cfg = trainer.TrainConfig(library=path, output_dir=str(tmp_path), batch_size=2, max_steps=2,
+                            workers=1, chunk=2, pool_size=8, min_pool=2, validation_size=0,
+                            device="cpu", device_structures=1.0, filters=4, cnn_depth=1, dim=32,
+                            dim_exp=32, dim_token_exp=8, mlp_depth=1)
+  _, state = trainer.train(cfg)
+  assert state["step"] == 2 and state["examples"] == 4
