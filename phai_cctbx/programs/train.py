@@ -47,6 +47,8 @@ CPU, on one GPU, or on several under torchrun:
         raise Sorry("%s must be a positive integer (got %s)." % (name, value))
     if not 0 < p.data.d_min_max <= 5:
       raise Sorry("data.d_min_max must be between 0 and 5 Å.")
+    if p.data.device_structures is None or p.data.device_structures < 0:
+      raise Sorry("data.device_structures must be 0 or more (got %s)." % p.data.device_structures)
     if not 0 <= p.data.missing_max < 1:
       raise Sorry("data.missing_max must be a fraction between 0 and 1.")
     fractions = {"recycling.random_start_fraction": p.recycling.random_start_fraction,
@@ -88,7 +90,7 @@ CPU, on one GPU, or on several under torchrun:
       partial_weak_fraction=p.recycling.partial_weak_fraction, workers=p.data.workers,
       pool_size=p.data.pool_size, min_pool=min(2048, p.data.pool_size), reuse=p.data.reuse,
       packing=p.data.packing, compress_workers=p.data.compress_workers,
-      cell_strain=p.data.cell_strain,
+      cell_strain=p.data.cell_strain, device_structures=p.data.device_structures,
       d_min_max=p.data.d_min_max, missing_max=p.data.missing_max, seed=p.run.seed,
       device=p.run.device, max_minutes=p.run.max_minutes,
       checkpoint_minutes=p.run.checkpoint_minutes, log_every=p.run.log_every,

@@ -421,7 +421,7 @@ class TorchStructureGenerator:
     parts, got = [], 0
     while got < n:
       rate = self.accepted / self.candidates if self.candidates else 0.5
-      b = candidates or max(16, int(1.3 * (n - got) / max(rate, 0.05)))
+      b = candidates or max(8, int(1.3 * (n - got) / max(rate, 0.05)))
       out = self._candidates(b, generator)
       if out is None:
         continue

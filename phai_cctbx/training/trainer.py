@@ -327,6 +327,8 @@ def check_config(cfg: TrainConfig):
     value = getattr(cfg, name)
     if not 0 <= value <= 1:
       raise SystemExit("%s must be a fraction between 0 and 1 (got %s)" % (name, value))
+  if cfg.device_structures < 0:
+    raise SystemExit("device_structures must be 0 or more (got %s)" % cfg.device_structures)
   if cfg.partial_wrong_min > cfg.partial_wrong_max:
     raise SystemExit("partial_wrong_min (%s) is above partial_wrong_max (%s)"
                      % (cfg.partial_wrong_min, cfg.partial_wrong_max))
