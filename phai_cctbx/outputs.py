@@ -102,7 +102,12 @@ def write_map(result, file_name, resolution_factor=1 / 3.):
   """CCP4 map of the phased data over the unit cell, in units of sigma."""
   fft = result.phased.fft_map(resolution_factor=resolution_factor)
   fft.apply_sigma_scaling()
-  fft.as_ccp4_map(file_name=file_name)
+  # Labels given: cctbx's default list is a mutable default argument that
+  # grows with every call, and its length is asserted (at most 10), so a
+  # process that writes maps ten times would fail.
+  fft.as_ccp4_map(file_name=file_name, labels=[
+    "phai.solve: FOM-weighted map, sigma-scaled",
+    "values outside the cell are wrapped inside"])
 
 
 def write_json(summary, file_name):

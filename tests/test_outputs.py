@@ -127,3 +127,14 @@ def test_model_files_of_an_earlier_run_removed_with_overwrite(result, tmp_path):
     result.model_building = None
   json_mb = json.load(open(prefix + ".json"))["model_building"]
   assert json_mb["files_written"] is False and json_mb["skipped"] == "no atoms placed"
+
+
+def test_many_maps_in_one_process(result, tmp_path):
+  """cctbx's as_ccp4_map grows its default label list at every call and
+  asserts its length: a process writing many maps must not fail."""
+  import iotbx.mrcfile
+  for i in range(12):
+    outputs.write_map(result, str(tmp_path / ("m%d.ccp4" % i)))
+  m = iotbx.mrcfile.map_reader(file_name=str(tmp_path / "m11.ccp4"))
+  assert m.map_data().size() > 0
+  assert any("phai.solve" in l for l in m.labels)
