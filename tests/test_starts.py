@@ -108,3 +108,46 @@ def test_training_mix_rates(examples):
   assert float(wrong[kind == 1].mean()) > 0.4                # random: about half wrong
   _, kind0 = maker.training_starts(signs, amp, g, 0.0, 0.5, 0.05, 0.45, 0.5)
   assert not bool((kind0 == 2).any()) and n == len(kind0)
+
+
+@pytest.fixture(scope="module")
+def validation_examples():
+  from phai_cctbx.training import trainer
+  batch = trainer.validation_structures(None, 8, 400)
+  maker = ExampleMaker("cpu")
+  return maker(batch["frac"], batch["numbers"], batch["cell"], generator=torch.Generator().manual_seed(0),
+               d_min=torch.tensor(1.0), missing=torch.tensor(0.05), noise=False)
+
+
+def test_charge_flipping_grid_and_fixed_point(validation_examples):
+  """The grid holds every P2_1/c and Friedel mate consistently (a real
+  density whose transform gives F back), and charge flipping from the true
+  signs stays at the solution."""
+  from phai_cctbx.training.starts import ChargeFlipper
+  ex = validation_examples
+  cf = ChargeFlipper("cpu")
+  n = cf.GRID
+  f = ex.true_amplitudes * ex.signs
+  rho = torch.fft.ifftn(cf.to_grid(f).view(-1, n, n, n).to(torch.complex64), dim=(1, 2, 3))
+  assert float(rho.imag.abs().max()) < 1e-5 * float(rho.real.abs().max())
+  back = torch.fft.fftn(rho.real, dim=(1, 2, 3)).real.flatten(1)[:, cf.index[0]]
+  unique = cf.unique
+  assert float(((back - f) * unique).abs().max()) < 1e-4 * float(f.abs().max())
+  out = cf(ex.amplitudes, ex.measured, ex.signs, 3)
+  assert set(out.unique().tolist()) <= {-1.0, 1.0}
+  r = sign_correlation(ex.true_amplitudes, ex.signs, out, ex.measured)
+  assert float(r.min()) > 0.9 and float(r.mean()) > 0.95
+
+
+def test_training_mix_with_charge_flipped_starts(validation_examples):
+  from phai_cctbx.training.starts import ChargeFlipper
+  ex = validation_examples
+  maker = StartMaker("cpu")
+  signs, amp = ex.signs.repeat(8, 1), ex.true_amplitudes.repeat(8, 1)
+  start, kind = maker.training_starts(signs, amp, torch.Generator().manual_seed(6), 0.3, 0.5, 0.05,
+                                      0.45, 0.5, cf_fraction=0.3, flipper=ChargeFlipper("cpu"),
+                                      amplitudes=ex.amplitudes.repeat(8, 1),
+                                      measured=ex.measured.repeat(8, 1))
+  assert 0 < int((kind == 3).sum()) < len(kind) and int((kind == 2).sum()) > 0
+  mate = torch.as_tensor(np.array(reflection_set.unique_mate()))
+  assert torch.equal(start, start[:, mate]) and set(start.unique().tolist()) <= {-1.0, 1.0}

@@ -55,10 +55,13 @@ CPU, on one GPU, or on several under torchrun:
                  "recycling.partial_start_fraction": p.recycling.partial_start_fraction,
                  "recycling.partial_wrong_min": p.recycling.partial_wrong_min,
                  "recycling.partial_wrong_max": p.recycling.partial_wrong_max,
-                 "recycling.partial_weak_fraction": p.recycling.partial_weak_fraction}
+                 "recycling.partial_weak_fraction": p.recycling.partial_weak_fraction,
+                 "recycling.cf_start_fraction": p.recycling.cf_start_fraction}
     for name, value in fractions.items():
       if value is None or not 0 <= value <= 1:
         raise Sorry("%s must be a fraction between 0 and 1 (got %s)." % (name, value))
+    if p.recycling.partial_start_fraction + p.recycling.cf_start_fraction > 1:
+      raise Sorry("recycling.partial_start_fraction + recycling.cf_start_fraction must not exceed 1.")
     if p.recycling.partial_wrong_min > p.recycling.partial_wrong_max:
       raise Sorry("recycling.partial_wrong_min (%s) is above recycling.partial_wrong_max (%s)."
                   % (p.recycling.partial_wrong_min, p.recycling.partial_wrong_max))
@@ -87,7 +90,8 @@ CPU, on one GPU, or on several under torchrun:
       partial_start_fraction=p.recycling.partial_start_fraction,
       partial_wrong_min=p.recycling.partial_wrong_min,
       partial_wrong_max=p.recycling.partial_wrong_max,
-      partial_weak_fraction=p.recycling.partial_weak_fraction, workers=p.data.workers,
+      partial_weak_fraction=p.recycling.partial_weak_fraction,
+      cf_start_fraction=p.recycling.cf_start_fraction, workers=p.data.workers,
       pool_size=p.data.pool_size, min_pool=min(2048, p.data.pool_size), reuse=p.data.reuse,
       packing=p.data.packing, compress_workers=p.data.compress_workers,
       cell_strain=p.data.cell_strain, device_structures=p.data.device_structures,

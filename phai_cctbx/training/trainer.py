@@ -33,7 +33,7 @@ from phai_cctbx.model import PhAIConfig, PhAINet
 from phai_cctbx.training.data import StructurePool, StructureStream
 from phai_cctbx.training.examples import ExampleMaker, ExampleOptions
 from phai_cctbx.training.loss import OriginInvariantLoss, sign_correlation
-from phai_cctbx.training.starts import StartMaker
+from phai_cctbx.training.starts import ChargeFlipper, StartMaker
 
 
 # The default network for the shipped weights: small enough to phase in about
@@ -71,6 +71,7 @@ class TrainConfig:
   partial_wrong_min: float = 0.05
   partial_wrong_max: float = 0.45
   partial_weak_fraction: float = 0.5   # of the partial starts: wrong signs biased towards weak reflections
+  cf_start_fraction: float = 0.1       # partial starts then 1-5 cycles of charge flipping (torch, on the batch)
   mixed_precision: bool = True      # bf16 autocast on GPU
   # data
   workers: int = 0                  # generator processes (0: all cores but one)
@@ -323,10 +324,12 @@ def _save_checkpoint(path, model, optimizer, cfg, state):
 def check_config(cfg: TrainConfig):
   """SystemExit with one line for values the trainer cannot use."""
   for name in ("random_start_fraction", "partial_start_fraction", "partial_wrong_min",
-               "partial_wrong_max", "partial_weak_fraction"):
+               "partial_wrong_max", "partial_weak_fraction", "cf_start_fraction"):
     value = getattr(cfg, name)
     if not 0 <= value <= 1:
       raise SystemExit("%s must be a fraction between 0 and 1 (got %s)" % (name, value))
+  if cfg.partial_start_fraction + cfg.cf_start_fraction > 1:
+    raise SystemExit("partial_start_fraction + cf_start_fraction must not exceed 1")
   if cfg.device_structures < 0:
     raise SystemExit("device_structures must be 0 or more (got %s)" % cfg.device_structures)
   if cfg.partial_wrong_min > cfg.partial_wrong_max:
@@ -405,6 +408,7 @@ def train(cfg: TrainConfig, log=sys.stdout, on_checkpoint=None):
   maker = ExampleMaker(device, ExampleOptions(d_min_max=cfg.d_min_max, missing_max=cfg.missing_max))
   loss_fn = OriginInvariantLoss().to(device)
   starts = StartMaker(device)
+  flipper = ChargeFlipper(device) if cfg.cf_start_fraction > 0 else None
   autocast = torch.autocast(device.type, dtype=torch.bfloat16,
                             enabled=cfg.mixed_precision and device.type == "cuda")
   workers = cfg.workers or max(1, ((os.cpu_count() or 2) - 1) // world)
@@ -483,7 +487,8 @@ def train(cfg: TrainConfig, log=sys.stdout, on_checkpoint=None):
       cycles = int(torch.randint(1, cfg.max_cycles + 1, (1,), generator=gen))
       start, _ = starts.training_starts(ex.signs, ex.true_amplitudes, dgen, cfg.partial_start_fraction,
                                         cfg.random_start_fraction, cfg.partial_wrong_min,
-                                        cfg.partial_wrong_max, cfg.partial_weak_fraction)
+                                        cfg.partial_wrong_max, cfg.partial_weak_fraction,
+                                        cfg.cf_start_fraction, flipper, ex.amplitudes, ex.measured)
       logits = run_network(train_model, ex.amplitudes, ex.measured, cfg.amplitude_scaling, cycles,
                            start, autocast=autocast)
       loss = loss_fn(logits, ex.signs, ex.weights)
