@@ -417,7 +417,7 @@ def train(cfg: TrainConfig, log=sys.stdout, on_checkpoint=None):
                            packing=cfg.packing, compress_workers=cfg.compress_workers)
   validator = Validator(library, cfg, device, maker) if is_main and cfg.validation_size > 0 else None
   pool = StructurePool(cfg.pool_size, cfg.max_atoms, device)
-  device_generator = None
+  device_generator = fresh = None
   if cfg.device_structures > 0:
     from phai_cctbx.training.torch_structures import TorchStructureGenerator
     device_generator = TorchStructureGenerator(library, device, max_atoms=cfg.max_atoms)
@@ -475,7 +475,13 @@ def train(cfg: TrainConfig, log=sys.stdout, on_checkpoint=None):
         group["lr"] = _lr_at(state["step"], cfg, state.get("warm_restart", 0), time_fraction)
       if device_generator is not None:
         n_new = max(1, int(round(cfg.device_structures * cfg.batch_size)))
-        new = device_generator.sample_batch(n_new, ggen)
+        if fresh is None or fresh["cell"].shape[0] < n_new:
+          # in blocks of several steps' worth: the generator's rounds cost the
+          # same for any number of candidates
+          made = device_generator.sample_batch(8 * n_new, ggen)
+          fresh = made if fresh is None else {k: torch.cat([fresh[k], made[k]]) for k in made}
+        new = {k: v[:n_new] for k, v in fresh.items()}
+        fresh = {k: v[n_new:] for k, v in fresh.items()}
         pool.add(new)
         k = min(n_new, cfg.batch_size)
         old = pool.sample(cfg.batch_size - k, gen)
