@@ -591,6 +591,19 @@ def _cif_block_symmetry(reader):
   return cs, res_text
 
 
+def _observation_type_from_labels(ma):
+  """A real array whose CIF labels say what it is but that cctbx left without
+  an observation type (e.g. _refln_F_meas of a SHELX LIST 3 .fcf)."""
+  if not ma.is_real_array() or ma.observation_type() is not None or ma.info() is None:
+    return ma
+  labels = [l.lower() for l in ma.info().labels]
+  if any(l.endswith(("_f_squared_meas", "_intensity_meas")) for l in labels):
+    return ma.customized_copy().set_info(ma.info()).set_observation_type_xray_intensity()
+  if any(l.endswith("_f_meas") for l in labels):
+    return ma.customized_copy().set_info(ma.info()).set_observation_type_xray_amplitude()
+  return ma
+
+
 def _refln_score(ma):
   """Preference among the arrays of a CIF: measured intensities with sigmas first."""
   labels = ",".join(ma.info().labels if ma.info() else [])
@@ -658,6 +671,7 @@ def _read_cif_reflections(file_name, labels, hklf_code):
   if not arrays:
     raise Sorry("CIF %s holds no reflections (_refln loop or _shelx_hkl_file): "
                 "give a reflection CIF or .fcf." % file_name)
+  arrays = [_observation_type_from_labels(ma) for ma in arrays]
   ma = _choose_array(arrays, labels, file_name)
   notes = []
   if ma.sigmas() is not None and (ma.sigmas() < 0).count(True):

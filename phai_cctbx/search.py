@@ -102,6 +102,69 @@ def flip_terms(problem, p1_phases, delta=1.1):
   return r1, skew
 
 
+#: Volume per atom (A^3) for the number of peaks in the peak model: about
+#: that of non-H atoms in organic crystals (18) and denser for inorganics.
+VOLUME_PER_PEAK = 16.0
+
+
+def peak_correlation(problem, p1_phases, volume_per_peak=VOLUME_PER_PEAK):
+  """Correlation of |E_obs| with |E| of a model of the map's highest peaks.
+
+  Each candidate's E-map (P 1) is searched for local maxima; the highest
+  V / ``volume_per_peak`` of them, placed by a parabola through their
+  neighbours and weighted by their height, make a model whose |E_calc| is
+  correlated with |E_obs| over the reflections the candidate phases (as
+  SHELXD's and SHELXT's CC of a peak model).  Wrong phases give maps whose
+  peaks explain little of the observed amplitudes, also at 2 A where a
+  charge flip alone cannot tell.
+
+  ``p1_phases``: (B, m) radians, NaN where not phased.  Returns (B,).
+  """
+  p1_phases = np.atleast_2d(p1_phases)
+  known = ~np.isnan(p1_phases)
+  e = problem.e[None, :]
+  coefficients = np.where(known, e, 0.0) * np.exp(1j * np.where(known, p1_phases, 0.0))
+  if problem.n_free:
+    coefficients = np.concatenate(
+      [coefficients, np.zeros((coefficients.shape[0], problem.n_free), complex)], 1)
+  rho = problem.density(coefficients)
+  n_real = np.array(problem.n_real)
+  is_max = np.ones(rho.shape, dtype=bool)
+  for shift in ((1, 0, 0), (-1, 0, 0), (0, 1, 0), (0, -1, 0), (0, 0, 1), (0, 0, -1),
+                (1, 1, 0), (1, -1, 0), (-1, 1, 0), (-1, -1, 0), (1, 0, 1), (1, 0, -1),
+                (-1, 0, 1), (-1, 0, -1), (0, 1, 1), (0, 1, -1), (0, -1, 1), (0, -1, -1)):
+    is_max &= rho >= np.roll(rho, shift, axis=(1, 2, 3))
+  volume = problem.f_obs.unit_cell().volume()
+  n_peaks = int(np.clip(round(volume / volume_per_peak), 4, 1000))
+  hkl = problem.hkl[:problem.size].astype(float)
+  out = np.zeros(rho.shape[0])
+  for b in range(rho.shape[0]):
+    flat = np.flatnonzero(is_max[b])
+    heights = rho[b].ravel()[flat]
+    top = np.argsort(-heights)[:n_peaks]
+    flat, heights = flat[top], heights[top]
+    heights = np.maximum(heights, 0.0)
+    grid = np.array(np.unravel_index(flat, problem.n_real)).T  # (k, 3)
+    offset = np.zeros(grid.shape)
+    for axis in range(3):
+      step = np.zeros(3, dtype=int)
+      step[axis] = 1
+      up = tuple(((grid + step) % n_real).T)
+      down = tuple(((grid - step) % n_real).T)
+      centre = rho[b][tuple(grid.T)]
+      r_up, r_down = rho[b][up], rho[b][down]
+      curvature = r_up - 2 * centre + r_down
+      offset[:, axis] = np.where(curvature < 0, 0.5 * (r_down - r_up) /
+                                 np.where(curvature < 0, curvature, -1.0), 0.0)
+    sites = (grid + np.clip(offset, -0.5, 0.5)) / n_real
+    e_calc = np.abs(np.exp(2j * np.pi * hkl @ sites.T) @ heights)
+    sel = known[b]
+    if sel.sum() < 3 or e_calc[sel].std() == 0:
+      continue
+    out[b] = np.corrcoef(problem.e[sel], e_calc[sel])[0, 1]
+  return out
+
+
 def agreement_matrix(candidates, amplitudes):
   """(n, n) sign correlations (best origin) between the candidates' list signs,
   weighted by ``amplitudes`` (1205,) where both give a sign."""
@@ -125,6 +188,7 @@ def assess(candidates, problem, amplitudes, agreement_r=AGREEMENT_R):
     return
   p1 = np.stack([problem.phases_from(c.phases) for c in candidates])
   r1, skew = flip_terms(problem, p1)
+  cc = peak_correlation(problem, p1)
   corr = agreement_matrix(candidates, amplitudes)
   counts = np.array([c.count if c.independent else 0 for c in candidates], dtype=float)
   total = counts.sum()
@@ -136,6 +200,7 @@ def assess(candidates, problem, amplitudes, agreement_r=AGREEMENT_R):
     others = total - (1 if c.independent else 0)
     agree = float(agreeing / others) if others > 0 else 0.0
     c.terms["r1"] = float(r1[i])
+    c.terms["peak_cc"] = float(cc[i])
     c.terms["skewness"] = float(skew[i])
     c.terms["agreement"] = agree
     c.fom = figure_of_merit(c.terms)

@@ -372,6 +372,10 @@ def solve(miller_array, model=None, weights=None, trials=8, cycles=16,
     extended_fom = extended
   timings["output_phases"] = time.time() - t3
   timings["total"] = time.time() - t0
+  if chosen.method == "dual_space":
+    _print(log, "The P 1 solution placed on the symmetry of %s: origin from the "
+           "correlation map (peak %.3f), equivalents averaged" % (
+             std.original_symmetry.space_group_info(), chosen.terms.get("origin_cc", 0.0)))
   if back is not None and std.is_supergroup:
     _print(log, "Symmetry check in %s: %d of %d reflections whose equivalents "
            "were phased separately in P2_1/c disagree (%.1f %%)" % (

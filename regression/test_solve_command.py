@@ -44,11 +44,15 @@ def _check_outputs(prefix, n_min=50):
   for s in (".mtz", ".fcf", ".ccp4", ".json", ".log"):
     assert os.path.isfile(prefix + s), prefix + s
   summary = json.load(open(prefix + ".json"))
-  assert summary["verdict"] in ("solved", "uncertain")
-  assert len(summary["trials"]) == 4
+  from phai_cctbx.solve import VERDICTS
+  assert summary["verdict"] in [v[0] for v in VERDICTS]
+  # the network's trials are listed when it ran (the search stops after the
+  # first stage that solves)
+  assert len(summary["trials"]) in (0, 4)
+  assert summary["candidates"] and summary["chosen"]
   assert summary["n_phased"] >= n_min
   log = open(prefix + ".log").read()
-  for words in ("Read ", "Merged", "change of basis", "Reflection list", "trial",
+  for words in ("Read ", "Merged", "change of basis", "reflection list", "Candidates",
                 "Verdict", "Timings"):
     assert words in log
   from iotbx import mtz
@@ -327,7 +331,10 @@ def test_supergroups(phai_solve, weights, tmp_path, name, number):
   assert summary["supergroup"]
   assert m.space_group() == xs.space_group()
   log = open(str(tmp_path / "out.log")).read()
-  assert "Symmetry check" in log and "supergroup of P2_1/c" in log
+  assert "supergroup of P2_1/c" in log
+  # network phases (of the P2_1/c subgroup) are checked against the
+  # supergroup's equivalents; dual-space phases get its symmetry directly
+  assert ("Symmetry check" in log) == summary["chosen"].startswith("network"), log
 
 
 def test_pnma_measured(phai_solve, weights, tmp_path):
