@@ -212,7 +212,7 @@ class FlipResult:
 
 
 def flip(problem, start_phases, settings=None):
-  """Charge flipping from (B, m) starting phases (radians; NaN: random).
+  """Charge flipping from (B, m) starting phases (radians; NaN: none yet).
 
   Returns a :class:`FlipResult`; the final coefficients carry |F_obs| (not
   |E|) with the phases of the polished map."""
@@ -220,16 +220,17 @@ def flip(problem, start_phases, settings=None):
   t0 = time.time()
   start = np.atleast_2d(np.array(start_phases, dtype=float))
   b = start.shape[0]
+  # Reflections without a starting phase (beyond a seed's reach) enter the
+  # first map with no weight: the seed's map alone starts the search, and
+  # flipping gives them their first phases.
   missing = np.isnan(start)
-  if missing.any():
-    rng = np.random.default_rng(0)
-    start[missing] = rng.uniform(0, 2 * math.pi, size=int(missing.sum()))
+  start[missing] = 0.0
   e = problem.e
   strong = ~problem.weak
   m = problem.size
   nf = problem.n_free
   coefficients = np.zeros((b, m + nf), dtype=complex)
-  coefficients[:, :m] = e[None, :] * np.exp(1j * start)
+  coefficients[:, :m] = np.where(missing, 0.0, e[None, :]) * np.exp(1j * start)
   f000 = np.zeros(b)
   best_r1 = np.full(b, np.inf)
   since_best = np.zeros(b, dtype=int)
@@ -364,8 +365,8 @@ def run(f_obs, starts, settings=None, problem=None, labels=None):
 
   Args:
     f_obs: merged amplitudes in the data's group and setting.
-    starts: (B, m) P 1 phases (radians, NaN where random), or an int: that
-      many random starts (from ``settings``'s seed, see :func:`random_starts`).
+    starts: (B, m) P 1 phases (radians, NaN where none is known), or an
+      int: that many random starts.
     labels: a name per start for the candidates.
 
   Returns a list of :class:`DualSpaceCandidate`.
