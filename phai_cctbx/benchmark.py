@@ -497,6 +497,13 @@ def benchmark_experimental(reflections, structure, settings, model=None,
 
 # --- many structures, over the machine's cores ------------------------------------
 
+def cpu_seconds():
+  """usr+sys seconds of this process and of its child processes that ended
+  (the worker processes of :func:`run_all` are joined before it returns)."""
+  t = os.times()
+  return t.user + t.system + t.children_user + t.children_system
+
+
 _WORKER = {}
 
 

@@ -18,12 +18,12 @@ terms:
 * ``r1``: R1 between |E_obs| and |G|, G the structure factors of the
   E-map after one charge flip (delta = 1.1 sigma).  Correct phases are nearly
   a fixed point of flipping; wrong ones are not;
-* ``agreement``: the fraction of the *independent* starts (dual-space runs
-  and network trials that began from random or zero phases; not those seeded
-  by the other engine) other than the candidate itself whose phases agree
-  with it (sign correlation over the reflection list > 0.9, the best over the
-  permissible origins).  Independent starts that end in one place are the
-  strongest sign of a solution;
+* ``agreement``: the fraction of the random-start dual-space runs, other
+  than the candidate itself, whose phases agree with it (sign correlation
+  over the reflection list > 0.9, the best over the permissible origins).
+  Independent starts that end in one place are the strongest sign of a
+  solution.  The network's trials do not count as independent: they often
+  all end in the same wrong signs, whatever their start;
 * ``skewness``: of the E-map (reported).
 
 * ``network_fom``: a network candidate's own figure of merit
@@ -62,7 +62,7 @@ class Candidate:
   terms: dict = dataclasses.field(default_factory=dict)
   fom: float = 0.0
   count: int = 1             # starts that ended in exactly these phases
-  independent: bool = False  # started from random (or zero) phases
+  independent: bool = False  # a random-start dual-space run
 
 
   def summary(self):
@@ -154,9 +154,9 @@ def assess(candidates, problem, amplitudes, agreement_r=AGREEMENT_R):
 #: independent starts is the strongest sign of a right answer, a skewed map
 #: the next; a low R1 after one flip counts little (at 2 A wrong maps with a
 #: few strong peaks flip as well as right ones), and the network's own
-#: confidence counts *against* its candidates: the shipped network is often
-#: sure of wrong signs.
-FOM_WEIGHTS = (-2.173, -0.868, 2.031, 3.156, -1.169)
+#: confidence counts slightly *against* its candidates: the shipped network
+#: is often sure of wrong signs.
+FOM_WEIGHTS = (-2.519, -0.603, 1.624, 3.381, -0.306)
 
 
 def figure_of_merit(terms, weights=FOM_WEIGHTS):
@@ -287,8 +287,7 @@ def run(f_obs, standardisation, set_amplitudes, set_measured, model, settings=No
       set_amplitudes, set_measured, model, trials=s.trials, cycles=s.cycles,
       random_seed=s.random_seed)
     net = _network_candidates(network, standardisation, f_obs, "network trial",
-                              lambda t: "zero phases" if t == 0 else "random signs",
-                              independent=True)
+                              lambda t: "zero phases" if t == 0 else "random signs")
     candidates += net
     stages.append("network")
     stop = done()

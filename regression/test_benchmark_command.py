@@ -61,21 +61,30 @@ def test_folder_to_tables_and_plots(phai_benchmark, weights, tmp_path):
     ("AK-Kleemiss_epoxide", "1.0000"), ("AK-Kleemiss_epoxide", "2.0000"),
     ("MaterSim_test_OXALAC02", "1.0000"), ("MaterSim_test_OXALAC02", "2.0000")]
   for r in rows:
-    for column in ("phai_r", "phai_r_all", "phai_seconds", "cf_r", "cf_seconds"):
+    for column in ("phai_r", "phai_r_all", "phai_seconds", "ds_r", "ds_seconds",
+                   "auto_r", "auto_seconds", "auto_fom", "cf_r", "cf_seconds"):
       assert r[column] != "", (column, r)
-      assert -1.0 <= float(r[column]) <= 1.0 or column.endswith("seconds")
-    assert r["phai_solved"] in ("yes", "no") and r["cf_solved"] in ("yes", "no")
+      assert -1.0 <= float(r[column]) <= 1.0 or column.endswith(("seconds", "fom"))
+    for prefix in ("phai", "ds", "auto", "cf"):
+      assert r[prefix + "_solved"] in ("yes", "no")
+    assert r["auto_verdict"] and r["auto_chosen"]
   oxalic = [r for r in rows if r["structure"] == "MaterSim_test_OXALAC02"]
   assert all(r["supergroup"] == "yes" and r["space_group_number"] == "61" for r in oxalic)
   # Charge flipping solves the epoxide at 1.0 A.
   epoxide = [r for r in rows if r["structure"] == "AK-Kleemiss_epoxide" and r["d_min"] == "1.0000"]
   assert float(epoxide[0]["cf_r"]) > 0.95
+  # So do dual-space phasing alone and phai.solve's default.
+  assert float(epoxide[0]["ds_r"]) > 0.95 and float(epoxide[0]["auto_r"]) > 0.95
   summary = _read_csv(tmp_path / "bench_summary.csv")
   assert [s["d_min"] for s in summary] == ["1.0000", "2.0000"]
   assert list(summary[0].keys()) == list(benchmark.SUMMARY_COLUMNS)
   with open(tmp_path / "bench.json") as f:
     doc = json.load(f)
   assert doc["program"] == "phai.benchmark" and doc["nproc"] == 2
+  # CPU time counts the worker processes, which did all the phasing
+  assert doc["cpu_seconds"] > 0.5 * sum(float(r["ds_seconds"]) for r in rows)
+  assert "s CPU (usr+sys of this process and its worker processes" in proc.stdout
+  assert "auto_candidates" in doc["rows"][0]
   assert [s["file"].endswith("zz_broken.cif") for s in doc["skipped"]] == [True]
   assert len(doc["rows"]) == 4 and len(doc["rows"][0]["phai_r_per_trial"]) == 2
   assert len(doc["solved_after_trials"]["1.00"]) == 2

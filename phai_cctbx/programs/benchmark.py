@@ -181,6 +181,7 @@ A CIF that cannot be used is reported and skipped.
   def run(self):
     p = self.params
     t0 = time.time()
+    c0 = benchmark.cpu_seconds()
     settings = self.settings()
     model, self.model_note = self.load_network()
     tasks = [("structure", path)
@@ -212,8 +213,12 @@ A CIF that cannot be used is reported and skipped.
     skipped = [{"file": r["file"], "reason": r["skipped"]} for r in results if r["skipped"]]
     summary = benchmark.summarise(rows, settings.d_min)
     self.files = self.output_files()
-    self._write(rows, summary, skipped, settings, model, nproc, time.time() - t0)
+    seconds, cpu = time.time() - t0, benchmark.cpu_seconds() - c0
+    self._write(rows, summary, skipped, settings, model, nproc, seconds, cpu)
     print("", file=self.logger)
+    print("Time: %.1f s wall clock, %.1f s CPU (usr+sys of this process and its "
+          "worker processes; the job's closing usr+sys line counts this process "
+          "only)" % (seconds, cpu), file=self.logger)
     if skipped:
       print("Skipped %d file(s):" % len(skipped), file=self.logger)
       for s in skipped:
@@ -229,7 +234,7 @@ A CIF that cannot be used is reported and skipped.
       print("Wrote %s" % name, file=self.logger)
     self.rows, self.summary, self.skipped = rows, summary, skipped
 
-  def _write(self, rows, summary, skipped, settings, model, nproc, seconds):
+  def _write(self, rows, summary, skipped, settings, model, nproc, seconds, cpu_seconds=None):
     files = self.files
     benchmark.write_csv(files["table_csv"], rows, benchmark.COLUMNS)
     benchmark.write_csv(files["summary_csv"], summary, benchmark.SUMMARY_COLUMNS)
@@ -249,6 +254,7 @@ A CIF that cannot be used is reported and skipped.
       "network_note": self.model_note,
       "nproc": nproc,
       "seconds": seconds,
+      "cpu_seconds": cpu_seconds,
       "columns": list(benchmark.COLUMNS),
       "summary": summary,
       "solved_after_trials": {"%.2f" % d: benchmark.solved_after_trials(rows, d, settings.solved_r)
