@@ -253,10 +253,10 @@ def run(f_obs, standardisation, set_amplitudes, set_measured, model, settings=No
     f_obs: merged amplitudes (data's group and setting).
     standardisation: its symmetry.Standardisation.
     set_amplitudes, set_measured: the network's input on its list.
-    model: a loaded network (unused for method="dual_space").
+    model: a loaded network, or a callable that returns one when first
+      needed (unused for method="dual_space").
     log_stage: callable(str) told of each stage as it ends.
   """
-  from phai_cctbx import phasing
   s = settings or SearchSettings()
   t0 = time.time()
   problem = dual_space_engine.P1Problem(f_obs, s.dual_space.resolution_factor,
@@ -283,6 +283,9 @@ def run(f_obs, standardisation, set_amplitudes, set_measured, model, settings=No
     stages.append("dual-space from random phases")
     stop = done()
   if s.method in ("auto", "network") and not stop:
+    from phai_cctbx import phasing  # torch: only when the network runs
+    if callable(model) and not hasattr(model, "amplitude_scaling"):
+      model = model()
     network = phasing.phase_reflection_set(
       set_amplitudes, set_measured, model, trials=s.trials, cycles=s.cycles,
       random_seed=s.random_seed)

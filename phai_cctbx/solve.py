@@ -231,7 +231,8 @@ def solve(miller_array, model=None, weights=None, trials=8, cycles=16,
       crystal symmetry (space group No. 14 in any setting, or C2/c, Pbca,
       Pnma, Pbcn, C2/m); merged or not.
     model: a loaded network (phai_cctbx.weights.load_model); None loads
-      ``weights`` (None: the shipped default weights).
+      ``weights`` (None: the shipped default weights) when the search first
+      needs the network.
     trials, cycles, random_seed: the network's trials.
     log: file-like object for the log (None: silent).
     intensity_treatment: "french_wilson" or "truncate_at_zero".
@@ -247,7 +248,6 @@ def solve(miller_array, model=None, weights=None, trials=8, cycles=16,
   Returns a :class:`SolveResult`.  Raises Sorry on unusable input.
   """
   from phai_cctbx import dual_space
-  from phai_cctbx import phasing
   if method not in METHODS:
     raise Sorry("phasing.method must be one of %s (got %s)." % (", ".join(METHODS), method))
   timings = {}
@@ -303,12 +303,28 @@ def solve(miller_array, model=None, weights=None, trials=8, cycles=16,
                     "check the solution with care" % (n_usable, FEW_REFLECTIONS))
     _print(log, "Warning: " + warnings[-1])
 
-  t1 = time.time()
-  if model is None and method != "dual_space":
-    from phai_cctbx.weights import load_model
-    model = load_model(weights)
-  weights_source = getattr(model, "source", None)
-  timings["model"] = time.time() - t1
+  loaded = {"model": model, "seconds": 0.0}
+
+  def network():
+    """The network, loaded (with torch) when the search first needs it: a
+    run that dual-space phasing solves at once never pays for it."""
+    if loaded["model"] is None:
+      t = time.time()
+      from phai_cctbx.weights import load_model
+      loaded["model"] = load_model(weights)
+      loaded["seconds"] = time.time() - t
+    if not loaded.get("logged"):
+      from phai_cctbx import phasing
+      m = loaded["model"]
+      _print(log, "  network weights %s (%s)" % (
+        getattr(m, "source", None) or "(given model)",
+        "bfloat16" if phasing.uses_bfloat16(device, precision, phasing.parameter_count(m))
+        else "float32"))
+      loaded["logged"] = True
+    return loaded["model"]
+
+  if method == "network":
+    network()
   settings = search_module.SearchSettings(
     method=method, trials=trials, cycles=cycles, random_seed=random_seed,
     starts=dual_space_starts, recycle=recycle, time_limit=time_limit,
@@ -321,11 +337,6 @@ def solve(miller_array, model=None, weights=None, trials=8, cycles=16,
             "dual-space results" % (dual_space_starts, trials, cycles, recycle),
     "network": "the network, %d trials of up to %d cycles" % (trials, cycles),
     "dual_space": "charge flipping from %d random starts" % dual_space_starts}[method]))
-  if method != "dual_space":
-    _print(log, "  network weights %s (%s)" % (
-      weights_source or "(given model)",
-      "bfloat16" if phasing.uses_bfloat16(device, precision, phasing.parameter_count(model))
-      else "float32"))
   t2 = time.time()
 
   def stage(name, candidates):
@@ -333,9 +344,11 @@ def solve(miller_array, model=None, weights=None, trials=8, cycles=16,
     _print(log, "  %-32s %3d candidates, best %s (FOM %.3f), %.1f s" % (
       name + ":", len(candidates), best.label, best.fom, time.time() - t2))
 
-  found = search_module.run(f_obs, std, set_amplitudes, present, model, settings,
+  found = search_module.run(f_obs, std, set_amplitudes, present, network, settings,
                             log_stage=stage)
-  timings["phasing"] = time.time() - t2
+  weights_source = getattr(loaded["model"], "source", None)
+  timings["model"] = loaded["seconds"]
+  timings["phasing"] = time.time() - t2 - loaded["seconds"]
   if found.network is not None:
     _print(log, "Network trials:")
     for line in _trial_lines(found.network):

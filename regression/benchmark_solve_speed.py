@@ -55,21 +55,24 @@ def time_structures(folders, d_min, work):
   for path in files:
     xs = benchmark.read_structure(path)
     f = benchmark.structure_factors(xs, d_min).amplitudes()
+    from cctbx.array_family import flex
     i = f.f_as_f_sq()
-    i = i.customized_copy(sigmas=i.data() * 0.01 + 0.01 * (i.data().max() / 1000.0))
+    i = i.customized_copy(data=i.data() * (9999.0 / flex.max(i.data())))
+    i = i.customized_copy(sigmas=i.data() * 0.02 + 0.5)
     name = os.path.splitext(os.path.basename(path))[0]
     hkl = os.path.join(work, name + ".hkl")
     with open(hkl, "w") as out:
       i.export_as_shelx_hklf(out, normalise_if_format_overflow=True)
     cs = xs.crystal_symmetry()
-    prefix = os.path.join(work, name)
+    prefix = os.path.join(work, name + "_phai")
     t0 = time.time()
     proc = subprocess.run(
       [exe, hkl, "unit_cell=%s" % " ".join("%.4f" % x for x in cs.unit_cell().parameters()),
        "space_group=%s" % cs.space_group_info().type().lookup_symbol(),
        "output.prefix=" + prefix], capture_output=True, text=True)
     wall = time.time() - t0
-    verdict = json.load(open(prefix + ".json"))["verdict"] if proc.returncode == 0 else "error"
+    verdict = json.load(open(prefix + ".json"))["verdict"] if proc.returncode == 0 \
+      else "error: " + (proc.stderr or proc.stdout).strip().splitlines()[-1][:120]
     walls.append(wall)
     print("%-45s %5.1f s  %s" % (name[:45], wall, verdict), flush=True)
   print("median wall time %.1f s over %d structures at d_min %.2f A (max %.1f s)"

@@ -272,11 +272,16 @@ All parameters with what they mean:
     for line in data.describe():
       print(line, file=log)
     print("", file=log)
-    # The network first: a bad weights file fails before any work.
     t1 = time.time()
     steps.append(("reading", t1 - t0))
-    from phai_cctbx.weights import load_model   # imports torch
-    model = load_model(p.model.weights) if p.phasing.method != "dual_space" else None
+    # A weights file given is loaded now, so that a bad one fails before any
+    # work; the shipped weights load when the search first needs the network
+    # (torch's import alone takes seconds, and dual-space phasing often
+    # solves the data without it).
+    model = None
+    if p.phasing.method != "dual_space" and p.model.weights is not None:
+      from phai_cctbx.weights import load_model   # imports torch
+      model = load_model(p.model.weights)
     t_solve = time.time()
     steps.append(("network", t_solve - t1))
     self.result = solve(
