@@ -91,14 +91,17 @@ def main():
     time_structures(args.structures, args.d_min, work)
     shutil.rmtree(work)
     return
-  cases = [("shipped default model", [])]
+  # The network alone (phasing.method=network): with the default hybrid
+  # search, dual-space phasing solves this example before the network runs.
+  cases = [("shipped default model", ["phasing.method=network"])]
   if args.published:
     import phai_cctbx  # noqa: F401  (cctbx before torch)
     import torch
     from phai_cctbx.model import PhAINet, PUBLISHED
     path = os.path.join(work, "published_size.pth")
     torch.save(PhAINet(PUBLISHED).state_dict(), path)
-    cases.append(("published size (42.4 M parameters)", ["model.weights=" + path]))
+    cases.append(("published size (42.4 M parameters)",
+                  ["model.weights=" + path, "phasing.method=network"]))
   print("cores: %s, OMP_NUM_THREADS=%s" % (os.cpu_count(), os.environ.get("OMP_NUM_THREADS", "unset")))
   for name, extra in cases:
     walls, phasing = [], []
