@@ -6,8 +6,8 @@ over the 8 origins of P2_1/c).  That comparison needs trained weights: while
 none are installed, the runs use a small untrained network and the r check
 is skipped, everything else is checked.  With the default hybrid search
 (dual-space phasing and the network) every measured data set here must be
-solved (r above the case's threshold, and a verdict of solved where that
-threshold is 0.95), except the PhAI notebook's 189 reflections to 1.5 A,
+solved (r above the case's threshold, and a verdict of solved or probably
+solved where that threshold is 0.95), except the PhAI notebook's 189 reflections to 1.5 A,
 an expected failure with its r (neither engine solves it yet).
 
 Each run also builds a starting model: PREFIX.res/.ins/.hkl/_model.cif when
@@ -139,8 +139,11 @@ def _solve_and_check(exe, weights, tmp_path, args, structure=None, min_r=0.95, n
                    "verdict %s)" % (r, summary["verdict"]))
     assert r > min_r, "r = %.3f (verdict %s)" % (r, summary["verdict"])
     if min_r >= 0.95:
-      assert summary["verdict"] == "solved", "r = %.3f but verdict %s" % (
-        r, summary["verdict"])
+      # Right phases are called solved or probably solved, never less (on
+      # COD 2016452's measured data 8 of 16 random starts agree: probably
+      # solved, the calibrated level for that agreement).
+      assert summary["verdict"] in ("solved", "probably solved"), \
+        "r = %.3f but verdict %s" % (r, summary["verdict"])
   return summary, m
 
 
