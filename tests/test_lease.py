@@ -130,15 +130,6 @@ def test_default_network_fits_the_files_handed_back(tmp_path):
   assert manifest["precision"]["weights"] == "float16" and "exp_avg_sq" in manifest["precision"]["moments_kept"]
 
 
-@pytest.fixture(scope="module")
-def library_path(tmp_path_factory):
-  pytest.importorskip("rdkit")
-  from phai_cctbx.training.molecules import build_library
-  path = str(tmp_path_factory.mktemp("lib") / "conformers.npz")
-  build_library(count=12, seed=0, processes=1).save(path)
-  return path
-
-
 def _tiny_args(library_path):
   return ["library=" + library_path, "device=cpu", "workers=1", "chunk=4", "pool_size=16",
           "min_pool=8", "batch_size=4", "validation_size=4", "validate_every=3", "log_every=1",

@@ -14,15 +14,6 @@ from phai_cctbx.training.trainer import TrainConfig
 TINY = dict(filters=4, cnn_depth=1, dim=32, dim_exp=32, dim_token_exp=8, mlp_depth=1)
 
 
-@pytest.fixture(scope="module")
-def library_path(tmp_path_factory):
-  pytest.importorskip("rdkit")
-  from phai_cctbx.training.molecules import build_library
-  path = str(tmp_path_factory.mktemp("lib") / "conformers.npz")
-  build_library(count=12, seed=0, processes=1).save(path)
-  return path
-
-
 def _config(library_path, out, **kw):
   base = dict(library=library_path, output_dir=str(out), batch_size=4, max_steps=3, workers=1,
               chunk=4, pool_size=16, min_pool=8, validation_size=4, validate_every=2, log_every=1,
