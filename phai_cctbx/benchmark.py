@@ -49,7 +49,7 @@ from cctbx import xray
 from cctbx.array_family import flex
 from libtbx.utils import Sorry
 
-from phai_cctbx import charge_flipping, reflection_set
+from phai_cctbx import charge_flipping, reflection_set, search
 from phai_cctbx import symmetry as symmetry_module
 
 #: r above which a structure counts as solved (the paper's criterion).
@@ -305,19 +305,11 @@ def _phase_with(f_obs, model, settings, seed, method="network"):
   return result, time.time() - t0
 
 
-def signs_of_phases(f_obs, phases, standardisation):
-  """(1205,) signs on the list of phases (degrees) of f_obs's reflections."""
-  f, p = f_obs.common_sets(phases)
-  f = f.phase_transfer(p, deg=True)
-  signs, _ = charge_flipping.signs_on_reflection_set(f, standardisation)
-  return signs
-
-
 def score_search(result, truth, measured, settings, prefix):
   """Columns of a search result (methods dual_space and auto), and for auto
   the r of every candidate (JSON only)."""
   std = result.standardisation
-  r = truth.r(signs_of_phases(result.f_obs, result.phases, std), measured)
+  r = truth.r(search.list_signs(std, result.f_obs, result.phases), measured)
   row = {prefix + "_r": r, prefix + "_solved": r > settings.solved_r,
          prefix + "_fom": float(result.chosen.fom)}
   extra = {}

@@ -33,6 +33,8 @@ import numpy as np
 from cctbx import maptbx, miller, sgtbx
 from cctbx.array_family import flex
 
+from phai_cctbx import reflection_set
+
 
 #: Free reflections (unmeasured, left to take the values that flipping gives
 #: them: "free lunch", Caliandro et al., Acta Cryst. A61, 556-565, 2005)
@@ -146,7 +148,7 @@ class P1Problem(object):
     return len(self.f)
 
   def density(self, coefficients, f000=None):
-    """(B, n1, n2, n3) maps of (B, m) complex coefficients (and F000)."""
+    """(B, n1, n2, n3) maps of (B, m + n_free) complex coefficients (and F000)."""
     coefficients = np.atleast_2d(coefficients)
     b = coefficients.shape[0]
     n1, n2, n3 = self.n_real
@@ -160,7 +162,7 @@ class P1Problem(object):
     return np.fft.irfftn(grid, s=self.n_real, axes=(1, 2, 3)) * (n1 * n2 * n3)
 
   def structure_factors(self, rho):
-    """(B, m) coefficients and (B,) F000 of (B, n1, n2, n3) maps."""
+    """(B, m + n_free) coefficients and (B,) F000 of (B, n1, n2, n3) maps."""
     n1, n2, n3 = self.n_real
     grid = np.fft.rfftn(rho, axes=(1, 2, 3)) / (n1 * n2 * n3)
     g = grid[(slice(None),) + self._pos]
@@ -188,17 +190,18 @@ class P1Problem(object):
     return out
 
 
-def _skewness(rho):
-  x = rho.reshape(rho.shape[0], -1)
-  x = x - x.mean(1, keepdims=True)
-  var = (x ** 2).mean(1)
-  return (x ** 3).mean(1) / np.maximum(var, 1e-30) ** 1.5
-
-
-def _r1(obs, calc):
-  """R1 of (m,) observed against (B, m) calculated amplitudes, scaled."""
+def r1_factor(obs, calc):
+  """(B,) R1 of observed ((m,) or (B, m)) against (B, m) calculated
+  amplitudes, after the least-squares scale."""
   k = (obs * calc).sum(1) / np.maximum((calc * calc).sum(1), 1e-30)
-  return np.abs(obs - k[:, None] * calc).sum(1) / max(obs.sum(), 1e-30)
+  return np.abs(obs - k[:, None] * calc).sum(1) / np.maximum(obs.sum(-1), 1e-30)
+
+
+def flip_charges(rho, delta):
+  """(B, n1, n2, n3) maps with the density below ``delta`` sigma of each map
+  flipped in sign (charge flipping's real-space step)."""
+  sigma = rho.reshape(rho.shape[0], -1).std(1)[:, None, None, None]
+  return np.where(rho < delta * sigma, -rho, rho)
 
 
 @dataclasses.dataclass
@@ -238,14 +241,11 @@ def flip(problem, start_phases, settings=None):
   last_r1 = np.full(b, np.inf)
   active = np.arange(b)
   for cycle in range(max(1, s.cycles)):
-    rho = problem.density(coefficients[active], f000[active])
-    sigma = rho.reshape(len(active), -1).std(1)
-    delta = (s.delta * sigma)[:, None, None, None]
-    rho = np.where(rho < delta, -rho, rho)
+    rho = flip_charges(problem.density(coefficients[active], f000[active]), s.delta)
     g_all, g000 = problem.structure_factors(rho)
     g = g_all[:, :m]
     amp_g = np.abs(g)
-    r1 = _r1(e, amp_g)
+    r1 = r1_factor(e, amp_g)
     phase = np.angle(g)
     new = np.where(strong[None, :], e[None, :] * np.exp(1j * phase),
                    amp_g * np.exp(1j * (phase + math.pi / 2)))
@@ -265,22 +265,18 @@ def flip(problem, start_phases, settings=None):
         break
   # Polish: strong reflections take |E| phases so far; now flip on F, then
   # low-density elimination on F.
-  phases = np.angle(coefficients[:, :m])
   f = problem.f
-  coefficients = f[None, :] * np.exp(1j * phases)
-  if nf:
-    coefficients = np.concatenate([coefficients, np.zeros((b, nf), complex)], 1)
+
+  def on_f(g):
+    """|F_obs| with the phases of g; free reflections keep g."""
+    return np.concatenate([f[None, :] * np.exp(1j * np.angle(g[:, :m])), g[:, m:]], 1)
+
+  coefficients = on_f(np.concatenate([coefficients[:, :m], np.zeros((b, nf), complex)], 1))
   f000 = np.zeros(b)
-  rho = None
   for _ in range(s.f_cycles):
-    rho = problem.density(coefficients, f000)
-    sigma = rho.reshape(b, -1).std(1)
-    delta = (s.delta * sigma)[:, None, None, None]
-    rho = np.where(rho < delta, -rho, rho)
-    g, f000 = problem.structure_factors(rho)
-    coefficients = f[None, :] * np.exp(1j * np.angle(g[:, :m]))
-    if nf:
-      coefficients = np.concatenate([coefficients, g[:, m:]], 1)
+    g, f000 = problem.structure_factors(
+      flip_charges(problem.density(coefficients, f000), s.delta))
+    coefficients = on_f(g)
   for _ in range(s.polish_cycles):
     rho = problem.density(coefficients)
     positive = np.where(rho > 0, rho, 0.0).reshape(b, -1)
@@ -288,10 +284,8 @@ def flip(problem, start_phases, settings=None):
     rc = np.maximum(rho_c, 1e-30)[:, None, None, None]
     rho = np.where(rho > 0, rho * (1.0 - np.exp(-0.5 * (rho / rc) ** 2)), 0.0)
     g, _ = problem.structure_factors(rho)
-    coefficients = f[None, :] * np.exp(1j * np.angle(g[:, :m]))
-    if nf:
-      coefficients = np.concatenate([coefficients, g[:, m:]], 1)
-  skew = _skewness(problem.density(coefficients))
+    coefficients = on_f(g)
+  skew = reflection_set.skewness(problem.density(coefficients))
   return FlipResult(coefficients=coefficients[:, :m], r1=last_r1, skewness=skew,
                     cycles_run=cycles_run, seconds=time.time() - t0)
 

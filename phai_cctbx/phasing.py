@@ -92,11 +92,7 @@ def _weighted_fraction(mask: torch.Tensor, weights: torch.Tensor) -> torch.Tenso
 
 def map_skewness(amplitudes: np.ndarray, signs: np.ndarray) -> np.ndarray:
   """Skewness of the density map of each row of signs (measured amplitudes only)."""
-  rho = reflection_set.density_map(amplitudes, signs)
-  rho = rho.reshape(rho.shape[:-3] + (-1,))
-  rho = rho - rho.mean(-1, keepdims=True)
-  var = (rho ** 2).mean(-1)
-  return (rho ** 3).mean(-1) / np.maximum(var, 1e-30) ** 1.5
+  return reflection_set.skewness(reflection_set.density_map(amplitudes, signs))
 
 
 def phase_reflection_set(amplitudes, measured, model, trials: int = 8, cycles: int = 16,

@@ -181,3 +181,12 @@ def density_map(amplitudes, signs, grid=(24, 24, 24), max_index: int = MAX_INDEX
   idx = tuple(hkl[:, i] % grid[i] for i in range(3))
   spectrum[(Ellipsis,) + idx] = coeffs
   return np.fft.fftn(spectrum, axes=(-3, -2, -1)).real
+
+
+def skewness(rho: np.ndarray) -> np.ndarray:
+  """Skewness of each map of (..., n1, n2, n3) maps (atomic maps are strongly
+  skewed; charge flipping and the figures of merit use it)."""
+  x = rho.reshape(rho.shape[:-3] + (-1,))
+  x = x - x.mean(-1, keepdims=True)
+  var = (x ** 2).mean(-1)
+  return (x ** 3).mean(-1) / np.maximum(var, 1e-30) ** 1.5

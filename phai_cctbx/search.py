@@ -42,6 +42,7 @@ import numpy as np
 
 from cctbx.array_family import flex
 
+from phai_cctbx import charge_flipping
 from phai_cctbx import dual_space as dual_space_engine
 from phai_cctbx import reflection_set
 
@@ -59,11 +60,12 @@ class Candidate:
   phases: object             # miller array of phases (degrees), data's group and setting
   signs: np.ndarray = None   # (1205,) signs on the network's list (0: none)
   weights: np.ndarray = None # (1205,) confidence of the signs (network), else None
+  back: object = None        # network: the symmetry.BackTransform of its signs
+                             # (phases and per-reflection figures of merit)
   terms: dict = dataclasses.field(default_factory=dict)
   fom: float = 0.0
   count: int = 1             # starts that ended in exactly these phases
   independent: bool = False  # a random-start dual-space run
-
 
   def summary(self):
     out = {"label": self.label, "method": self.method, "start": self.start,
@@ -74,13 +76,11 @@ class Candidate:
 
 
 def list_signs(standardisation, f_obs, phases):
-  """(1205,) signs of phases (degrees, data's group) on the network's list."""
+  """(1205,) signs of phases (degrees, data's group) on the network's list
+  (0 where they give none)."""
   f, p = f_obs.common_sets(phases)
-  f = f.phase_transfer(p, deg=True)
-  values, present = standardisation.map_to_reflection_set(f, fill_absent=False)
-  values = np.asarray(values)
-  signs = np.where(values.real < 0, -1.0, 1.0)
-  signs[~np.asarray(present, dtype=bool)] = 0.0
+  signs, _ = charge_flipping.signs_on_reflection_set(
+    f.phase_transfer(p, deg=True), standardisation)
   return signs
 
 
@@ -97,52 +97,41 @@ def flip_terms(problem, p1_phases, delta=1.1):
     coefficients = np.concatenate(
       [coefficients, np.zeros((coefficients.shape[0], problem.n_free), complex)], 1)
   rho = problem.density(coefficients)
-  skew = dual_space_engine._skewness(rho)
-  sigma = rho.reshape(rho.shape[0], -1).std(1)[:, None, None, None]
-  rho = np.where(rho < delta * sigma, -rho, rho)
-  g, _ = problem.structure_factors(rho)
+  g, _ = problem.structure_factors(dual_space_engine.flip_charges(rho, delta))
   g = np.abs(g[:, :problem.size]) * known
-  k = (e * g).sum(1) / np.maximum((g * g).sum(1), 1e-30)
-  r1 = np.abs(e - k[:, None] * g).sum(1) / np.maximum(e.sum(1), 1e-30)
-  return r1, skew
+  return dual_space_engine.r1_factor(e, g), reflection_set.skewness(rho)
 
 
-def agreement_matrix(candidates, amplitudes):
-  """(n, n) sign correlations (best origin) between the candidates' list signs,
-  weighted by ``amplitudes`` (1205,) where both give a sign."""
-  n = len(candidates)
-  out = np.eye(n)
-  for i in range(n):
-    for j in range(i + 1, n):
-      a, b = candidates[i].signs, candidates[j].signs
-      w = np.where((a != 0) & (b != 0), amplitudes, 0.0)
-      if w.sum() <= 0:
-        c = 0.0
-      else:
-        c = reflection_set.sign_correlation(w, a, b)
-      out[i, j] = out[j, i] = c
-  return out
+def agreement(a, b, amplitudes):
+  """Sign correlation (best origin) of two candidates' list signs, weighted
+  by ``amplitudes`` (1205,) where both give a sign."""
+  w = np.where((a.signs != 0) & (b.signs != 0), amplitudes, 0.0)
+  return reflection_set.sign_correlation(w, a.signs, b.signs) if w.sum() > 0 else 0.0
 
 
 def assess(candidates, problem, amplitudes, agreement_r=AGREEMENT_R):
-  """Fill each candidate's terms and figure of merit (in place)."""
-  if not candidates:
-    return
-  p1 = np.stack([problem.phases_from(c.phases) for c in candidates])
-  r1, skew = flip_terms(problem, p1)
-  corr = agreement_matrix(candidates, amplitudes)
-  counts = np.array([c.count if c.independent else 0 for c in candidates], dtype=float)
-  total = counts.sum()
-  for i, c in enumerate(candidates):
+  """Fill each candidate's terms and figure of merit (in place).
+
+  The map terms of a candidate assessed before (an earlier stage) are kept;
+  its agreement is counted again, over the independent starts there are now.
+  """
+  new = [c for c in candidates if "r1" not in c.terms]
+  if new:
+    r1, skew = flip_terms(problem, np.stack([problem.phases_from(c.phases) for c in new]))
+    for c, r, k in zip(new, r1, skew):
+      c.terms["r1"] = float(r)
+      c.terms["skewness"] = float(k)
+  independent = [c for c in candidates if c.independent]
+  total = sum(c.count for c in independent)
+  for c in candidates:
     # Independent starts other than this one that ended at the same solution
     # (duplicates of this one included).
-    same = corr[i] > agreement_r
-    agreeing = counts[same].sum() - (1 if c.independent else 0)
+    agreeing = sum(o.count for o in independent
+                   if o is not c and agreement(c, o, amplitudes) > agreement_r)
+    if c.independent:
+      agreeing += c.count - 1
     others = total - (1 if c.independent else 0)
-    agree = float(agreeing / others) if others > 0 else 0.0
-    c.terms["r1"] = float(r1[i])
-    c.terms["skewness"] = float(skew[i])
-    c.terms["agreement"] = agree
+    c.terms["agreement"] = float(agreeing / others) if others > 0 else 0.0
     c.fom = figure_of_merit(c.terms)
 
 
@@ -205,13 +194,12 @@ def distinct(candidates, amplitudes, n, same_r=0.95):
   for c in sorted(candidates, key=lambda c: -c.fom):
     if len(out) == n:
       break
-    if all(agreement_matrix([c, o], amplitudes)[0, 1] <= same_r for o in out):
+    if all(agreement(c, o, amplitudes) <= same_r for o in out):
       out.append(c)
   return out
 
 
-def _network_candidates(result, standardisation, f_obs, label, start_of,
-                        independent=False):
+def _network_candidates(result, standardisation, f_obs, label, start_of):
   out = []
   seen = {}
   for t in range(result.signs.shape[0]):
@@ -224,8 +212,7 @@ def _network_candidates(result, standardisation, f_obs, label, start_of,
     back = standardisation.from_reflection_set(signs, f_obs, weights=conf)
     cand = Candidate(label="%s %d" % (label, t + 1), method="network",
                      start=start_of(t), phases=back.phases,
-                     signs=np.asarray(signs, dtype=float), weights=conf,
-                     independent=independent)
+                     signs=np.asarray(signs, dtype=float), weights=conf, back=back)
     cand.terms["network_fom"] = float(result.fom[t])
     seen[key] = cand
     out.append(cand)

@@ -212,7 +212,7 @@ def _complete(chosen, candidates, f_obs, amplitudes):
   ds = [c for c in candidates if c.method == "dual_space"]
   if not ds:
     return chosen.phases, None
-  corr = [search_module.agreement_matrix([chosen, c], amplitudes)[0, 1] for c in ds]
+  corr = [search_module.agreement(chosen, c, amplitudes) for c in ds]
   donor = ds[int(np.argmax(corr))]
   rest = donor.phases.lone_set(chosen.phases)
   phases = chosen.phases.concatenate(rest)
@@ -365,7 +365,7 @@ def solve(miller_array, model=None, weights=None, trials=8, cycles=16,
   weights_list = np.where(present, set_amplitudes, 0.0)
   phases, donor = _complete(chosen, found.candidates, f_obs, weights_list)
   if chosen.method == "network":
-    back = std.from_reflection_set(chosen.signs, f_obs, weights=chosen.weights)
+    back = chosen.back
     fom_of = {h: w for h, w in zip(back.fom.indices(), back.fom.data())}
     covered = reflection_set_in_original(std)
     unmeasured = covered.lone_set(f_obs)

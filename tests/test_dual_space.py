@@ -8,7 +8,7 @@ from cctbx import sgtbx
 from cctbx.array_family import flex
 from cctbx.development import random_structure
 
-from phai_cctbx import benchmark, charge_flipping, dual_space, symmetry
+from phai_cctbx import benchmark, dual_space, search, symmetry
 
 
 def _structure(symbol, cell, n_c=6, n_o=2, seed=1):
@@ -29,10 +29,7 @@ def _data(xs, d_min):
 def _r(std, fc, f_obs, phases):
   """The paper's r of phases (degrees, data's group) against the truth."""
   truth = benchmark.Truth(std, fc)
-  f, p = f_obs.common_sets(phases)
-  f = f.phase_transfer(p, deg=True)
-  signs, _ = charge_flipping.signs_on_reflection_set(f, std)
-  return truth.r(signs, benchmark.measured_on_list(std, f_obs))
+  return truth.r(search.list_signs(std, f_obs, phases), benchmark.measured_on_list(std, f_obs))
 
 
 def _true_p1_phases(problem, fc):

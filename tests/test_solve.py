@@ -162,7 +162,8 @@ def test_dual_space_alone_solves_without_a_network():
   from phai_cctbx import benchmark
   std = res.standardisation
   truth = benchmark.Truth(std, fc)
-  signs = benchmark.signs_of_phases(res.f_obs, res.phases, std)
+  from phai_cctbx import search
+  signs = search.list_signs(std, res.f_obs, res.phases)
   assert truth.r(signs, benchmark.measured_on_list(std, res.f_obs)) > 0.95
   assert res.verdict == "solved", log.getvalue()
   assert "Candidates" in log.getvalue()
