@@ -1,15 +1,17 @@
 """The hybrid search of phai.solve: network trials, dual-space starts, recycling.
 
 Every way of phasing the data gives *candidates*: phases of the measured
-reflections in the data's own group and setting.  ``method="auto"`` makes
+reflections in the data's own group and setting.  ``method="auto"`` runs,
+in stages, stopping after the first whose best candidate reaches
+``stop_fom`` (or once ``time_limit`` has passed):
 
-1. the network's trials (:mod:`phai_cctbx.phasing`);
-2. dual-space runs (:mod:`phai_cctbx.dual_space`) started from each distinct
-   network trial (the network's phases on its reflection list, random phases
-   beyond it: this also completes the phases of cells larger than the list)
-   and from random phases;
-3. the network again, started from the signs of each dual-space result
-   (recycling through both engines).
+1. dual-space runs (:mod:`phai_cctbx.dual_space`) from random phases;
+2. the network's trials (:mod:`phai_cctbx.phasing`);
+3. dual-space runs started from each distinct network trial (the network's
+   phases on its reflection list, nothing beyond it: this also completes the
+   phases of cells larger than the list);
+4. the network again, started from the signs of the best distinct
+   dual-space results (recycling through both engines).
 
 All candidates are judged by one figure of merit that needs no true phases
 (:func:`assess`), whatever made them, and the best is the solution.  Its
@@ -24,8 +26,7 @@ terms:
   Independent starts that end in one place are the strongest sign of a
   solution.  The network's trials do not count as independent: they often
   all end in the same wrong signs, whatever their start;
-* ``skewness``: of the E-map (reported).
-
+* ``skewness``: of the E-map (atomic maps are strongly skewed);
 * ``network_fom``: a network candidate's own figure of merit
   (:mod:`phai_cctbx.phasing`).
 
