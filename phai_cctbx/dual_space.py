@@ -11,8 +11,9 @@ network's reflection list covers:
   |G| and get their phase shifted by pi/2), the threshold delta a multiple of
   each map's sigma, from any starting phases (random, the network's, a partial
   solution); a start stops when its R1(|E|, |G|) has not improved for
-  ``patience`` cycles.  Then a few cycles on F rather than E and a few of
-  low-density elimination (Shiono & Woolfson 1992) polish the map;
+  ``patience`` cycles.  Then a few cycles on F rather than E and 200 of
+  low-density elimination (Shiono & Woolfson 1992,
+  :func:`low_density_elimination`) polish the map;
 * :func:`symmetrise` brings a P 1 solution back to the data's space group:
   the origin from smtbx's correlation-map search (``f_calc_symmetrisations``,
   which also averages the symmetry equivalents), then the phases of centric
@@ -53,7 +54,7 @@ class Settings:
   delta: float = 1.1             # flipping threshold, in sigma of the map
   weak_fraction: float = 0.2     # weakest reflections whose phase is shifted
   f_cycles: int = 5              # flipping cycles on F after those on E
-  polish_cycles: int = 5         # low-density elimination cycles
+  polish_cycles: int = 200       # low-density elimination cycles
   resolution_factor: float = 0.5  # grid spacing / d_min
   extend: float = 0.5            # free reflections to d_min / (1 + extend), not
                                  # beyond EXTEND_LIMIT; 0: none
@@ -204,6 +205,42 @@ def flip_charges(rho, delta):
   return np.where(rho < delta * sigma, -rho, rho)
 
 
+def low_density_elimination(problem, coefficients, cycles):
+  """Low-density elimination (Shiono & Woolfson 1992) on F, batched.
+
+  Each cycle keeps the positive density, damped where it is low
+  (rho (1 - exp(-rho^2 / 2 rho_c^2)), rho_c a fifth of the mean positive
+  density), and gives the measured reflections the new phases with |F_obs|;
+  free reflections take the new values.
+
+  Many cycles pay: on the 19 P2_1/c development structures (16 random starts
+  each, calculated data) 200 cycles instead of 5 raised the starts ending at
+  r > 0.95 from 97 to 122 at 1.6 A, from 52 to 78 at 2.0 A and from 267 to
+  281 at 1.0 A, and the structures with at least one such start from 8 to 11
+  at 1.6 A and 6 to 7 at 2.0 A; 500 cycles gained nothing more.  Stopping a
+  start once R1(|F_obs|, |G|) stops improving loses most of the gain (the
+  phases go on improving at a constant R1).  Other real-space steps tried in
+  its place (truncation at 1-2 sigma, squaring) did worse.
+
+  Args:
+    coefficients: (B, m + n_free) complex, measured reflections with |F_obs|.
+  Returns the (B, m + n_free) coefficients after the cycles.
+  """
+  coefficients = np.array(coefficients)
+  m = problem.size
+  f = problem.f
+  for _ in range(cycles):
+    rho = problem.density(coefficients)
+    positive = np.where(rho > 0, rho, 0.0).reshape(rho.shape[0], -1)
+    rho_c = 0.2 * positive.sum(1) / np.maximum((positive > 0).sum(1), 1)
+    rc = np.maximum(rho_c, 1e-30)[:, None, None, None]
+    rho = np.where(rho > 0, rho * (1.0 - np.exp(-0.5 * (rho / rc) ** 2)), 0.0)
+    g, _ = problem.structure_factors(rho)
+    coefficients[:, :m] = f[None, :] * np.exp(1j * np.angle(g[:, :m]))
+    coefficients[:, m:] = g[:, m:]
+  return coefficients
+
+
 @dataclasses.dataclass
 class FlipResult:
   """Charge flipping of a batch of starts, in P 1."""
@@ -277,14 +314,7 @@ def flip(problem, start_phases, settings=None):
     g, f000 = problem.structure_factors(
       flip_charges(problem.density(coefficients, f000), s.delta))
     coefficients = on_f(g)
-  for _ in range(s.polish_cycles):
-    rho = problem.density(coefficients)
-    positive = np.where(rho > 0, rho, 0.0).reshape(b, -1)
-    rho_c = 0.2 * positive.sum(1) / np.maximum((positive > 0).sum(1), 1)
-    rc = np.maximum(rho_c, 1e-30)[:, None, None, None]
-    rho = np.where(rho > 0, rho * (1.0 - np.exp(-0.5 * (rho / rc) ** 2)), 0.0)
-    g, _ = problem.structure_factors(rho)
-    coefficients = on_f(g)
+  coefficients = low_density_elimination(problem, coefficients, s.polish_cycles)
   skew = reflection_set.skewness(problem.density(coefficients))
   return FlipResult(coefficients=coefficients[:, :m], r1=last_r1, skewness=skew,
                     cycles_run=cycles_run, seconds=time.time() - t0)
