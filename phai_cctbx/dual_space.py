@@ -54,7 +54,8 @@ class Settings:
   delta: float = 1.1             # flipping threshold, in sigma of the map
   weak_fraction: float = 0.2     # weakest reflections whose phase is shifted
   f_cycles: int = 5              # flipping cycles on F after those on E
-  polish_cycles: int = 200       # low-density elimination cycles
+  polish_cycles: int = 200       # low-density elimination cycles at most
+  polish_tolerance: float = 0.001  # ... until the phases move less than this (rad)
   resolution_factor: float = 0.5  # grid spacing / d_min
   extend: float = 0.5            # free reflections to d_min / (1 + extend), not
                                  # beyond EXTEND_LIMIT; 0: none
@@ -205,13 +206,15 @@ def flip_charges(rho, delta):
   return np.where(rho < delta * sigma, -rho, rho)
 
 
-def low_density_elimination(problem, coefficients, cycles):
+def low_density_elimination(problem, coefficients, cycles, tolerance=0.0):
   """Low-density elimination (Shiono & Woolfson 1992) on F, batched.
 
   Each cycle keeps the positive density, damped where it is low
   (rho (1 - exp(-rho^2 / 2 rho_c^2)), rho_c a fifth of the mean positive
   density), and gives the measured reflections the new phases with |F_obs|;
-  free reflections take the new values.
+  free reflections take the new values.  A start stops once its phases
+  move less than ``tolerance`` (radians, |F|^2-weighted mean change) in a
+  cycle.
 
   Many cycles pay: on the 19 P2_1/c development structures (16 random starts
   each, calculated data) 200 cycles instead of 5 raised the starts ending at
@@ -219,8 +222,10 @@ def low_density_elimination(problem, coefficients, cycles):
   281 at 1.0 A, and the structures with at least one such start from 8 to 11
   at 1.6 A and 6 to 7 at 2.0 A; 500 cycles gained nothing more.  Stopping a
   start once R1(|F_obs|, |G|) stops improving loses most of the gain (the
-  phases go on improving at a constant R1).  Other real-space steps tried in
-  its place (truncation at 1-2 sigma, squaring) did worse.
+  phases go on improving at a constant R1); stopping once the phases move
+  less than 0.001 rad per cycle keeps it (120 and 77 starts) and halves the
+  time on the shipped 0.5 A example.  Other real-space steps tried in its
+  place (truncation at 1-2 sigma, squaring) did worse.
 
   Args:
     coefficients: (B, m + n_free) complex, measured reflections with |F_obs|.
@@ -229,15 +234,22 @@ def low_density_elimination(problem, coefficients, cycles):
   coefficients = np.array(coefficients)
   m = problem.size
   f = problem.f
+  w = f * f / max(float((f * f).sum()), 1e-30)
+  active = np.arange(coefficients.shape[0])
   for _ in range(cycles):
-    rho = problem.density(coefficients)
+    if not len(active):
+      break
+    rho = problem.density(coefficients[active])
     positive = np.where(rho > 0, rho, 0.0).reshape(rho.shape[0], -1)
     rho_c = 0.2 * positive.sum(1) / np.maximum((positive > 0).sum(1), 1)
     rc = np.maximum(rho_c, 1e-30)[:, None, None, None]
     rho = np.where(rho > 0, rho * (1.0 - np.exp(-0.5 * (rho / rc) ** 2)), 0.0)
     g, _ = problem.structure_factors(rho)
-    coefficients[:, :m] = f[None, :] * np.exp(1j * np.angle(g[:, :m]))
-    coefficients[:, m:] = g[:, m:]
+    new = f[None, :] * np.exp(1j * np.angle(g[:, :m]))
+    change = (w[None, :] * np.abs(np.angle(new * np.conj(coefficients[active, :m])))).sum(1)
+    coefficients[active, :m] = new
+    coefficients[active, m:] = g[:, m:]
+    active = active[change > tolerance]
   return coefficients
 
 
@@ -314,7 +326,8 @@ def flip(problem, start_phases, settings=None):
     g, f000 = problem.structure_factors(
       flip_charges(problem.density(coefficients, f000), s.delta))
     coefficients = on_f(g)
-  coefficients = low_density_elimination(problem, coefficients, s.polish_cycles)
+  coefficients = low_density_elimination(problem, coefficients, s.polish_cycles,
+                                         s.polish_tolerance)
   skew = reflection_set.skewness(problem.density(coefficients))
   return FlipResult(coefficients=coefficients[:, :m], r1=last_r1, skewness=skew,
                     cycles_run=cycles_run, seconds=time.time() - t0)

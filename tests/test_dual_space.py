@@ -183,3 +183,8 @@ def test_low_density_elimination_improves_a_near_solution():
   assert np.allclose(np.abs(polished[0, :problem.size]), problem.f)
   r_start, r_polished = r(start), r(polished)
   assert r_start < 0.8 and r_polished > 0.95, (r_start, r_polished)
+  # A start whose phases move less than the tolerance stops: with a huge
+  # tolerance every start stops after its first cycle.
+  one = dual_space.low_density_elimination(problem, start, 1)
+  assert not np.allclose(one, start)
+  assert np.allclose(dual_space.low_density_elimination(problem, start, 200, tolerance=10.0), one)
