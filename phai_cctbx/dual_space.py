@@ -217,7 +217,9 @@ def low_density_elimination(problem, coefficients, cycles, tolerance=0.0):
   cycle.
 
   Many cycles pay: on the 19 P2_1/c development structures (16 random starts
-  each, calculated data) 200 cycles instead of 5 raised the starts ending at
+  each, calculated data; ``python regression/benchmark_dual_space_starts.py
+  --structures DIR --d-min D [--polish-cycles 5 --polish-tolerance 0]``
+  prints these figures) 200 cycles instead of 5 raised the starts ending at
   r > 0.95 from 97 to 122 at 1.6 A, from 52 to 78 at 2.0 A and from 267 to
   281 at 1.0 A, and the structures with at least one such start from 8 to 11
   at 1.6 A and 6 to 7 at 2.0 A; 500 cycles gained nothing more.  Stopping a
