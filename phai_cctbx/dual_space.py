@@ -171,6 +171,12 @@ class P1Problem(object):
     g = np.where(self._conj, np.conj(g), g)
     return g, grid[:, 0, 0, 0].real
 
+  def with_measured_amplitudes(self, g):
+    """(B, m + n_free) coefficients: |F_obs| with the phases of ``g`` for
+    the measured reflections, ``g`` itself for the free ones."""
+    m = self.size
+    return np.concatenate([self.f[None, :] * np.exp(1j * np.angle(g[:, :m])), g[:, m:]], 1)
+
   def random_phases(self, n, rng):
     """(n, m) random phases (radians)."""
     return rng.uniform(0.0, 2 * math.pi, size=(n, self.size))
@@ -247,10 +253,9 @@ def low_density_elimination(problem, coefficients, cycles, tolerance=0.0):
     rc = np.maximum(rho_c, 1e-30)[:, None, None, None]
     rho = np.where(rho > 0, rho * (1.0 - np.exp(-0.5 * (rho / rc) ** 2)), 0.0)
     g, _ = problem.structure_factors(rho)
-    new = f[None, :] * np.exp(1j * np.angle(g[:, :m]))
-    change = (w[None, :] * np.abs(np.angle(new * np.conj(coefficients[active, :m])))).sum(1)
-    coefficients[active, :m] = new
-    coefficients[active, m:] = g[:, m:]
+    new = problem.with_measured_amplitudes(g)
+    change = (w[None, :] * np.abs(np.angle(new[:, :m] * np.conj(coefficients[active, :m])))).sum(1)
+    coefficients[active] = new
     active = active[change > tolerance]
   return coefficients
 
@@ -316,18 +321,13 @@ def flip(problem, start_phases, settings=None):
         break
   # Polish: strong reflections take |E| phases so far; now flip on F, then
   # low-density elimination on F.
-  f = problem.f
-
-  def on_f(g):
-    """|F_obs| with the phases of g; free reflections keep g."""
-    return np.concatenate([f[None, :] * np.exp(1j * np.angle(g[:, :m])), g[:, m:]], 1)
-
-  coefficients = on_f(np.concatenate([coefficients[:, :m], np.zeros((b, nf), complex)], 1))
+  coefficients = problem.with_measured_amplitudes(
+    np.concatenate([coefficients[:, :m], np.zeros((b, nf), complex)], 1))
   f000 = np.zeros(b)
   for _ in range(s.f_cycles):
     g, f000 = problem.structure_factors(
       flip_charges(problem.density(coefficients, f000), s.delta))
-    coefficients = on_f(g)
+    coefficients = problem.with_measured_amplitudes(g)
   coefficients = low_density_elimination(problem, coefficients, s.polish_cycles,
                                          s.polish_tolerance)
   skew = reflection_set.skewness(problem.density(coefficients))
