@@ -1,5 +1,6 @@
 """Tests of the hybrid search's choice of a solution (phai_cctbx.search)."""
 import numpy as np
+import pytest
 
 from cctbx import sgtbx
 from cctbx.array_family import flex
@@ -74,3 +75,59 @@ def test_the_best_is_kept_without_an_agreeing_dual_space_candidate():
                           origin_cc=0.97))
   assert search.choose(cands, amplitudes) == 2
   assert cands[2].fom == 0.9
+
+
+def _moved(phases, shift):
+  """Phases of the structure moved by ``shift`` (fractional): phi + 360 h.t."""
+  h = np.array(phases.indices(), dtype=float).reshape(-1, 3)
+  return phases.customized_copy(
+    data=phases.data() + flex.double(360.0 * h @ np.asarray(shift, dtype=float)))
+
+
+def _r(std, fc, f_obs, phases):
+  truth = benchmark.Truth(std, fc)
+  return truth.r(search.list_signs(std, f_obs, phases),
+                 benchmark.measured_on_list(std, f_obs))
+
+
+def test_the_consensus_of_one_solution_at_several_origins_is_nearer_the_truth():
+  std, fc, f_obs, _ = _case()
+  true = fc.phases(deg=True)
+  # Three runs, each wrong on a different third of every seventh reflection,
+  # two of them at another permissible origin.
+  runs = []
+  for k, shift in ((0, (0, 0, 0)), (3, (0.5, 0, 0.5)), (5, (0, 0.5, 0.5))):
+    flipped = flex.double([180.0 if i % 7 == k else 0.0 for i in range(true.size())])
+    runs.append(_candidate(std, f_obs, _moved(true.customized_copy(data=true.data() + flipped), shift),
+                           "run %d" % k, "dual_space", 0.5, origin_cc=0.99))
+  r_runs = [_r(std, fc, f_obs, c.phases) for c in runs]
+  assert max(r_runs) < 0.9
+  phases = search.consensus(runs, f_obs)
+  assert _r(std, fc, f_obs, phases) > 0.999
+  # A run that ended twice outweighs one other.
+  runs[1].count = 2
+  phases = search.consensus(runs[:2], f_obs)
+  assert _r(std, fc, f_obs, phases) == pytest.approx(r_runs[1], abs=1e-6)
+  # A run whose map fits the symmetry much worse counts less: the two others,
+  # each wrong where the third is right, no longer outvote it.
+  runs[1].count = 1
+  runs[0].terms["origin_cc"] = runs[1].terms["origin_cc"] = 0.95
+  phases = search.consensus([runs[2], runs[0], runs[1]], f_obs)
+  assert _r(std, fc, f_obs, phases) == pytest.approx(r_runs[2], abs=1e-6)
+
+
+def test_choose_with_the_data_appends_the_consensus():
+  std, fc, f_obs, amplitudes = _case()
+  true = fc.phases(deg=True)
+  cands = [_candidate(std, f_obs, _shifted(true, 40), "a", "dual_space", 0.9, origin_cc=0.99),
+           _candidate(std, f_obs, _moved(_shifted(true, 41), (0.5, 0.5, 0.5)), "b",
+                      "dual_space", 0.6, origin_cc=0.99),
+           _candidate(std, f_obs, _moved(_shifted(true, 43), (0, 0.5, 0)), "c",
+                      "dual_space", 0.5, origin_cc=0.99),
+           _candidate(std, f_obs, _shifted(true, 2), "other", "dual_space", 0.3, origin_cc=1.0)]
+  chosen = search.choose(cands, amplitudes, f_obs, std)
+  assert chosen == 4 and len(cands) == 5
+  assert cands[4].label == "consensus of 3 dual-space runs"
+  assert cands[4].fom == 0.9 and cands[4].start == "a"
+  assert max(_r(std, fc, f_obs, c.phases) for c in cands[:3]) < 0.99
+  assert _r(std, fc, f_obs, cands[4].phases) > 0.99
