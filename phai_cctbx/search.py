@@ -170,6 +170,7 @@ class SearchSettings:
                                   # dual-space results (0: never)
   time_limit: float = 120.0       # seconds; no new stage starts after it
   stop_fom: float = None          # stop after a stage whose best reaches this
+  choice: str = "consensus"       # phases of the solution: see choose()
   dual_space: dual_space_engine.Settings = dataclasses.field(
     default_factory=dual_space_engine.Settings)
 
@@ -250,43 +251,49 @@ def consensus(members, amplitudes):
 
 
 def choose(candidates, amplitudes, f_obs=None, standardisation=None,
-           same_r=AGREEMENT_R):
+           rule="consensus", same_r=AGREEMENT_R):
   """Index of the candidate that stands for the solution (appended to
   ``candidates`` when it is a new, consensus candidate).
 
-  The best figure of merit picks the solution.  The dual-space candidates
-  that are the same solution (agreement > ``same_r`` with the best) give
-  its phases: with ``f_obs`` and ``standardisation``, their
-  :func:`consensus` (one member: itself), else the one whose P 1 map fits
-  the group's symmetry best (``origin_cc``).  The network's candidates are
-  kept only when no dual-space one agrees.  The candidate chosen takes the
-  solution's figure of merit.
+  The best figure of merit picks the solution.  Its phases (``rule``):
+
+  * ``"consensus"`` (needs ``f_obs`` and ``standardisation``): the
+    :func:`consensus` of the dual-space candidates that are the same
+    solution (agreement > ``same_r`` with the best); one such: itself;
+  * ``"most_symmetric"``: of those, the one whose P 1 map fits the group's
+    symmetry best (``origin_cc``);
+  * ``"best_fom"``: the best candidate itself.
+
+  The network's candidates are kept only when no dual-space one agrees.
+  The candidate chosen takes the solution's figure of merit.
 
   Why: near a solution, starts end a few strong signs apart, and the one
   that agrees with most others (the best figure of merit) is often one of
   the nearly right; the ones whose maps fit the symmetry best are the
   nearest right, and their errors differ.  Measured with dual-space
   phasing alone on the 41 development structures (calculated data, 5 random
-  seeds each; the mean number solved, r > 0.95), against taking the best
-  figure of merit:
+  seeds each; the mean number solved, r > 0.95; ``python
+  regression/benchmark_solution_choice.py --structures DIR ...``):
 
-  ====== ============ ======================= =========
-  d_min  best FOM     most symmetric member   consensus
-  ====== ============ ======================= =========
-  1.6 A  16.0         20.2                    19.6
-  2.0 A  13.8         12.8                    14.2
-  ====== ============ ======================= =========
+  ====== ========= ============== =========
+  d_min  best_fom  most_symmetric consensus
+  ====== ========= ============== =========
+  1.6 A  16.0      20.0           19.4
+  2.0 A  13.8      12.4           14.2
+  ====== ========= ============== =========
 
   No "solved" call became wrong.
   """
+  if rule not in ("consensus", "most_symmetric", "best_fom"):
+    raise ValueError("unknown rule %r" % rule)
   top = int(np.argmax([c.fom for c in candidates]))
   best = candidates[top]
   same = [i for i, c in enumerate(candidates)
           if "origin_cc" in c.terms
           and (i == top or agreement(c, best, amplitudes) > same_r)]
-  if not same:
+  if not same or rule == "best_fom":
     return top
-  if f_obs is None or len(same) == 1:
+  if rule == "most_symmetric" or len(same) == 1:
     chosen = max(same, key=lambda i: candidates[i].terms["origin_cc"])
     candidates[chosen].fom = max(candidates[chosen].fom, best.fom)
     return chosen
@@ -409,7 +416,7 @@ def run(f_obs, standardisation, set_amplitudes, set_measured, model, settings=No
         candidates += more
         stages.append("network from dual-space")
         done()
-  best = choose(candidates, weights, f_obs, standardisation)
+  best = choose(candidates, weights, f_obs, standardisation, rule=s.choice)
   chosen = candidates[best]
   if "r1" not in chosen.terms:  # a consensus: its own map terms
     r1, skew = flip_terms(problem, problem.phases_from(chosen.phases)[None])

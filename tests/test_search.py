@@ -54,7 +54,8 @@ def test_the_most_symmetric_member_of_the_best_solution_is_chosen():
   ]
   assert search.agreement(cands[0], cands[1], amplitudes) > search.AGREEMENT_R
   assert search.agreement(cands[0], cands[2], amplitudes) < search.AGREEMENT_R
-  chosen = search.choose(cands, amplitudes)
+  assert search.choose(cands, amplitudes, rule="best_fom") == 0
+  chosen = search.choose(cands, amplitudes, rule="most_symmetric")
   assert cands[chosen].label == "right"
   assert cands[chosen].fom == 0.9           # the solution's figure of merit
   assert cands[0].fom == 0.9 and cands[2].fom == 0.2
@@ -67,14 +68,16 @@ def test_the_best_is_kept_without_an_agreeing_dual_space_candidate():
     _candidate(std, f_obs, true, "network", "network", 0.9),
     _candidate(std, f_obs, _shifted(true, 2), "other", "dual_space", 0.3, origin_cc=1.0),
   ]
-  assert search.choose(cands, amplitudes) == 0
+  assert search.choose(cands, amplitudes, rule="most_symmetric") == 0
   assert cands[0].fom == 0.9 and cands[1].fom == 0.3
   # A network solution with an agreeing dual-space run: the run stands for it
   # (it phases every measured reflection, the network only its list).
   cands.append(_candidate(std, f_obs, _shifted(true, 40), "run", "dual_space", 0.6,
                           origin_cc=0.97))
-  assert search.choose(cands, amplitudes) == 2
+  assert search.choose(cands, amplitudes, rule="most_symmetric") == 2
   assert cands[2].fom == 0.9
+  with pytest.raises(ValueError):
+    search.choose(cands, amplitudes, rule="first")
 
 
 def _moved(phases, shift):

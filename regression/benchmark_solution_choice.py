@@ -1,0 +1,98 @@
+"""Which phases stand for the solution: the rules of ``search.choose`` side by
+side (a benchmark, not a test).
+
+    python regression/benchmark_solution_choice.py --structures DIR [DIR ...]
+        [--d-min 1.6 2.0] [--seeds 5] [--method dual_space]
+
+For every structure CIF in the folders and every resolution: |F| calculated
+with cctbx, the search of phai.solve run once per random seed (default
+settings, ``--method`` as ``phasing.method``, stopping early as phai.solve
+does), and on its candidates each rule of :func:`phai_cctbx.search.choose`
+(``best_fom``, ``most_symmetric``, ``consensus``) picks the solution's
+phases, scored by the paper's r against the true phases.  Prints per
+resolution and seed the structures solved (r > 0.95) by each rule and the
+"solved" calls (figure of merit >= the verdict's level) that were wrong,
+then the means over the seeds.
+"""
+import argparse
+import copy
+import glob
+import os
+
+import numpy as np
+from libtbx.utils import Sorry
+
+from phai_cctbx import benchmark, search, symmetry
+from phai_cctbx import solve as solve_module
+
+RULES = ("best_fom", "most_symmetric", "consensus")
+
+
+def cases(folders, d_min):
+  out = []
+  for path in sorted(p for f in folders for p in glob.glob(os.path.join(f, "*.cif"))):
+    try:
+      xs = benchmark.read_structure(path)
+      std = symmetry.prepare(xs.crystal_symmetry())
+    except Sorry as e:
+      print("skipped %s: %s" % (os.path.basename(path), e))
+      continue
+    f_true = benchmark.structure_factors(xs, d_min)
+    f_obs = abs(f_true).set_observation_type_xray_amplitude()
+    values, present = std.map_to_reflection_set(f_obs)
+    out.append(dict(name=os.path.basename(path), std=std, f_obs=f_obs,
+                    amplitudes=np.maximum(np.asarray(values).real, 0.0),
+                    present=np.asarray(present, dtype=bool),
+                    truth=benchmark.Truth(std, f_true),
+                    measured=benchmark.measured_on_list(std, f_obs)))
+  return out
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--structures", nargs="+", required=True, help="folders of structure CIFs")
+  p.add_argument("--d-min", type=float, nargs="+", default=[1.6, 2.0])
+  p.add_argument("--seeds", type=int, default=5)
+  p.add_argument("--method", default="dual_space", choices=("dual_space", "auto"))
+  a = p.parse_args()
+  model = None
+  if a.method == "auto":
+    from phai_cctbx.weights import load_model
+    model = load_model(None)
+  for d_min in a.d_min:
+    todo = cases(a.structures, d_min)
+    if not todo:
+      raise SystemExit("no usable .cif files in %s" % " ".join(a.structures))
+    totals = {rule: [] for rule in RULES}
+    for seed in range(a.seeds):
+      solved = {rule: 0 for rule in RULES}
+      wrong = {rule: 0 for rule in RULES}
+      for case in todo:
+        settings = search.SearchSettings(method=a.method, random_seed=seed,
+                                         stop_fom=solve_module.SOLVED_FOM, choice="best_fom")
+        try:
+          found = search.run(case["f_obs"], case["std"], case["amplitudes"],
+                             case["present"], model, settings)
+        except (Sorry, ValueError) as e:
+          print("  %s at %.2f A: %s" % (case["name"], d_min, e))
+          continue
+        weights = np.where(case["present"], case["amplitudes"], 0.0)
+        for rule in RULES:
+          candidates = [copy.copy(c) for c in found.candidates]
+          chosen = candidates[search.choose(candidates, weights, case["f_obs"], case["std"],
+                                            rule=rule)]
+          r = case["truth"].r(search.list_signs(case["std"], case["f_obs"], chosen.phases),
+                              case["measured"])
+          solved[rule] += r > 0.95
+          wrong[rule] += chosen.fom >= solve_module.SOLVED_FOM and r <= 0.95
+      for rule in RULES:
+        totals[rule].append(solved[rule])
+      print("d_min %.2f A, seed %d, %d structures: " % (d_min, seed, len(todo))
+            + ", ".join("%s %d solved (%d wrong 'solved')" % (rule, solved[rule], wrong[rule])
+                        for rule in RULES), flush=True)
+    print("d_min %.2f A, mean over %d seeds: " % (d_min, a.seeds)
+          + ", ".join("%s %.1f" % (rule, np.mean(totals[rule])) for rule in RULES), flush=True)
+
+
+if __name__ == "__main__":
+  main()
