@@ -278,6 +278,7 @@ def choose(candidates, amplitudes, f_obs=None, standardisation=None,
   ====== ========= ============== =========
   d_min  best_fom  most_symmetric consensus
   ====== ========= ============== =========
+  1.0 A  37.2      37.2           37.2
   1.6 A  16.0      20.0           19.4
   2.0 A  13.8      12.4           14.2
   ====== ========= ============== =========
