@@ -14,8 +14,9 @@ in stages, stopping after the first whose best candidate reaches
    dual-space results (recycling through both engines).
 
 All candidates are judged by one figure of merit that needs no true phases
-(:func:`assess`), whatever made them, and the best is the solution.  Its
-terms:
+(:func:`assess`), whatever made them, and the best is the solution; its
+phases are the consensus of the dual-space runs that reached it
+(:func:`choose`).  The figure of merit's terms:
 
 * ``r1``: R1 between |E_obs| and |G|, G the structure factors of the
   E-map after one charge flip (delta = 1.1 sigma).  Correct phases are nearly
