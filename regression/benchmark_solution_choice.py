@@ -8,8 +8,8 @@ For every structure CIF in the folders and every resolution: |F| calculated
 with cctbx, the search of phai.solve run once per random seed (default
 settings, ``--method`` as ``phasing.method``, stopping early as phai.solve
 does), and on its candidates each rule of :func:`phai_cctbx.search.choose`
-(``best_fom``, ``most_symmetric``, ``consensus``) picks the solution's
-phases, scored by the paper's r against the true phases.  Prints per
+(``held_out``, ``consensus``, ``most_symmetric``, ``best_fom``) picks the
+solution's phases, scored by the paper's r against the true phases.  Prints per
 resolution and seed the structures solved (r > 0.95) by each rule and the
 "solved" calls (figure of merit >= the verdict's level) that were wrong,
 then the means over the seeds.
@@ -25,7 +25,7 @@ from libtbx.utils import Sorry
 from phai_cctbx import benchmark, search, symmetry
 from phai_cctbx import solve as solve_module
 
-RULES = ("best_fom", "most_symmetric", "consensus")
+RULES = search.CHOICE_RULES
 
 
 def cases(folders, d_min):
@@ -69,7 +69,7 @@ def main():
       wrong = {rule: 0 for rule in RULES}
       for case in todo:
         settings = search.SearchSettings(method=a.method, random_seed=seed,
-                                         stop_fom=solve_module.SOLVED_FOM, choice="best_fom")
+                                         stop_fom=solve_module.SOLVED_FOM)
         try:
           found = search.run(case["f_obs"], case["std"], case["amplitudes"],
                              case["present"], model, settings)

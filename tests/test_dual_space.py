@@ -188,3 +188,52 @@ def test_low_density_elimination_improves_a_near_solution():
   one = dual_space.low_density_elimination(problem, start, 1)
   assert not np.allclose(one, start)
   assert np.allclose(dual_space.low_density_elimination(problem, start, 200, tolerance=10.0), one)
+
+
+def test_refinement_without_flipping_keeps_true_phases_at_low_resolution():
+  """At 2.0 A charge flipping moves the true phases away (flipping's fixed
+  point is not the truth there); low-density elimination alone
+  (``cycles=0``) keeps them, and gives a seed's unphased reflections phases
+  with |F_obs|."""
+  xs = _structure(*P21C, n_c=10, n_o=3)
+  fc, f_obs = _data(xs, 2.0)
+  std = symmetry.prepare(f_obs.crystal_symmetry())
+  problem = dual_space.P1Problem(f_obs)
+  true = _true_p1_phases(problem, fc)
+
+  def r(result):
+    sym = dual_space.symmetrise(f_obs, problem.p1_set, result.coefficients[0])
+    return _r(std, fc, f_obs, sym.phases)
+
+  refined = dual_space.flip(problem, true[None], dual_space.Settings(cycles=0))
+  assert refined.cycles_run[0] == 0 and np.isfinite(refined.r1).all()
+  flipped = dual_space.flip(problem, true[None], dual_space.Settings())
+  assert r(refined) > 0.95 > r(flipped)
+  seed = true.copy()
+  seed[::5] = np.nan
+  completed = dual_space.flip(problem, seed[None], dual_space.Settings(cycles=0))
+  assert np.allclose(np.abs(completed.coefficients[0]), problem.f)
+  assert np.all(np.isfinite(np.angle(completed.coefficients[0])))
+
+
+def test_held_out_amplitudes_are_predicted_by_true_phases_only():
+  """The free figure of merit: a map of the true phases predicts the
+  amplitudes it was not given, random phases and the true phases with a
+  third of them wrong do not; a shift of the origin by half a cell edge
+  (a shift of the map by whole grid steps) changes little."""
+  xs = _structure(*P21C, n_c=10, n_o=3)
+  fc, f_obs = _data(xs, 1.0)
+  problem = dual_space.P1Problem(f_obs)
+  true = _true_p1_phases(problem, fc)
+  rng = np.random.default_rng(2)
+  wrong = true + np.pi * (rng.random(true.shape) < 0.33)
+  shift = 2 * np.pi * problem.hkl[:problem.size] @ np.array([0.5, 0.0, 0.5])
+  cc = dual_space.held_out_cc(problem, np.stack([
+    true, problem.random_phases(1, rng)[0], wrong, true + shift]))
+  assert cc[0] > 0.8, cc
+  assert cc[1] < 0.5 and cc[2] < 0.5, cc
+  assert cc[3] == pytest.approx(cc[0], abs=0.05)
+  # Reflections a candidate does not phase are left out of its map.
+  partial = true.copy()
+  partial[::4] = np.nan
+  assert dual_space.held_out_cc(problem, partial[None])[0] > 0.6

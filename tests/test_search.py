@@ -6,7 +6,7 @@ from cctbx import sgtbx
 from cctbx.array_family import flex
 from cctbx.development import random_structure
 
-from phai_cctbx import benchmark, search, symmetry
+from phai_cctbx import benchmark, dual_space, search, symmetry
 
 
 def _case():
@@ -134,3 +134,45 @@ def test_choose_with_the_data_appends_the_consensus():
   assert cands[4].fom == 0.9 and cands[4].start == "a"
   assert max(_r(std, fc, f_obs, c.phases) for c in cands[:3]) < 0.99
   assert _r(std, fc, f_obs, cands[4].phases) > 0.99
+
+
+def test_more_random_starts_run_in_rounds_until_the_budget():
+  std, fc, f_obs, amplitudes = _case()
+  present = amplitudes > 0
+  settings = search.SearchSettings(method="dual_space", starts=2, more_starts=5,
+                                   dual_space=dual_space.Settings(cycles=3, min_cycles=1,
+                                                                  polish_cycles=2))
+  found = search.run(f_obs, std, amplitudes, present, None, settings)
+  assert found.stages == ["dual-space from random phases",
+                          "dual-space from 2 more random phases",
+                          "dual-space from 4 more random phases",
+                          "dual-space from 5 more random phases"]
+  runs = [c for c in found.candidates if c.independent]
+  assert [c.label for c in runs] == ["dual-space random %d" % (i + 1) for i in range(7)]
+  # The rounds' starts are new random phases, not the first round's again.
+  assert len({c.signs.tobytes() for c in runs}) > 2
+  # A search that solves in its first round stops there.
+  solved = search.run(f_obs, std, amplitudes, present, None, search.SearchSettings(
+    method="dual_space", starts=4, more_starts=8, stop_fom=0.0))
+  assert solved.stages == ["dual-space from random phases"]
+
+
+def test_the_candidate_that_predicts_held_out_amplitudes_picks_the_solution():
+  """Two wrong runs that agree (the higher figure of merit) lose to a right
+  one that predicts held-out amplitudes better; the best figure of merit
+  picks under the other rules."""
+  std, fc, f_obs, amplitudes = _case()
+  true = fc.phases(deg=True)
+  wrong = _shifted(true, 2)
+  cands = [_candidate(std, f_obs, wrong, "wrong 1", "dual_space", 0.9, origin_cc=0.99),
+           _candidate(std, f_obs, wrong, "wrong 2", "dual_space", 0.9, origin_cc=0.99),
+           _candidate(std, f_obs, true, "right", "dual_space", 0.2, origin_cc=0.99)]
+  cands[0].terms["held_out_cc"] = cands[1].terms["held_out_cc"] = 0.4
+  cands[2].terms["held_out_cc"] = 0.9
+  assert search.top_candidate(cands) == 2
+  assert search.top_candidate(cands, "consensus") == 0
+  chosen = search.choose(list(cands), amplitudes, f_obs, std)
+  assert chosen == 2 and cands[2].fom == 0.2
+  assert search.choose(list(cands), amplitudes, f_obs, std, rule="best_fom") == 0
+  with pytest.raises(ValueError):
+    search.choose(list(cands), amplitudes, f_obs, std, rule="nearest")
