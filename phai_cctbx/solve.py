@@ -193,15 +193,23 @@ def _trial_lines(ph):
   return lines
 
 
-def _candidate_lines(candidates, best):
-  names = ["r1", "agreement", "skewness"]
-  lines = ["  %-44s %7s  %s" % ("candidate", "FOM", "  ".join("%9s" % n for n in names))]
-  order = sorted(range(len(candidates)), key=lambda i: -candidates[i].fom)
-  for i in order:
+def _candidate_lines(candidates, best, shown=20):
+  """Log lines of the candidates, the best held-out correlation (what picks
+  the solution) first; the first ``shown`` and the chosen one (the JSON
+  lists them all)."""
+  names = ["held_out_cc", "r1", "agreement", "skewness"]
+  lines = ["  %-44s %7s  %s" % ("candidate", "FOM", "  ".join("%11s" % n for n in names))]
+  order = sorted(range(len(candidates)), key=lambda i: (
+    -candidates[i].terms.get("held_out_cc", -1.0), -candidates[i].fom))
+  for rank, i in enumerate(order):
+    if rank >= shown and i != best:
+      continue
     c = candidates[i]
     lines.append("  %-44s %7.3f  %s%s" % (
-      c.label[:44], c.fom, "  ".join("%9.3f" % c.terms.get(n, float("nan")) for n in names),
+      c.label[:44], c.fom, "  ".join("%11.3f" % c.terms.get(n, float("nan")) for n in names),
       "  <- chosen" if i == best else ""))
+  if len(order) > len(lines) - 1:
+    lines.append("  ... and %d more (all in the JSON file)" % (len(order) - len(lines) + 1))
   return lines
 
 
@@ -225,7 +233,7 @@ def solve(miller_array, model=None, weights=None, trials=8, cycles=16,
           random_seed=0, log=None, intensity_treatment="french_wilson",
           min_reflections=MIN_REFLECTIONS, device="cpu", precision="auto",
           method="auto", dual_space_starts=16, dual_space_cycles=200,
-          recycle=4, time_limit=120.0, stop_early=True):
+          recycle=4, time_limit=120.0, stop_early=True, dual_space_more_starts=0):
   """Phase amplitudes or intensities (a cctbx miller array with crystal symmetry).
 
   Args:
@@ -244,6 +252,8 @@ def solve(miller_array, model=None, weights=None, trials=8, cycles=16,
     dual_space_starts, dual_space_cycles: random dual-space starts, and
       flipping cycles per start at most.
     recycle: distinct dual-space results given back to the network (auto).
+    dual_space_more_starts: then, while nothing is solved, up to this many
+      more random dual-space starts, in rounds of ``dual_space_starts``.
     time_limit: seconds after which no new stage of the search starts.
     stop_early: stop after the first stage whose best candidate is "solved".
 
@@ -329,16 +339,19 @@ def solve(miller_array, model=None, weights=None, trials=8, cycles=16,
     network()
   settings = search_module.SearchSettings(
     method=method, trials=trials, cycles=cycles, random_seed=random_seed,
-    starts=dual_space_starts, recycle=recycle, time_limit=time_limit,
+    starts=dual_space_starts, more_starts=dual_space_more_starts,
+    recycle=recycle, time_limit=time_limit,
     stop_fom=SOLVED_FOM if stop_early else None,
     dual_space=dual_space.Settings(cycles=dual_space_cycles))
   _print(log)
+  more = ("; then up to %d more random dual-space starts" % dual_space_more_starts
+          if dual_space_more_starts else "")
   _print(log, "Phasing (method %s): %s" % (method, {
     "auto": "dual-space from %d random starts; then the network (%d trials of up to "
             "%d cycles) and dual-space from its trials, the network again on %d "
-            "dual-space results" % (dual_space_starts, trials, cycles, recycle),
+            "dual-space results" % (dual_space_starts, trials, cycles, recycle) + more,
     "network": "the network, %d trials of up to %d cycles" % (trials, cycles),
-    "dual_space": "charge flipping from %d random starts" % dual_space_starts}[method]))
+    "dual_space": "charge flipping from %d random starts" % dual_space_starts + more}[method]))
   t2 = time.time()
 
   def stage(name, candidates):
@@ -355,7 +368,7 @@ def solve(miller_array, model=None, weights=None, trials=8, cycles=16,
     _print(log, "Network trials:")
     for line in _trial_lines(found.network):
       _print(log, line)
-  _print(log, "Candidates, best figure of merit first:")
+  _print(log, "Candidates, best held-out correlation first:")
   for line in _candidate_lines(found.candidates, found.best):
     _print(log, line)
   chosen = found.chosen

@@ -423,6 +423,8 @@ def _bad_cases(tmp_path, weights_path):
     ("weights of the wrong shape", ["good.hkl", CELL, SG, "model.weights=wrong_shape.pt"], "weights"),
     ("bad parameter value", ["good.hkl", CELL, SG, "phasing.trials=abc"] + w, "trials"),
     ("zero trials", ["good.hkl", CELL, SG, "phasing.trials=0"] + w, "trials"),
+    ("negative more starts", ["good.hkl", CELL, SG, "phasing.dual_space.more_starts=-1"] + w,
+     "more_starts"),
     ("unknown element", ["good.hkl", CELL, SG, "elements=C H N Q"] + w, "not an element"),
     ("empty element list", ["good.hkl", CELL, SG, "elements="] + w, "elements"),
     ("bad wavelength", ["good.hkl", CELL, SG, "wavelength=-1"] + w, "wavelength"),

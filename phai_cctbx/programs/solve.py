@@ -208,6 +208,8 @@ All parameters with what they mean:
       raise Sorry("phasing.method=dual_space needs phasing.dual_space.starts of 1 or more.")
     if ds.recycle is None or ds.recycle < 0:
       raise Sorry("phasing.dual_space.recycle must be zero or positive.")
+    if ds.more_starts is None or ds.more_starts < 0:
+      raise Sorry("phasing.dual_space.more_starts must be zero or positive.")
     if p.phasing.time_limit is None or p.phasing.time_limit <= 0:
       raise Sorry("phasing.time_limit must be a positive number of seconds.")
     rf = p.output.map_resolution_factor
@@ -292,7 +294,8 @@ All parameters with what they mean:
       method=p.phasing.method, dual_space_starts=p.phasing.dual_space.starts,
       dual_space_cycles=p.phasing.dual_space.cycles,
       recycle=p.phasing.dual_space.recycle, time_limit=p.phasing.time_limit,
-      stop_early=p.phasing.stop_early)
+      stop_early=p.phasing.stop_early,
+      dual_space_more_starts=p.phasing.dual_space.more_starts)
     t2 = time.time()
     steps.append(("phasing", t2 - t_solve))
     phasing_steps = [(k, float(v)) for k, v in sorted(
