@@ -9,7 +9,8 @@ in stages, stopping after the first whose best candidate reaches
 2. the network's trials (:mod:`phai_cctbx.phasing`);
 3. dual-space runs started from each distinct network trial (the network's
    phases on its reflection list, nothing beyond it: this also completes the
-   phases of cells larger than the list);
+   phases of cells larger than the list), with charge flipping and, beside
+   them, refined by low-density elimination alone;
 4. the network again, started from the signs of the best distinct
    dual-space results (recycling through both engines).
 
@@ -136,24 +137,20 @@ def assess(candidates, problem, amplitudes, agreement_r=AGREEMENT_R):
     # The held-out correlation once per solution: a candidate whose list
     # signs agree with one already assessed (> SAME_SOLUTION_R) takes its
     # value.  Most random starts at atomic resolution end in one solution.
-    assessed = [c for c in candidates if "held_out_cc" in c.terms]
-    todo = []
+    owners = [c for c in candidates if "held_out_cc" in c.terms]
+    owner_of, todo = [], []
     for i, c in enumerate(new):
-      same = next((o for o in assessed if agreement(c, o, amplitudes) > SAME_SOLUTION_R), None)
-      if same is not None:
-        c.terms["held_out_cc"] = same.terms["held_out_cc"]
-      else:
+      owner = next((o for o in owners if agreement(c, o, amplitudes) > SAME_SOLUTION_R), None)
+      if owner is None:
+        owner = c
+        owners.append(c)
         todo.append(i)
-        assessed.append(c)
-        c.terms["held_out_cc"] = None
+      owner_of.append(owner)
     if todo:
-      held_out = dual_space_engine.held_out_cc(problem, p1_phases[todo])
-      for i, h in zip(todo, held_out):
+      for i, h in zip(todo, dual_space_engine.held_out_cc(problem, p1_phases[todo])):
         new[i].terms["held_out_cc"] = float(h)
-    for c in new:   # those that took the value of one assessed in this call
-      if c.terms["held_out_cc"] is None:
-        c.terms["held_out_cc"] = next(
-          o.terms["held_out_cc"] for o in assessed if agreement(c, o, amplitudes) > SAME_SOLUTION_R)
+    for c, owner in zip(new, owner_of):
+      c.terms["held_out_cc"] = owner.terms["held_out_cc"]
   independent = [c for c in candidates if c.independent]
   total = sum(c.count for c in independent)
   for c in candidates:
@@ -200,6 +197,7 @@ class SearchSettings:
   starts: int = 16                # random dual-space starts
   more_starts: int = 0            # then, while nothing is solved, up to this many
                                   # more, in rounds of ``starts`` (0: none)
+  refine_network: bool = True     # auto: also refine each network trial without flipping
   recycle: int = 4                # auto: the network again on this many distinct
                                   # dual-space results (0: never)
   time_limit: float = 120.0       # seconds; no new stage starts after it
@@ -457,6 +455,16 @@ def run(f_obs, standardisation, set_amplitudes, set_measured, model, settings=No
         f_obs, problem, starts,
         ["dual-space from %s" % c.label for c in net],
         [c.label for c in net], s.dual_space, standardisation)
+      if s.refine_network:
+        # The same seeds refined without flipping: low-density elimination
+        # alone keeps right phases where flipping moves them (at 2.0 A the
+        # true phases stay at r > 0.95 in 38 of the 41 development
+        # structures, against 13 with flipping).
+        candidates += _dual_space_candidates(
+          f_obs, problem, starts,
+          ["refined %s" % c.label for c in net],
+          [c.label for c in net], dataclasses.replace(s.dual_space, cycles=0),
+          standardisation)
       stages.append("dual-space from the network")
       stop = done()
       if s.recycle > 0 and not stop:

@@ -176,3 +176,28 @@ def test_the_candidate_that_predicts_held_out_amplitudes_picks_the_solution():
   assert search.choose(list(cands), amplitudes, f_obs, std, rule="best_fom") == 0
   with pytest.raises(ValueError):
     search.choose(list(cands), amplitudes, f_obs, std, rule="nearest")
+
+
+def test_the_held_out_correlation_is_computed_once_per_solution(monkeypatch):
+  std, fc, f_obs, amplitudes = _case()
+  true = fc.phases(deg=True)
+  problem = dual_space.P1Problem(f_obs)
+  batches = []
+  real = dual_space.held_out_cc
+
+  def counting(problem, p1_phases, **kw):
+    batches.append(len(p1_phases))
+    return real(problem, p1_phases, **kw)
+
+  monkeypatch.setattr(dual_space, "held_out_cc", counting)
+  cands = [_candidate(std, f_obs, true, "a", "dual_space", 0.0),
+           _candidate(std, f_obs, _moved(true, (0.5, 0, 0.5)), "a moved", "dual_space", 0.0),
+           _candidate(std, f_obs, _shifted(true, 2), "other", "dual_space", 0.0)]
+  search.assess(cands, problem, amplitudes)
+  assert batches == [2]
+  assert cands[1].terms["held_out_cc"] == cands[0].terms["held_out_cc"]
+  assert cands[0].terms["held_out_cc"] > cands[2].terms["held_out_cc"] + 0.2
+  # A later stage's candidate of a solution already assessed costs nothing.
+  cands.append(_candidate(std, f_obs, true, "a again", "dual_space", 0.0))
+  search.assess(cands, problem, amplitudes)
+  assert batches == [2] and cands[3].terms["held_out_cc"] == cands[0].terms["held_out_cc"]

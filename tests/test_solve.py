@@ -183,6 +183,21 @@ def test_auto_prefers_the_better_candidate(monkeypatch):
   assert any(l.startswith("network from dual-space") for l in labels)
 
 
+def test_network_trials_are_refined_without_flipping(monkeypatch):
+  """At 2.0 A a network trial with the true signs is refined by low-density
+  elimination alone beside flipping: the refined candidate stays right and
+  phases the reflections beyond the trial's own."""
+  xs, fc, obs = _data("P 1 21/c 1", (6.1, 7.2, 8.3, 90, 104, 90), d_min=2.0)
+  monkeypatch.setattr(phasing, "phase_reflection_set", KnowsTheAnswer(_true_signs(xs)))
+  res = solve_module.solve(obs, model=object(), trials=2, cycles=2, dual_space_starts=2,
+                           stop_early=False, recycle=0)
+  refined = [c for c in res.search.candidates if c.label == "refined network trial 2"]
+  assert len(refined) == 1 and refined[0].method == "dual_space" and not refined[0].independent
+  errors, amps = _phase_errors(fc, refined[0].phases)
+  assert np.average(errors, weights=amps) < 20.0
+  assert refined[0].phases.size() == res.f_obs.size()
+
+
 def test_unknown_method():
   xs, fc, obs = _data("P 1 21/c 1", (6.1, 7.2, 8.3, 90, 104, 90), d_min=1.5)
   with pytest.raises(Sorry) as e:
