@@ -9,8 +9,8 @@ in stages, stopping after the first whose best candidate reaches
 2. the network's trials (:mod:`phai_cctbx.phasing`);
 3. dual-space runs started from each distinct network trial (the network's
    phases on its reflection list, nothing beyond it: this also completes the
-   phases of cells larger than the list), with charge flipping and, beside
-   them, refined by low-density elimination alone;
+   phases of cells larger than the list), with charge flipping and, with
+   ``refine_network``, beside them refined by low-density elimination alone;
 4. the network again, started from the signs of the best distinct
    dual-space results (recycling through both engines).
 
@@ -197,7 +197,7 @@ class SearchSettings:
   starts: int = 16                # random dual-space starts
   more_starts: int = 0            # then, while nothing is solved, up to this many
                                   # more, in rounds of ``starts`` (0: none)
-  refine_network: bool = True     # auto: also refine each network trial without flipping
+  refine_network: bool = False    # auto: also refine each network trial without flipping
   recycle: int = 4                # auto: the network again on this many distinct
                                   # dual-space results (0: never)
   time_limit: float = 120.0       # seconds; no new stage starts after it
@@ -459,7 +459,10 @@ def run(f_obs, standardisation, set_amplitudes, set_measured, model, settings=No
         # The same seeds refined without flipping: low-density elimination
         # alone keeps right phases where flipping moves them (at 2.0 A the
         # true phases stay at r > 0.95 in 38 of the 41 development
-        # structures, against 13 with flipping).
+        # structures, against 13 with flipping).  Off by default: with the
+        # shipped network it solved no more of them at 1.6 or 2.0 A, at
+        # about 1 s more per data set; it is for a network that finishes
+        # partial solutions.
         candidates += _dual_space_candidates(
           f_obs, problem, starts,
           ["refined %s" % c.label for c in net],

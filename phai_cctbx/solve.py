@@ -235,7 +235,8 @@ def solve(miller_array, model=None, weights=None, trials=8, cycles=16,
           random_seed=0, log=None, intensity_treatment="french_wilson",
           min_reflections=MIN_REFLECTIONS, device="cpu", precision="auto",
           method="auto", dual_space_starts=16, dual_space_cycles=200,
-          recycle=4, time_limit=120.0, stop_early=True, dual_space_more_starts=0):
+          recycle=4, time_limit=120.0, stop_early=True, dual_space_more_starts=0,
+          refine_network=False):
   """Phase amplitudes or intensities (a cctbx miller array with crystal symmetry).
 
   Args:
@@ -256,6 +257,8 @@ def solve(miller_array, model=None, weights=None, trials=8, cycles=16,
     recycle: distinct dual-space results given back to the network (auto).
     dual_space_more_starts: then, while nothing is solved, up to this many
       more random dual-space starts, in rounds of ``dual_space_starts``.
+    refine_network: auto: also refine each network trial by low-density
+      elimination alone (no charge flipping).
     time_limit: seconds after which no new stage of the search starts.
     stop_early: stop after the first stage whose best candidate is "solved".
 
@@ -342,6 +345,7 @@ def solve(miller_array, model=None, weights=None, trials=8, cycles=16,
   settings = search_module.SearchSettings(
     method=method, trials=trials, cycles=cycles, random_seed=random_seed,
     starts=dual_space_starts, more_starts=dual_space_more_starts,
+    refine_network=refine_network,
     recycle=recycle, time_limit=time_limit,
     stop_fom=SOLVED_FOM if stop_early else None,
     dual_space=dual_space.Settings(cycles=dual_space_cycles))

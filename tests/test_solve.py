@@ -190,12 +190,15 @@ def test_network_trials_are_refined_without_flipping(monkeypatch):
   xs, fc, obs = _data("P 1 21/c 1", (6.1, 7.2, 8.3, 90, 104, 90), d_min=2.0)
   monkeypatch.setattr(phasing, "phase_reflection_set", KnowsTheAnswer(_true_signs(xs)))
   res = solve_module.solve(obs, model=object(), trials=2, cycles=2, dual_space_starts=2,
-                           stop_early=False, recycle=0)
+                           stop_early=False, recycle=0, refine_network=True)
   refined = [c for c in res.search.candidates if c.label == "refined network trial 2"]
   assert len(refined) == 1 and refined[0].method == "dual_space" and not refined[0].independent
   errors, amps = _phase_errors(fc, refined[0].phases)
   assert np.average(errors, weights=amps) < 20.0
   assert refined[0].phases.size() == res.f_obs.size()
+  plain = solve_module.solve(obs, model=object(), trials=2, cycles=2, dual_space_starts=2,
+                             stop_early=False, recycle=0)
+  assert not any(c.label.startswith("refined") for c in plain.search.candidates)
 
 
 def test_unknown_method():
