@@ -317,7 +317,8 @@ def held_out_cc(problem, p1_phases, folds=3, fraction=0.1, cycles=30, seed=0):
 class FlipResult:
   """Charge flipping of a batch of starts, in P 1."""
   coefficients: np.ndarray   # (B, m) final complex F (|F_obs| with the found phases)
-  r1: np.ndarray             # (B,) R1(|E|, |G|) at the end of flipping on E
+  r1: np.ndarray             # (B,) R1(|E|, |G|) at the end of flipping on E; without
+                             # flipping cycles, R1(|F|, |G|) of one flip of the final map
   skewness: np.ndarray       # (B,) skewness of the final map
   cycles_run: np.ndarray     # (B,) flipping cycles on E
   seconds: float

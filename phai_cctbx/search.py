@@ -282,6 +282,10 @@ def consensus(members, amplitudes):
     ref.customized_copy(data=flex.double(phases)), ref.space_group())
 
 
+#: The rules of :func:`choose`.
+CHOICE_RULES = ("held_out", "consensus", "most_symmetric", "best_fom")
+
+
 def top_candidate(candidates, rule="held_out"):
   """Index of the candidate that picks the solution: the best held-out
   correlation (ties: the better figure of merit) for ``rule="held_out"``,
@@ -364,10 +368,6 @@ def choose(candidates, amplitudes, f_obs=None, standardisation=None,
   cand.fom = best.fom
   candidates.append(cand)
   return len(candidates) - 1
-
-
-#: The rules of :func:`choose`.
-CHOICE_RULES = ("held_out", "consensus", "most_symmetric", "best_fom")
 
 
 def _network_candidates(result, standardisation, f_obs, label, start_of):
