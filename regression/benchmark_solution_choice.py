@@ -80,7 +80,7 @@ def main():
         for rule in RULES:
           candidates = [copy.copy(c) for c in found.candidates]
           chosen = candidates[search.choose(candidates, weights, case["f_obs"], case["std"],
-                                            rule=rule)]
+                                            rule=rule, problem=found.problem)]
           r = case["truth"].r(search.list_signs(case["std"], case["f_obs"], chosen.phases),
                               case["measured"])
           solved[rule] += r > 0.95

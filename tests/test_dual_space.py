@@ -195,7 +195,8 @@ def test_refinement_without_flipping_keeps_true_phases_at_low_resolution():
   point is not the truth there); low-density elimination alone
   (``cycles=0``) keeps them, and gives a seed's unphased reflections phases
   with |F_obs|."""
-  xs = _structure(*P21C, n_c=10, n_o=3)
+  # A cell with room for its atoms (22 A^3 each, as in organic crystals).
+  xs = _structure(P21C[0], (8.0, 9.0, 10.0, 90, 103, 90), n_c=6, n_o=2)
   fc, f_obs = _data(xs, 2.0)
   std = symmetry.prepare(f_obs.crystal_symmetry())
   problem = dual_space.P1Problem(f_obs)
@@ -237,3 +238,25 @@ def test_held_out_amplitudes_are_predicted_by_true_phases_only():
   partial = true.copy()
   partial[::4] = np.nan
   assert dual_space.held_out_cc(problem, partial[None])[0] > 0.6
+
+
+def test_held_out_correlation_uses_every_reflection_of_a_small_problem():
+  """At low resolution a data set has a few dozen reflections in P 1: each
+  of them is held out once (the value does not depend on how many are asked
+  for beyond that), true phases still beat random ones, and below six
+  reflections there is no value."""
+  # A cell with room for its atoms (22 A^3 each, as in organic crystals).
+  xs = _structure(P21C[0], (8.0, 9.0, 10.0, 90, 103, 90), n_c=6, n_o=2)
+  fc, f_obs = _data(xs, 2.0)
+  problem = dual_space.P1Problem(f_obs)
+  assert 20 < problem.size < 200, problem.size
+  true = _true_p1_phases(problem, fc)
+  rng = np.random.default_rng(5)
+  phases = np.stack([true] + list(problem.random_phases(4, rng)))
+  cc = dual_space.held_out_cc(problem, phases)
+  assert cc[0] > 0.7 and cc[0] > cc[1:].max() + 0.3, cc
+  assert np.allclose(dual_space.held_out_cc(problem, phases, min_held_out=10 ** 6), cc)
+  tiny = dual_space.P1Problem(f_obs.select(flex.sort_permutation(f_obs.d_spacings().data(),
+                                                                   reverse=True)[:2]))
+  assert tiny.size < 6
+  assert np.all(dual_space.held_out_cc(tiny, tiny.random_phases(2, rng)) == 0.0)

@@ -136,6 +136,40 @@ def test_choose_with_the_data_appends_the_consensus():
   assert _r(std, fc, f_obs, cands[4].phases) > 0.99
 
 
+def test_a_consensus_that_predicts_held_out_amplitudes_worse_is_not_kept():
+  """Runs that share one set of wrong signs outvote the right run that
+  picked the solution; given the problem, choose keeps the right run
+  itself, as its held-out correlation is the better one."""
+  std, fc, f_obs, amplitudes = _case()
+  true = fc.phases(deg=True)
+  problem = dual_space.P1Problem(f_obs)
+  # Near it: a fifth of the signs wrong, among the weaker reflections.
+  f = abs(fc).data().as_numpy_array()
+  weak = f < np.percentile(f, 40)
+  flipped = flex.double([180.0 if weak[i] and i % 2 == 0 else 0.0 for i in range(true.size())])
+  near = true.customized_copy(data=true.data() + flipped)
+  cands = [_candidate(std, f_obs, true, "right", "dual_space", 0.5, origin_cc=0.99),
+           _candidate(std, f_obs, near, "near 1", "dual_space", 0.4, origin_cc=0.99),
+           _candidate(std, f_obs, near, "near 2", "dual_space", 0.4, origin_cc=0.99)]
+  assert search.agreement(cands[0], cands[1], amplitudes) > search.AGREEMENT_R
+  cands[1].count = cands[2].count = 3
+  cands[0].terms["held_out_cc"] = float(
+    dual_space.held_out_cc(problem, problem.phases_from(true)[None])[0])
+  cands[1].terms["held_out_cc"] = cands[2].terms["held_out_cc"] = 0.0
+  merged = list(cands)
+  assert search.choose(merged, amplitudes, f_obs, std) == 3
+  assert _r(std, fc, f_obs, merged[3].phases) < 0.99
+  kept = list(cands)
+  assert search.choose(kept, amplitudes, f_obs, std, problem=problem) == 0
+  assert len(kept) == 3
+  # A consensus that predicts as well is kept, with its own map terms.
+  agreeing = [cands[0], _candidate(std, f_obs, _moved(true, (0.5, 0, 0.5)), "right 2",
+                                   "dual_space", 0.4, origin_cc=0.99)]
+  assert search.choose(agreeing, amplitudes, f_obs, std, problem=problem) == 2
+  assert agreeing[2].terms["held_out_cc"] == pytest.approx(cands[0].terms["held_out_cc"], abs=1e-6)
+  assert "r1" in agreeing[2].terms
+
+
 def test_more_random_starts_run_in_rounds_until_the_budget():
   std, fc, f_obs, amplitudes = _case()
   present = amplitudes > 0
