@@ -2,7 +2,7 @@
 side (a benchmark, not a test).
 
     python regression/benchmark_solution_choice.py --structures DIR [DIR ...]
-        [--d-min 1.6 2.0] [--seeds 5] [--method dual_space]
+        [--d-min 1.6 2.0] [--seeds 5] [--method dual_space] [--more-starts N]
 
 For every structure CIF in the folders and every resolution: |F| calculated
 with cctbx, the search of phai.solve run once per random seed (default
@@ -54,6 +54,8 @@ def main():
   p.add_argument("--d-min", type=float, nargs="+", default=[1.6, 2.0])
   p.add_argument("--seeds", type=int, default=5)
   p.add_argument("--method", default="dual_space", choices=("dual_space", "auto"))
+  p.add_argument("--more-starts", type=int, default=search.SearchSettings().more_starts,
+                 help="phasing.dual_space.more_starts (default: phai.solve's)")
   a = p.parse_args()
   model = None
   if a.method == "auto":
@@ -69,7 +71,8 @@ def main():
       wrong = {rule: 0 for rule in RULES}
       for case in todo:
         settings = search.SearchSettings(method=a.method, random_seed=seed,
-                                         stop_fom=solve_module.SOLVED_FOM)
+                                         stop_fom=solve_module.SOLVED_FOM,
+                                         more_starts=a.more_starts)
         try:
           found = search.run(case["f_obs"], case["std"], case["amplitudes"],
                              case["present"], model, settings)
