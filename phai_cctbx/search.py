@@ -114,6 +114,16 @@ def flip_terms(problem, p1_phases, delta=1.1):
   return dual_space_engine.r1_factor(e, g), reflection_set.skewness(rho)
 
 
+def map_terms(problem, phases):
+  """A phase set's own map terms: ``r1`` and ``skewness`` (:func:`flip_terms`)
+  and ``held_out_cc`` (:func:`phai_cctbx.dual_space.held_out_cc`), for a
+  candidate made after the others were assessed (a consensus)."""
+  p1_phases = problem.phases_from(phases)[None]
+  r1, skew = flip_terms(problem, p1_phases)
+  return {"r1": float(r1[0]), "skewness": float(skew[0]),
+          "held_out_cc": float(dual_space_engine.held_out_cc(problem, p1_phases)[0])}
+
+
 def agreement(a, b, amplitudes):
   """Sign correlation (best origin) of two candidates' list signs, weighted
   by ``amplitudes`` (1205,) where both give a sign."""
@@ -379,10 +389,7 @@ def choose(candidates, amplitudes, f_obs=None, standardisation=None,
   if problem is not None and rule == "held_out":
     # The consensus has to predict held-out amplitudes at least as well as
     # the candidate that picked it; else that candidate stands alone.
-    p1_phases = problem.phases_from(phases)[None]
-    r1, skew = flip_terms(problem, p1_phases)
-    cand.terms.update(r1=float(r1[0]), skewness=float(skew[0]), held_out_cc=float(
-      dual_space_engine.held_out_cc(problem, p1_phases)[0]))
+    cand.terms.update(map_terms(problem, phases))
     if cand.terms["held_out_cc"] < best.terms.get("held_out_cc", -1.0):
       return top
   candidates.append(cand)
@@ -521,9 +528,6 @@ def run(f_obs, standardisation, set_amplitudes, set_measured, model, settings=No
   best = choose(candidates, weights, f_obs, standardisation, rule=s.choice, problem=problem)
   chosen = candidates[best]
   if "r1" not in chosen.terms:  # a consensus: its own map terms
-    p1_phases = problem.phases_from(chosen.phases)[None]
-    r1, skew = flip_terms(problem, p1_phases)
-    chosen.terms.update(r1=float(r1[0]), skewness=float(skew[0]),
-                        held_out_cc=float(dual_space_engine.held_out_cc(problem, p1_phases)[0]))
+    chosen.terms.update(map_terms(problem, chosen.phases))
   return SearchResult(candidates=candidates, best=best, network=network, problem=problem,
                       stages=stages, seconds=time.time() - t0)

@@ -195,8 +195,7 @@ def test_refinement_without_flipping_keeps_true_phases_at_low_resolution():
   point is not the truth there); low-density elimination alone
   (``cycles=0``) keeps them, and gives a seed's unphased reflections phases
   with |F_obs|."""
-  # A cell with room for its atoms (22 A^3 each, as in organic crystals).
-  xs = _structure(P21C[0], (8.0, 9.0, 10.0, 90, 103, 90), n_c=6, n_o=2)
+  xs = _structure(*P21C, n_c=10, n_o=3)
   fc, f_obs = _data(xs, 2.0)
   std = symmetry.prepare(f_obs.crystal_symmetry())
   problem = dual_space.P1Problem(f_obs)
