@@ -241,7 +241,7 @@ def solve(miller_array, model=None, weights=None, trials=8, cycles=16,
           min_reflections=MIN_REFLECTIONS, device="cpu", precision="auto",
           method="auto", dual_space_starts=16, dual_space_cycles=200,
           recycle=4, time_limit=120.0, stop_early=True, dual_space_more_starts=48,
-          refine_network=False):
+          refine_network=False, network_seeds=()):
   """Phase amplitudes or intensities (a cctbx miller array with crystal symmetry).
 
   Args:
@@ -264,6 +264,9 @@ def solve(miller_array, model=None, weights=None, trials=8, cycles=16,
       more random dual-space starts, in rounds of ``dual_space_starts``.
     refine_network: auto: also refine each network trial by low-density
       elimination alone (no charge flipping).
+    network_seeds: auto: fractions of each network trial's most confident
+      strong phases that seed partial dual-space starts
+      (:func:`phai_cctbx.search.partial_seeds`).
     time_limit: seconds after which no new stage of the search starts.
     stop_early: stop after the first stage whose best candidate is "solved".
 
@@ -350,7 +353,7 @@ def solve(miller_array, model=None, weights=None, trials=8, cycles=16,
   settings = search_module.SearchSettings(
     method=method, trials=trials, cycles=cycles, random_seed=random_seed,
     starts=dual_space_starts, more_starts=dual_space_more_starts,
-    refine_network=refine_network,
+    refine_network=refine_network, network_seeds=tuple(network_seeds),
     recycle=recycle, time_limit=time_limit,
     stop_fom=SOLVED_FOM if stop_early else None,
     dual_space=dual_space.Settings(cycles=dual_space_cycles))

@@ -235,3 +235,34 @@ def test_the_held_out_correlation_is_computed_once_per_solution(monkeypatch):
   cands.append(_candidate(std, f_obs, true, "a again", "dual_space", 0.0))
   search.assess(cands, problem, amplitudes)
   assert batches == [2] and cands[3].terms["held_out_cc"] == cands[0].terms["held_out_cc"]
+
+
+def test_partial_seeds_keep_the_most_confident_strong_phases_of_a_trial():
+  std, fc, f_obs, amplitudes = _case()
+  problem = dual_space.P1Problem(f_obs)
+  true = fc.phases(deg=True)
+  # A "network trial": the true phases, confident on every third reflection.
+  confidence = true.customized_copy(
+    data=flex.double([1.0 if i % 3 == 0 else 0.1 for i in range(true.size())]))
+  back = symmetry.BackTransform(true, confidence, 0, 0, true.size())
+  trial = _candidate(std, f_obs, true, "network trial 1", "network", 0.5)
+  trial.back = back
+  starts, labels = search.partial_seeds(problem, [trial], (0.2, 0.5),
+                                        np.random.default_rng(0))
+  assert starts.shape == (4, problem.size)
+  assert labels[0] == "dual-space from 20 % of network trial 1"
+  assert labels[3].endswith("others random")
+  p1_true = problem.phases_from(true)
+  conf = search.p1_confidence(problem, back)
+  for row, fraction in zip(range(0, 4, 2), (0.2, 0.5)):
+    kept = ~np.isnan(starts[row])
+    assert kept.sum() == int(fraction * problem.size)
+    # Kept: the trial's own phases, of the most confident (times |E|).
+    assert np.allclose(starts[row][kept], p1_true[kept])
+    assert (conf[kept] * problem.e[kept]).min() >= (conf[~kept] * problem.e[~kept]).max()
+    # The second start of a pair fills the others at random.
+    assert not np.isnan(starts[row + 1]).any()
+    assert np.allclose(starts[row + 1][kept], p1_true[kept])
+    assert not np.allclose(np.cos(starts[row + 1][~kept]), np.cos(p1_true[~kept]))
+  # The 20 % seeds are the most trusted part of the 50 % ones.
+  assert not (~np.isnan(starts[0]) & np.isnan(starts[2])).any()

@@ -201,6 +201,25 @@ def test_network_trials_are_refined_without_flipping(monkeypatch):
   assert not any(c.label.startswith("refined") for c in plain.search.candidates)
 
 
+
+def test_confident_network_signs_seed_partial_dual_space_starts(monkeypatch):
+  """With network_seeds, each network trial seeds two starts per fraction
+  (its most confident phases alone, and with random others); started from a
+  fifth of the true signs, charge flipping finds the rest."""
+  xs, fc, obs = _data("P 1 21/c 1", (6.1, 7.2, 8.3, 90, 104, 90), d_min=1.0)
+  monkeypatch.setattr(phasing, "phase_reflection_set", KnowsTheAnswer(_true_signs(xs)))
+  res = solve_module.solve(obs, model=object(), trials=2, cycles=2, dual_space_starts=2,
+                           stop_early=False, recycle=0, network_seeds=(0.2,))
+  seeded = [c for c in res.search.candidates if " % of network trial" in c.label]
+  assert len(seeded) == 2 * len([c for c in res.search.candidates if c.method == "network"])
+  assert all(c.method == "dual_space" and not c.independent for c in seeded)
+  assert "dual-space from the network's confident signs" in res.search.stages
+  mean_errors = []
+  for c in seeded:
+    errors, amps = _phase_errors(fc, c.phases)
+    mean_errors.append(np.average(errors, weights=amps))
+  assert min(mean_errors) < 20.0
+
 def test_unknown_method():
   xs, fc, obs = _data("P 1 21/c 1", (6.1, 7.2, 8.3, 90, 104, 90), d_min=1.5)
   with pytest.raises(Sorry) as e:

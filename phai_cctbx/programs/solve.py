@@ -296,7 +296,8 @@ All parameters with what they mean:
       recycle=p.phasing.dual_space.recycle, time_limit=p.phasing.time_limit,
       stop_early=p.phasing.stop_early,
       dual_space_more_starts=p.phasing.dual_space.more_starts,
-      refine_network=p.phasing.dual_space.refine_network)
+      refine_network=p.phasing.dual_space.refine_network,
+      network_seeds=tuple(p.phasing.dual_space.network_seeds or ()))
     t2 = time.time()
     steps.append(("phasing", t2 - t_solve))
     phasing_steps = [(k, float(v)) for k, v in sorted(
