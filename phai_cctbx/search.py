@@ -442,7 +442,11 @@ def partial_seeds(problem, network_candidates, fractions, rng):
   data, fractions 0.2, 0.4 and 0.7 of the 8 trials), such starts reached
   r > 0.95 for two structures that no random start of phai.solve's search
   (64) and no start from a whole trial reached (25 structures reached by
-  those, 27 with these).
+  those, 27 with these).  In phai.solve's search (fractions 0.2 and 0.4,
+  after the starts from the whole trials) the structures with a right
+  candidate stayed 25 and those solved went from 17 to 16 (the held-out
+  correlation preferred other candidates), so the stage is off by default
+  (``SearchSettings.network_seeds``, PHIL ``phasing.dual_space.network_seeds``).
   """
   starts, labels = [], []
   for c in network_candidates:
