@@ -185,17 +185,18 @@ class P1Problem(object):
     """P 1 phases (radians, (m,)) of a phase array of the data's group.
 
     Reflections the array does not give get NaN (their start is random)."""
-    p1 = phases_deg.expand_to_p1(phase_deg=True)
+    return np.radians(self.values_from(phases_deg.expand_to_p1(phase_deg=True),
+                                       mate=lambda phi: -phi, missing=np.nan))
+
+  def values_from(self, p1_array, mate=lambda v: v, missing=0.0):
+    """(m,) the values of a P 1 miller array on this problem's reflections:
+    a reflection given as its Friedel mate takes ``mate(value)``, one not
+    given takes ``missing``."""
     lookup = {}
-    for h, phi in zip(p1.indices(), p1.data()):
-      lookup[h] = phi
-      lookup[(-h[0], -h[1], -h[2])] = -phi
-    out = np.full(self.size, np.nan)
-    for i, h in enumerate(self.p1_set.indices()):
-      phi = lookup.get(h)
-      if phi is not None:
-        out[i] = math.radians(phi)
-    return out
+    for h, v in zip(p1_array.indices(), p1_array.data()):
+      lookup[h] = v
+      lookup[(-h[0], -h[1], -h[2])] = mate(v)
+    return np.array([lookup.get(h, missing) for h in self.p1_set.indices()], dtype=float)
 
 
 def r1_factor(obs, calc):

@@ -421,12 +421,7 @@ def _network_candidates(result, standardisation, f_obs, label, start_of):
 def p1_confidence(problem, back):
   """(m,) the network's confidence of each P 1 reflection of ``problem``
   (0 where its back-transform ``back`` gives no phase)."""
-  fom = back.fom.expand_to_p1()
-  lookup = {}
-  for h, w in zip(fom.indices(), fom.data()):
-    lookup[h] = w
-    lookup[(-h[0], -h[1], -h[2])] = w
-  return np.array([lookup.get(h, 0.0) for h in problem.p1_set.indices()])
+  return problem.values_from(back.fom.expand_to_p1())
 
 
 def partial_seeds(problem, network_candidates, fractions, rng):
@@ -434,7 +429,7 @@ def partial_seeds(problem, network_candidates, fractions, rng):
   for each fraction f, the phases of the f most confident and strong
   reflections it phases (ranked by confidence times |E|), the others given
   no phase (one start) or random ones (another).  Returns (B, m) P 1 phases
-  (radians, NaN: none) and a label per start.
+  (radians, NaN: none), a label per start and what each started from.
 
   A start from a few right strong phases can reach a solution that neither
   the whole trial (whose wrong signs charge flipping keeps) nor a random
@@ -449,7 +444,7 @@ def partial_seeds(problem, network_candidates, fractions, rng):
   and without it (33 with a right candidate), so the stage is off by default
   (``SearchSettings.network_seeds``, PHIL ``phasing.dual_space.network_seeds``).
   """
-  starts, labels = [], []
+  starts, labels, origins = [], [], []
   for c in network_candidates:
     p1 = problem.phases_from(c.phases)
     known = ~np.isnan(p1)
@@ -461,7 +456,8 @@ def partial_seeds(problem, network_candidates, fractions, rng):
       starts.append(np.where(keep, p1, rng.uniform(0.0, 2 * math.pi, problem.size)))
       labels += ["dual-space from %d %% of %s" % (round(100 * f), c.label),
                  "dual-space from %d %% of %s, others random" % (round(100 * f), c.label)]
-  return np.stack(starts), labels
+      origins += [c.label, "%s, others random" % c.label]
+  return np.stack(starts), labels, origins
 
 
 def _dual_space_candidates(f_obs, problem, starts, labels, start_names, settings, standardisation):
@@ -549,11 +545,10 @@ def run(f_obs, standardisation, set_amplitudes, set_measured, model, settings=No
       stop = done()
       if s.network_seeds and not stop:
         # Its own random numbers: the random starts stay those of method=dual_space.
-        starts, labels = partial_seeds(problem, net, s.network_seeds,
-                                       np.random.default_rng(s.random_seed + 1))
+        starts, labels, origins = partial_seeds(
+          problem, net, s.network_seeds, np.random.default_rng(s.random_seed + 1))
         candidates += _dual_space_candidates(
-          f_obs, problem, starts, labels, [l.split(" of ", 1)[1] for l in labels],
-          s.dual_space, standardisation)
+          f_obs, problem, starts, labels, origins, s.dual_space, standardisation)
         stages.append("dual-space from the network's confident signs")
         stop = done()
       if s.recycle > 0 and not stop:

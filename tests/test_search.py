@@ -247,8 +247,9 @@ def test_partial_seeds_keep_the_most_confident_strong_phases_of_a_trial():
   back = symmetry.BackTransform(true, confidence, 0, 0, true.size())
   trial = _candidate(std, f_obs, true, "network trial 1", "network", 0.5)
   trial.back = back
-  starts, labels = search.partial_seeds(problem, [trial], (0.2, 0.5),
-                                        np.random.default_rng(0))
+  starts, labels, origins = search.partial_seeds(problem, [trial], (0.2, 0.5),
+                                                 np.random.default_rng(0))
+  assert origins[:2] == ["network trial 1", "network trial 1, others random"]
   assert starts.shape == (4, problem.size)
   assert labels[0] == "dual-space from 20 % of network trial 1"
   assert labels[3].endswith("others random")
