@@ -164,6 +164,17 @@ def test_tables_and_plots_are_written(tmp_path):
   assert benchmark_plots.plot_r_per_cycle(str(tmp_path / "n.png"), cf_only, (1.0,)) is None
 
 
+def test_histogram_legend_counts_refused_structures_as_not_solved():
+  from phai_cctbx import benchmark_plots
+  rows = [{"ds_r": 0.99, "ds_solved": True}, {"ds_r": 0.5, "ds_solved": False},
+          {"ds_solved": False},  # refused: too few reflections, no r
+          {"ds_r": 0.97, "ds_solved": True}]
+  assert benchmark_plots.solved_label(rows, "ds", "dual-space alone") \
+    == "dual-space alone: 50% solved, 1 refused"
+  assert benchmark_plots.solved_label(rows[:2], "ds", "x") == "x: 50% solved"
+  assert benchmark_plots.solved_label(rows, "auto", "x") is None
+
+
 def test_progress_line():
   assert benchmark.progress_line(0, 4, "x", width=8) == "[        ] 0/4 x"
   assert benchmark.progress_line(2, 4, "x", width=8) == "[===>    ] 2/4 x"
