@@ -3,6 +3,7 @@ side (a benchmark, not a test).
 
     python regression/benchmark_solution_choice.py --structures DIR [DIR ...]
         [--d-min 1.6 2.0] [--seeds 5] [--method dual_space] [--more-starts N]
+        [--network-seeds F [F ...]] [--cycles N] [--patience N] [--delta D]
 
 For every structure CIF in the folders and every resolution: |F| calculated
 with cctbx, the search of phai.solve run once per random seed (default
@@ -12,8 +13,13 @@ does), and on its candidates each rule of :func:`phai_cctbx.search.choose`
 solution's phases, scored by the paper's r against the true phases.  Prints per
 resolution and seed the structures solved (r > 0.95) by each rule and the
 "solved" calls (figure of merit >= the verdict's level) that were wrong,
-then the means over the seeds.
+the structures with at least one right candidate (what a perfect choice
+would solve) and the random starts that reached r > 0.95, then the means
+over the seeds.  ``--cycles``, ``--patience`` and ``--delta`` change the
+dual-space engine's settings (``phasing.dual_space``), ``--network-seeds``
+the partial starts of method auto.
 """
+import dataclasses
 import argparse
 import copy
 import glob
@@ -22,7 +28,7 @@ import os
 import numpy as np
 from libtbx.utils import Sorry
 
-from phai_cctbx import benchmark, search, symmetry
+from phai_cctbx import benchmark, dual_space, search, symmetry
 from phai_cctbx import solve as solve_module
 
 RULES = search.CHOICE_RULES
@@ -56,7 +62,14 @@ def main():
   p.add_argument("--method", default="dual_space", choices=("dual_space", "auto"))
   p.add_argument("--more-starts", type=int, default=search.SearchSettings().more_starts,
                  help="phasing.dual_space.more_starts (default: phai.solve's)")
+  p.add_argument("--network-seeds", type=float, nargs="*", default=[],
+                 help="phasing.dual_space.network_seeds (method auto)")
+  engine = dual_space.Settings()
+  p.add_argument("--cycles", type=int, default=engine.cycles)
+  p.add_argument("--patience", type=int, default=engine.patience)
+  p.add_argument("--delta", type=float, default=engine.delta)
   a = p.parse_args()
+  engine = dataclasses.replace(engine, cycles=a.cycles, patience=a.patience, delta=a.delta)
   model = None
   if a.method == "auto":
     from phai_cctbx.weights import load_model
@@ -66,13 +79,17 @@ def main():
     if not todo:
       raise SystemExit("no usable .cif files in %s" % " ".join(a.structures))
     totals = {rule: [] for rule in RULES}
+    reachable = []
     for seed in range(a.seeds):
       solved = {rule: 0 for rule in RULES}
       wrong = {rule: 0 for rule in RULES}
+      any_right = right_starts = random_starts = 0
       for case in todo:
         settings = search.SearchSettings(method=a.method, random_seed=seed,
                                          stop_fom=solve_module.SOLVED_FOM,
-                                         more_starts=a.more_starts)
+                                         more_starts=a.more_starts,
+                                         network_seeds=tuple(a.network_seeds),
+                                         dual_space=engine)
         try:
           found = search.run(case["f_obs"], case["std"], case["amplitudes"],
                              case["present"], model, settings)
@@ -80,6 +97,10 @@ def main():
           print("  %s at %.2f A: %s" % (case["name"], d_min, e))
           continue
         weights = np.where(case["present"], case["amplitudes"], 0.0)
+        r_all = [(case["truth"].r(c.signs, case["measured"]), c) for c in found.candidates]
+        any_right += any(r > 0.95 for r, _ in r_all)
+        right_starts += sum(c.count for r, c in r_all if c.independent and r > 0.95)
+        random_starts += sum(c.count for _, c in r_all if c.independent)
         for rule in RULES:
           candidates = [copy.copy(c) for c in found.candidates]
           chosen = candidates[search.choose(candidates, weights, case["f_obs"], case["std"],
@@ -90,11 +111,15 @@ def main():
           wrong[rule] += chosen.fom >= solve_module.SOLVED_FOM and r <= 0.95
       for rule in RULES:
         totals[rule].append(solved[rule])
+      reachable.append(any_right)
       print("d_min %.2f A, seed %d, %d structures: " % (d_min, seed, len(todo))
             + ", ".join("%s %d solved (%d wrong 'solved')" % (rule, solved[rule], wrong[rule])
-                        for rule in RULES), flush=True)
+                        for rule in RULES)
+            + "; %d with a right candidate; random starts right %d of %d"
+            % (any_right, right_starts, random_starts), flush=True)
     print("d_min %.2f A, mean over %d seeds: " % (d_min, a.seeds)
-          + ", ".join("%s %.1f" % (rule, np.mean(totals[rule])) for rule in RULES), flush=True)
+          + ", ".join("%s %.1f" % (rule, np.mean(totals[rule])) for rule in RULES)
+          + ", with a right candidate %.1f" % np.mean(reachable), flush=True)
 
 
 if __name__ == "__main__":
