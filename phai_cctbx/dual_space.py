@@ -60,6 +60,14 @@ class Settings:
   extend: float = 0.5            # free reflections to d_min / (1 + extend), not
                                  # beyond EXTEND_LIMIT; 0: none
 
+  # Measured at 2.0 A, dual-space phasing alone, 64 random starts (seed 0), 41
+  # development structures, calculated data (``python
+  # regression/benchmark_solution_choice.py --structures DIR ... --d-min 2.0
+  # --seeds 1`` with the option named): these defaults solved 18 and gave a
+  # right candidate for 25; --cycles 1000 --patience 200: 16 and 20;
+  # --delta 0.9: 17 and 24; --more-starts 112 (128 starts): 17 and 26, the
+  # extra wrong candidates outranking right ones in the choice.
+
 
 def quasi_normalise(f_obs, reflections_per_bin=100):
   """|E| of amplitudes: F^2 / (epsilon <F^2/epsilon>) in shells of equal count.
@@ -291,6 +299,18 @@ def held_out_cc(problem, p1_phases, folds=10, min_held_out=600, cycles=30, seed=
   mean over three sets, among the development cases with right and wrong
   candidates, the best value was right in 27 of 33 at 1.6 and 2.0 A, the
   best figure of merit without it in 19.
+
+  Fewer cycles may choose better: on the candidates of phai.solve's full
+  search (method auto, random seed 0, every stage, no early stop; the 41
+  development structures, calculated data), the best value picked a right
+  candidate in 16 / 31 cases at 2.0 / 1.6 A with 30 cycles, 18 / 32 with
+  10, 20 / 32 with 5, 19 / 31 with 3, 16 / 31 with 20 and 15 / 26 with 100;
+  with another split of the folds (seed 1), 10 cycles gave 19 / 32 and 5
+  gave 18 / 32.  Not yet the default: the gain is a few structures and
+  has not been measured through phai.solve's own search (which stops
+  early) nor at 1.0 A.  The mean over five splits, |F|^2 in place of |F|,
+  E in place of F, flipping in place of low-density elimination and no
+  free reflections did no better than 30 cycles.
 
   Args:
     p1_phases: (B, m) radians, NaN where a candidate gives no phase (such
