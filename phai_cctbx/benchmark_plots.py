@@ -28,16 +28,16 @@ METHODS = (("phai", "network alone", PHAI_COLOUR),
            ("cf", "smtbx state machine", CF_COLOUR))
 
 
-def solved_label(rows, key, label, solved_r=benchmark.SOLVED_R):
+def solved_label(rows, key, label):
   """The legend of one method's histogram: the share solved of the structures
-  it was run on (a refused one, which has no r, counts as not solved, as in
-  the summary), and how many it refused."""
+  it was run on, from their ``<key>_solved`` flags as in the summary (a
+  refused one, which has no r, counts as not solved), and how many it refused."""
   tried = [r for r in rows if r.get(key + "_solved") is not None]
   if not tried:
     return None
-  solved = sum(1 for r in tried if r.get(key + "_r") is not None and r[key + "_r"] > solved_r)
+  share = benchmark._fraction([r[key + "_solved"] for r in tried])
   refused = sum(1 for r in tried if r.get(key + "_r") is None)
-  text = "%s: %d%% solved" % (label, round(100.0 * solved / len(tried)))
+  text = "%s: %d%% solved" % (label, round(100.0 * share))
   return text + (", %d refused" % refused if refused else "")
 
 
@@ -54,7 +54,7 @@ def plot_r_histograms(file_name, rows, d_mins, solved_r=benchmark.SOLVED_R):
     for ax, d in zip(axes[i], d_mins):
       sel = [r for r in rows if abs(r["d_min"] - d) < 1e-9]
       values = [r[key + "_r"] for r in sel if r.get(key + "_r") is not None]
-      legend = solved_label(sel, key, label, solved_r)
+      legend = solved_label(sel, key, label)
       if values or legend:
         ax.hist(values, bins=bins, color=colour, label=legend)
         ax.legend(fontsize=7, loc="upper left")

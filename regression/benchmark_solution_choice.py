@@ -19,9 +19,9 @@ over the seeds.  ``--cycles``, ``--patience`` and ``--delta`` change the
 dual-space engine's settings (``phasing.dual_space``), ``--network-seeds``
 the partial starts of method auto.
 """
-import dataclasses
 import argparse
 import copy
+import dataclasses
 import glob
 import os
 
