@@ -45,6 +45,10 @@ from phai_cctbx import reflection_set
 EXTEND_LIMIT = 1.0
 
 
+#: Low-density elimination cycles of :func:`held_out_cc`.
+HELD_OUT_CYCLES = 30
+
+
 @dataclasses.dataclass
 class Settings:
   """Parameters of the dual-space search (PHIL ``phasing.dual_space``)."""
@@ -59,6 +63,7 @@ class Settings:
   resolution_factor: float = 0.5  # grid spacing / d_min
   extend: float = 0.5            # free reflections to d_min / (1 + extend), not
                                  # beyond EXTEND_LIMIT; 0: none
+  held_out_cycles: int = HELD_OUT_CYCLES  # low-density elimination cycles of held_out_cc
 
   # Measured at 2.0 A, dual-space phasing alone, 64 random starts (seed 0), 41
   # development structures, calculated data (``python
@@ -273,7 +278,8 @@ def low_density_elimination(problem, coefficients, cycles, tolerance=0.0, held_o
   return coefficients
 
 
-def held_out_cc(problem, p1_phases, folds=10, min_held_out=600, cycles=30, seed=0):
+def held_out_cc(problem, p1_phases, folds=10, min_held_out=600, cycles=HELD_OUT_CYCLES,
+                seed=0):
   """How well phases predict amplitudes they were not given: a free figure
   of merit of dual-space phasing, (B,) values from -1 to 1.
 

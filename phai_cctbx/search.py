@@ -114,14 +114,15 @@ def flip_terms(problem, p1_phases, delta=1.1):
   return dual_space_engine.r1_factor(e, g), reflection_set.skewness(rho)
 
 
-def map_terms(problem, phases):
+def map_terms(problem, phases, held_out_cycles=dual_space_engine.HELD_OUT_CYCLES):
   """A phase set's own map terms: ``r1`` and ``skewness`` (:func:`flip_terms`)
   and ``held_out_cc`` (:func:`phai_cctbx.dual_space.held_out_cc`), for a
   candidate made after the others were assessed (a consensus)."""
   p1_phases = problem.phases_from(phases)[None]
   r1, skew = flip_terms(problem, p1_phases)
   return {"r1": float(r1[0]), "skewness": float(skew[0]),
-          "held_out_cc": float(dual_space_engine.held_out_cc(problem, p1_phases)[0])}
+          "held_out_cc": float(dual_space_engine.held_out_cc(
+            problem, p1_phases, cycles=held_out_cycles)[0])}
 
 
 def agreement(a, b, amplitudes):
@@ -131,7 +132,8 @@ def agreement(a, b, amplitudes):
   return reflection_set.sign_correlation(w, a.signs, b.signs) if w.sum() > 0 else 0.0
 
 
-def assess(candidates, problem, amplitudes, agreement_r=AGREEMENT_R):
+def assess(candidates, problem, amplitudes, agreement_r=AGREEMENT_R,
+           held_out_cycles=dual_space_engine.HELD_OUT_CYCLES):
   """Fill each candidate's terms and figure of merit (in place).
 
   The map terms of a candidate assessed before (an earlier stage) are kept;
@@ -157,7 +159,8 @@ def assess(candidates, problem, amplitudes, agreement_r=AGREEMENT_R):
         todo.append(i)
       owner_of.append(owner)
     if todo:
-      for i, h in zip(todo, dual_space_engine.held_out_cc(problem, p1_phases[todo])):
+      for i, h in zip(todo, dual_space_engine.held_out_cc(problem, p1_phases[todo],
+                                                          cycles=held_out_cycles)):
         new[i].terms["held_out_cc"] = float(h)
     for c, owner in zip(new, owner_of):
       c.terms["held_out_cc"] = owner.terms["held_out_cc"]
@@ -309,7 +312,8 @@ def top_candidate(candidates, rule="held_out"):
 
 
 def choose(candidates, amplitudes, f_obs=None, standardisation=None,
-           rule="held_out", same_r=AGREEMENT_R, problem=None):
+           rule="held_out", same_r=AGREEMENT_R, problem=None,
+           held_out_cycles=dual_space_engine.HELD_OUT_CYCLES):
   """Index of the candidate that stands for the solution (appended to
   ``candidates`` when it is a new, consensus candidate).
 
@@ -391,7 +395,7 @@ def choose(candidates, amplitudes, f_obs=None, standardisation=None,
   if problem is not None and rule == "held_out":
     # The consensus has to predict held-out amplitudes at least as well as
     # the candidate that picked it; else that candidate stands alone.
-    cand.terms.update(map_terms(problem, phases))
+    cand.terms.update(map_terms(problem, phases, held_out_cycles))
     if cand.terms["held_out_cc"] < best.terms.get("held_out_cc", -1.0):
       return top
   candidates.append(cand)
@@ -494,7 +498,7 @@ def run(f_obs, standardisation, set_amplitudes, set_measured, model, settings=No
   rng = np.random.default_rng(s.random_seed)
 
   def done():
-    assess(candidates, problem, weights)
+    assess(candidates, problem, weights, held_out_cycles=s.dual_space.held_out_cycles)
     if log_stage is not None:
       log_stage(stages[-1], candidates)
     best = candidates[top_candidate(candidates, s.choice)].fom
@@ -577,9 +581,10 @@ def run(f_obs, standardisation, set_amplitudes, set_measured, model, settings=No
       added += n
       stages.append("dual-space from %d more random phases" % added)
       stop = done()
-  best = choose(candidates, weights, f_obs, standardisation, rule=s.choice, problem=problem)
+  best = choose(candidates, weights, f_obs, standardisation, rule=s.choice, problem=problem,
+                held_out_cycles=s.dual_space.held_out_cycles)
   chosen = candidates[best]
   if "r1" not in chosen.terms:  # a consensus: its own map terms
-    chosen.terms.update(map_terms(problem, chosen.phases))
+    chosen.terms.update(map_terms(problem, chosen.phases, s.dual_space.held_out_cycles))
   return SearchResult(candidates=candidates, best=best, network=network, problem=problem,
                       stages=stages, seconds=time.time() - t0)

@@ -4,6 +4,7 @@ side (a benchmark, not a test).
     python regression/benchmark_solution_choice.py --structures DIR [DIR ...]
         [--d-min 1.6 2.0] [--seeds 5] [--method dual_space] [--more-starts N]
         [--network-seeds F [F ...]] [--cycles N] [--patience N] [--delta D]
+        [--held-out-cycles N]
 
 For every structure CIF in the folders and every resolution: |F| calculated
 with cctbx, the search of phai.solve run once per random seed (default
@@ -68,8 +69,11 @@ def main():
   p.add_argument("--cycles", type=int, default=engine.cycles)
   p.add_argument("--patience", type=int, default=engine.patience)
   p.add_argument("--delta", type=float, default=engine.delta)
+  p.add_argument("--held-out-cycles", type=int, default=engine.held_out_cycles,
+                 help="low-density elimination cycles of the held-out correlation")
   a = p.parse_args()
-  engine = dataclasses.replace(engine, cycles=a.cycles, patience=a.patience, delta=a.delta)
+  engine = dataclasses.replace(engine, cycles=a.cycles, patience=a.patience, delta=a.delta,
+                               held_out_cycles=a.held_out_cycles)
   model = None
   if a.method == "auto":
     from phai_cctbx.weights import load_model
@@ -104,7 +108,8 @@ def main():
         for rule in RULES:
           candidates = [copy.copy(c) for c in found.candidates]
           chosen = candidates[search.choose(candidates, weights, case["f_obs"], case["std"],
-                                            rule=rule, problem=found.problem)]
+                                            rule=rule, problem=found.problem,
+                                            held_out_cycles=engine.held_out_cycles)]
           r = case["truth"].r(search.list_signs(case["std"], case["f_obs"], chosen.phases),
                               case["measured"])
           solved[rule] += r > 0.95

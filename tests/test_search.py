@@ -267,3 +267,28 @@ def test_partial_seeds_keep_the_most_confident_strong_phases_of_a_trial():
     assert not np.allclose(np.cos(starts[row + 1][~kept]), np.cos(p1_true[~kept]))
   # The 20 % seeds are the most trusted part of the 50 % ones.
   assert not (~np.isnan(starts[0]) & np.isnan(starts[2])).any()
+
+
+def test_the_search_computes_the_held_out_correlation_with_its_settings_cycles(monkeypatch):
+  std, fc, f_obs, amplitudes = _case()
+  present = amplitudes > 0
+  cycles = []
+  real = dual_space.held_out_cc
+
+  def recording(problem, p1_phases, **kw):
+    cycles.append(kw.get("cycles"))
+    return real(problem, p1_phases, **kw)
+
+  monkeypatch.setattr(dual_space, "held_out_cc", recording)
+  settings = search.SearchSettings(method="dual_space", starts=3, more_starts=0,
+                                   dual_space=dual_space.Settings(
+                                     cycles=3, min_cycles=1, polish_cycles=2,
+                                     held_out_cycles=4))
+  found = search.run(f_obs, std, amplitudes, present, None, settings)
+  assert cycles and set(cycles) == {4}
+  # Fewer cycles give other values: the setting is not ignored downstream.
+  p1 = np.stack([found.problem.phases_from(c.phases) for c in found.candidates[:1]])
+  assert real(found.problem, p1, cycles=4)[0] == pytest.approx(
+    found.candidates[0].terms["held_out_cc"], abs=1e-9)
+  assert real(found.problem, p1, cycles=4)[0] != pytest.approx(
+    real(found.problem, p1, cycles=30)[0], abs=1e-6)
