@@ -4,7 +4,7 @@ side (a benchmark, not a test).
     python regression/benchmark_solution_choice.py --structures DIR [DIR ...]
         [--d-min 1.6 2.0] [--seeds 5] [--method dual_space] [--more-starts N]
         [--network-seeds F [F ...]] [--cycles N] [--patience N] [--delta D]
-        [--held-out-cycles N]
+        [--held-out-cycles N] [--extend X]
 
 For every structure CIF in the folders and every resolution: |F| calculated
 with cctbx, the search of phai.solve run once per random seed (default
@@ -16,8 +16,9 @@ resolution and seed the structures solved (r > 0.95) by each rule and the
 "solved" calls (figure of merit >= the verdict's level) that were wrong,
 the structures with at least one right candidate (what a perfect choice
 would solve) and the random starts that reached r > 0.95, then the means
-over the seeds.  ``--cycles``, ``--patience`` and ``--delta`` change the
-dual-space engine's settings (``phasing.dual_space``), ``--network-seeds``
+over the seeds.  ``--cycles``, ``--patience``, ``--delta``, ``--extend``
+and ``--held-out-cycles`` change the dual-space engine's settings
+(``phasing.dual_space``), ``--network-seeds``
 the partial starts of method auto.
 """
 import argparse
@@ -71,9 +72,11 @@ def main():
   p.add_argument("--delta", type=float, default=engine.delta)
   p.add_argument("--held-out-cycles", type=int, default=engine.held_out_cycles,
                  help="low-density elimination cycles of the held-out correlation")
+  p.add_argument("--extend", type=float, default=engine.extend,
+                 help="free reflections to d_min / (1 + X), not beyond 1 A; 0: none")
   a = p.parse_args()
   engine = dataclasses.replace(engine, cycles=a.cycles, patience=a.patience, delta=a.delta,
-                               held_out_cycles=a.held_out_cycles)
+                               held_out_cycles=a.held_out_cycles, extend=a.extend)
   model = None
   if a.method == "auto":
     from phai_cctbx.weights import load_model
