@@ -6,6 +6,9 @@ in stages, stopping after the first whose best candidate reaches
 ``stop_fom`` (or once ``time_limit`` has passed):
 
 1. dual-space runs (:mod:`phai_cctbx.dual_space`) from random phases;
+1a. with ``sign_combinations`` > 0, dual-space runs from every combination
+   of the signs of the strongest reflections
+   (:func:`phai_cctbx.dual_space.sign_combination_starts`);
 2. the network's trials (:mod:`phai_cctbx.phasing`);
 3. dual-space runs started from each distinct network trial (the network's
    phases on its reflection list, nothing beyond it: this also completes the
@@ -213,6 +216,10 @@ class SearchSettings:
   refine_network: bool = False    # auto: also refine each network trial without flipping
   network_seeds: tuple = ()       # auto: fractions of each network trial's most
                                   # confident strong signs that seed partial starts
+  sign_combinations: int = 8      # signs of the strongest reflections whose every
+                                  # combination starts dual-space runs (0: none)
+  sign_modes: tuple = ("refine", "flip")  # ... each refined by low-density
+                                  # elimination alone, and/or by charge flipping
   recycle: int = 4                # auto: the network again on this many distinct
                                   # dual-space results (0: never)
   time_limit: float = 120.0       # seconds; no new stage starts after it
@@ -514,6 +521,19 @@ def run(f_obs, standardisation, set_amplitudes, set_measured, model, settings=No
       ["random"] * s.starts, s.dual_space, standardisation)
     stages.append("dual-space from random phases")
     stop = done()
+  if s.method in ("auto", "dual_space") and s.sign_combinations > 0 and not stop:
+    starts = dual_space_engine.sign_combination_starts(problem, s.sign_combinations)
+    if len(starts):
+      for mode in s.sign_modes:
+        engine = dataclasses.replace(s.dual_space, cycles=0) if mode == "refine" \
+          else s.dual_space
+        name = "refined" if mode == "refine" else "dual-space from"
+        candidates += _dual_space_candidates(
+          f_obs, problem, starts,
+          ["%s sign combination %d" % (name, i + 1) for i in range(len(starts))],
+          ["sign combination"] * len(starts), engine, standardisation)
+      stages.append("dual-space from %d sign combinations" % len(starts))
+      stop = done()
   if s.method in ("auto", "network") and not stop:
     from phai_cctbx import phasing  # torch: only when the network runs
     if callable(model) and not hasattr(model, "amplitude_scaling"):

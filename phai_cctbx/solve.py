@@ -241,7 +241,7 @@ def solve(miller_array, model=None, weights=None, trials=8, cycles=16,
           min_reflections=MIN_REFLECTIONS, device="cpu", precision="auto",
           method="auto", dual_space_starts=16, dual_space_cycles=200,
           recycle=4, time_limit=120.0, stop_early=True, dual_space_more_starts=48,
-          refine_network=False, network_seeds=()):
+          refine_network=False, network_seeds=(), sign_combinations=8):
   """Phase amplitudes or intensities (a cctbx miller array with crystal symmetry).
 
   Args:
@@ -267,6 +267,9 @@ def solve(miller_array, model=None, weights=None, trials=8, cycles=16,
     network_seeds: auto: fractions of each network trial's most confident
       strong phases that seed partial dual-space starts
       (:func:`phai_cctbx.search.partial_seeds`).
+    sign_combinations: after the first random starts, dual-space runs from
+      every combination of the signs of this many strongest reflections
+      (:func:`phai_cctbx.dual_space.sign_combination_starts`); 0: none.
     time_limit: seconds after which no new stage of the search starts.
     stop_early: stop after the first stage whose best candidate is "solved".
 
@@ -354,18 +357,21 @@ def solve(miller_array, model=None, weights=None, trials=8, cycles=16,
     method=method, trials=trials, cycles=cycles, random_seed=random_seed,
     starts=dual_space_starts, more_starts=dual_space_more_starts,
     refine_network=refine_network, network_seeds=tuple(network_seeds),
+    sign_combinations=sign_combinations,
     recycle=recycle, time_limit=time_limit,
     stop_fom=SOLVED_FOM if stop_early else None,
     dual_space=dual_space.Settings(cycles=dual_space_cycles))
   _print(log)
   more = ("; then up to %d more random dual-space starts" % dual_space_more_starts
           if dual_space_more_starts else "")
+  signs = ("; then dual-space from the 2^%d sign combinations of the strongest "
+           "reflections" % sign_combinations if sign_combinations else "")
   _print(log, "Phasing (method %s): %s" % (method, {
-    "auto": "dual-space from %d random starts; then the network (%d trials of up to "
+    "auto": "dual-space from %d random starts%s; then the network (%d trials of up to "
             "%d cycles) and dual-space from its trials, the network again on %d "
-            "dual-space results" % (dual_space_starts, trials, cycles, recycle) + more,
+            "dual-space results" % (dual_space_starts, signs, trials, cycles, recycle) + more,
     "network": "the network, %d trials of up to %d cycles" % (trials, cycles),
-    "dual_space": "charge flipping from %d random starts" % dual_space_starts + more}[method]))
+    "dual_space": "charge flipping from %d random starts" % dual_space_starts + signs + more}[method]))
   t2 = time.time()
 
   def stage(name, candidates):

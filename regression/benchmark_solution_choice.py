@@ -4,7 +4,8 @@ side (a benchmark, not a test).
     python regression/benchmark_solution_choice.py --structures DIR [DIR ...]
         [--d-min 1.6 2.0] [--seeds 5] [--method dual_space] [--more-starts N]
         [--network-seeds F [F ...]] [--cycles N] [--patience N] [--delta D]
-        [--held-out-cycles N] [--extend X]
+        [--held-out-cycles N] [--extend X] [--first-seed N]
+        [--sign-combinations K] [--sign-modes refine flip]
 
 For every structure CIF in the folders and every resolution: |F| calculated
 with cctbx, the search of phai.solve run once per random seed (default
@@ -61,11 +62,16 @@ def main():
   p.add_argument("--structures", nargs="+", required=True, help="folders of structure CIFs")
   p.add_argument("--d-min", type=float, nargs="+", default=[1.6, 2.0])
   p.add_argument("--seeds", type=int, default=5)
+  p.add_argument("--first-seed", type=int, default=0, help="random seeds from this one")
   p.add_argument("--method", default="dual_space", choices=("dual_space", "auto"))
   p.add_argument("--more-starts", type=int, default=search.SearchSettings().more_starts,
                  help="phasing.dual_space.more_starts (default: phai.solve's)")
   p.add_argument("--network-seeds", type=float, nargs="*", default=[],
                  help="phasing.dual_space.network_seeds (method auto)")
+  p.add_argument("--sign-combinations", type=int, default=search.SearchSettings().sign_combinations,
+                 help="phasing.dual_space.sign_combinations")
+  p.add_argument("--sign-modes", nargs="+", default=list(search.SearchSettings().sign_modes),
+                 choices=("refine", "flip"))
   engine = dual_space.Settings()
   p.add_argument("--cycles", type=int, default=engine.cycles)
   p.add_argument("--patience", type=int, default=engine.patience)
@@ -87,7 +93,7 @@ def main():
       raise SystemExit("no usable .cif files in %s" % " ".join(a.structures))
     totals = {rule: [] for rule in RULES}
     reachable = []
-    for seed in range(a.seeds):
+    for seed in range(a.first_seed, a.first_seed + a.seeds):
       solved = {rule: 0 for rule in RULES}
       wrong = {rule: 0 for rule in RULES}
       any_right = right_starts = random_starts = 0
@@ -96,6 +102,8 @@ def main():
                                          stop_fom=solve_module.SOLVED_FOM,
                                          more_starts=a.more_starts,
                                          network_seeds=tuple(a.network_seeds),
+                                         sign_combinations=a.sign_combinations,
+                                         sign_modes=tuple(a.sign_modes),
                                          dual_space=engine)
         try:
           found = search.run(case["f_obs"], case["std"], case["amplitudes"],

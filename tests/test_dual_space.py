@@ -259,3 +259,48 @@ def test_held_out_correlation_uses_every_reflection_of_a_small_problem():
                                                                    reverse=True)[:2]))
   assert tiny.size < 6
   assert np.all(dual_space.held_out_cc(tiny, tiny.random_phases(2, rng)) == 0.0)
+
+
+@pytest.mark.parametrize("symbol,cell", [
+  P21C,
+  ("P 1 21/n 1", (6.4, 7.2, 8.1, 90, 98, 90)),
+  ("C 1 2/c 1", (9.5, 6.2, 8.1, 90, 111, 90)),
+  ("P b c a", (7.1, 8.2, 9.3, 90, 90, 90)),
+  ("C 1 2/m 1", (9.1, 6.6, 7.7, 90, 104, 90)),
+])
+def test_sign_combinations_hold_the_true_signs_once_with_the_origin_fixed(symbol, cell):
+  """Of the 2**k starts, exactly one has the true phases on every
+  reflection it phases, at one of the permissible origins: the origin is
+  fixed by the first reflections and every combination of the others' signs
+  is there once."""
+  xs = _structure(symbol, cell)
+  fc, f_obs = _data(xs, 1.6)
+  problem = dual_space.P1Problem(f_obs)
+  starts = dual_space.sign_combination_starts(problem, 5)
+  assert starts.shape == (32, problem.size)
+  phased = ~np.isnan(starts)
+  assert (phased == phased[0]).all()          # the same reflections in every start
+  assert 7 <= phased[0].sum() < problem.size  # the origin's and five more (and mates)
+  true = _true_p1_phases(problem, fc)
+  hkl = problem.hkl[:problem.size]
+  matches = set()
+  for shift in [(a, b, c) for a in (0, 0.5) for b in (0, 0.5) for c in (0, 0.5)]:
+    moved = true - 2 * math.pi * (hkl @ np.array(shift))
+    fit = np.cos(np.where(phased, starts - moved[None, :], 0.0)).min(1)
+    matches |= set(np.nonzero(fit > 0.99)[0].tolist())
+  assert len(matches) == 1
+
+
+def test_sign_combinations_of_data_with_sigmas():
+  xs = _structure(*P21C)
+  _, f_obs = _data(xs, 2.0)
+  f_obs = f_obs.customized_copy(sigmas=f_obs.data() * 0.02)
+  starts = dual_space.sign_combination_starts(dual_space.P1Problem(f_obs), 3)
+  assert starts.shape[0] == 8 and not np.isnan(starts).all()
+
+
+def test_too_few_centric_reflections_give_no_sign_combinations():
+  xs = _structure(*P21C)
+  _, f_obs = _data(xs, 3.5)
+  problem = dual_space.P1Problem(f_obs)
+  assert dual_space.sign_combination_starts(problem, 40).shape == (0, problem.size)

@@ -1,4 +1,6 @@
 """Tests of the hybrid search's choice of a solution (phai_cctbx.search)."""
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -174,6 +176,7 @@ def test_more_random_starts_run_in_rounds_until_the_budget():
   std, fc, f_obs, amplitudes = _case()
   present = amplitudes > 0
   settings = search.SearchSettings(method="dual_space", starts=2, more_starts=5,
+                                   sign_combinations=0,
                                    dual_space=dual_space.Settings(cycles=3, min_cycles=1,
                                                                   polish_cycles=2))
   found = search.run(f_obs, std, amplitudes, present, None, settings)
@@ -292,3 +295,29 @@ def test_the_search_computes_the_held_out_correlation_with_its_settings_cycles(m
     found.candidates[0].terms["held_out_cc"], abs=1e-9)
   assert real(found.problem, p1, cycles=4)[0] != pytest.approx(
     real(found.problem, p1, cycles=30)[0], abs=1e-6)
+
+
+def test_sign_combinations_start_refined_and_flipped_runs_after_the_random_ones():
+  """With sign_combinations=k, when the random starts are not called solved,
+  2^k starts from the strongest signs run twice (low-density elimination
+  alone, and charge flipping), none of them counted as independent."""
+  std, fc, f_obs, amplitudes = _case()
+  f_obs = f_obs.resolution_filter(d_min=1.6)
+  values, present = std.map_to_reflection_set(f_obs)
+  amplitudes = np.where(present, np.maximum(np.asarray(values).real, 0), 0.0)
+  settings = search.SearchSettings(method="dual_space", starts=2, more_starts=0,
+                                   sign_combinations=3, stop_fom=1.1,
+                                   dual_space=dual_space.Settings(cycles=5, min_cycles=1))
+  found = search.run(f_obs, std, amplitudes, present, None, settings)
+  assert found.stages == ["dual-space from random phases",
+                          "dual-space from 8 sign combinations"]
+  combos = [c for c in found.candidates if "sign combination" in c.label]
+  assert len(combos) == 16 and not any(c.independent for c in combos)
+  assert sum(c.label.startswith("refined") for c in combos) == 8
+  assert all(c.phases.size() == f_obs.size() for c in combos)
+  # Eight different starts end in more than one place.
+  assert len({c.signs.tobytes() for c in combos if c.label.startswith("refined")}) > 1
+  # Called solved by the random starts: no sign combinations.
+  early = search.run(f_obs, std, amplitudes, present, None, dataclasses.replace(
+    settings, stop_fom=0.0))
+  assert early.stages == ["dual-space from random phases"]

@@ -198,7 +198,7 @@ def test_network_trials_are_refined_without_flipping(monkeypatch):
   assert refined[0].phases.size() == res.f_obs.size()
   plain = solve_module.solve(obs, model=object(), trials=2, cycles=2, dual_space_starts=2,
                              stop_early=False, recycle=0)
-  assert not any(c.label.startswith("refined") for c in plain.search.candidates)
+  assert not any(c.label.startswith("refined network") for c in plain.search.candidates)
 
 
 
