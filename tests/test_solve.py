@@ -175,7 +175,7 @@ def test_auto_prefers_the_better_candidate(monkeypatch):
   wrong = -_true_signs(xs) * np.where(np.arange(1205) % 3 == 0, -1, 1)
   monkeypatch.setattr(phasing, "phase_reflection_set", KnowsTheAnswer(wrong))
   res = solve_module.solve(obs, model=object(), trials=3, cycles=2, dual_space_starts=4,
-                           stop_early=False)
+                           stop_early=False, sign_combinations=0)
   assert res.chosen.method == "dual_space"
   labels = [c.label for c in res.search.candidates]
   assert any(l.startswith("network trial") for l in labels)
@@ -190,14 +190,15 @@ def test_network_trials_are_refined_without_flipping(monkeypatch):
   xs, fc, obs = _data("P 1 21/c 1", (6.1, 7.2, 8.3, 90, 104, 90), d_min=2.0)
   monkeypatch.setattr(phasing, "phase_reflection_set", KnowsTheAnswer(_true_signs(xs)))
   res = solve_module.solve(obs, model=object(), trials=2, cycles=2, dual_space_starts=2,
-                           stop_early=False, recycle=0, refine_network=True)
+                           stop_early=False, recycle=0, refine_network=True,
+                           sign_combinations=0)
   refined = [c for c in res.search.candidates if c.label == "refined network trial 2"]
   assert len(refined) == 1 and refined[0].method == "dual_space" and not refined[0].independent
   errors, amps = _phase_errors(fc, refined[0].phases)
   assert np.average(errors, weights=amps) < 20.0
   assert refined[0].phases.size() == res.f_obs.size()
   plain = solve_module.solve(obs, model=object(), trials=2, cycles=2, dual_space_starts=2,
-                             stop_early=False, recycle=0)
+                             stop_early=False, recycle=0, sign_combinations=0)
   assert not any(c.label.startswith("refined network") for c in plain.search.candidates)
 
 
@@ -209,7 +210,8 @@ def test_confident_network_signs_seed_partial_dual_space_starts(monkeypatch):
   xs, fc, obs = _data("P 1 21/c 1", (6.1, 7.2, 8.3, 90, 104, 90), d_min=1.0)
   monkeypatch.setattr(phasing, "phase_reflection_set", KnowsTheAnswer(_true_signs(xs)))
   res = solve_module.solve(obs, model=object(), trials=2, cycles=2, dual_space_starts=2,
-                           stop_early=False, recycle=0, network_seeds=(0.2,))
+                           stop_early=False, recycle=0, network_seeds=(0.2,),
+                           sign_combinations=0)
   seeded = [c for c in res.search.candidates if " % of network trial" in c.label]
   assert len(seeded) == 2 * len([c for c in res.search.candidates if c.method == "network"])
   assert all(c.method == "dual_space" and not c.independent for c in seeded)
