@@ -6,8 +6,10 @@ in stages, stopping after the first whose best candidate reaches
 ``stop_fom`` (or once ``time_limit`` has passed):
 
 1. dual-space runs (:mod:`phai_cctbx.dual_space`) from random phases;
-1a. with ``sign_combinations`` > 0, dual-space runs from every combination
-   of the signs of the strongest reflections
+1a. with ``sign_combinations`` > 0 and data below atomic resolution
+   (d_min above :data:`~phai_cctbx.dual_space.SIGN_COMBINATIONS_D_MIN`),
+   dual-space runs from every combination of the signs of the strongest
+   reflections
    (:func:`phai_cctbx.dual_space.sign_combination_starts`);
 2. the network's trials (:mod:`phai_cctbx.phasing`);
 3. dual-space runs started from each distinct network trial (the network's
@@ -521,7 +523,8 @@ def run(f_obs, standardisation, set_amplitudes, set_measured, model, settings=No
       ["random"] * s.starts, s.dual_space, standardisation)
     stages.append("dual-space from random phases")
     stop = done()
-  if s.method in ("auto", "dual_space") and s.sign_combinations > 0 and not stop:
+  if s.method in ("auto", "dual_space") and s.sign_combinations > 0 and not stop \
+     and f_obs.d_min() > dual_space_engine.SIGN_COMBINATIONS_D_MIN:
     starts = dual_space_engine.sign_combination_starts(problem, s.sign_combinations)
     if len(starts):
       for mode in s.sign_modes:

@@ -321,3 +321,7 @@ def test_sign_combinations_start_refined_and_flipped_runs_after_the_random_ones(
   early = search.run(f_obs, std, amplitudes, present, None, dataclasses.replace(
     settings, stop_fom=0.0))
   assert early.stages == ["dual-space from random phases"]
+  # At atomic resolution random starts suffice: no sign combinations.
+  std, fc, f_atomic, amplitudes = _case()
+  atomic = search.run(f_atomic, std, amplitudes, amplitudes > 0, None, settings)
+  assert atomic.stages == ["dual-space from random phases"]
