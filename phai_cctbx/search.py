@@ -473,6 +473,14 @@ def partial_seeds(problem, network_candidates, fractions, rng):
   return np.stack(starts), labels, origins
 
 
+def runs_sign_combinations(settings, f_obs):
+  """Whether the search with ``settings`` has the sign-combination stage for
+  ``f_obs`` (only below atomic resolution:
+  :data:`phai_cctbx.dual_space.SIGN_COMBINATIONS_D_MIN`)."""
+  return settings.method in ("auto", "dual_space") and settings.sign_combinations > 0 \
+    and f_obs.d_min() > dual_space_engine.SIGN_COMBINATIONS_D_MIN
+
+
 def _dual_space_candidates(f_obs, problem, starts, labels, start_names, settings, standardisation):
   runs = dual_space_engine.run(f_obs, starts, settings, problem=problem, labels=start_names)
   out = []
@@ -523,8 +531,7 @@ def run(f_obs, standardisation, set_amplitudes, set_measured, model, settings=No
       ["random"] * s.starts, s.dual_space, standardisation)
     stages.append("dual-space from random phases")
     stop = done()
-  if s.method in ("auto", "dual_space") and s.sign_combinations > 0 and not stop \
-     and f_obs.d_min() > dual_space_engine.SIGN_COMBINATIONS_D_MIN:
+  if runs_sign_combinations(s, f_obs) and not stop:
     starts = dual_space_engine.sign_combination_starts(problem, s.sign_combinations)
     if len(starts):
       for mode in s.sign_modes:

@@ -267,8 +267,9 @@ def solve(miller_array, model=None, weights=None, trials=8, cycles=16,
     network_seeds: auto: fractions of each network trial's most confident
       strong phases that seed partial dual-space starts
       (:func:`phai_cctbx.search.partial_seeds`).
-    sign_combinations: after the first random starts, dual-space runs from
-      every combination of the signs of this many strongest reflections
+    sign_combinations: for data below atomic resolution, after the first
+      random starts, dual-space runs from every combination of the signs of
+      this many strongest reflections
       (:func:`phai_cctbx.dual_space.sign_combination_starts`); 0: none.
     time_limit: seconds after which no new stage of the search starts.
     stop_early: stop after the first stage whose best candidate is "solved".
@@ -365,7 +366,8 @@ def solve(miller_array, model=None, weights=None, trials=8, cycles=16,
   more = ("; then up to %d more random dual-space starts" % dual_space_more_starts
           if dual_space_more_starts else "")
   signs = ("; then dual-space from the 2^%d sign combinations of the strongest "
-           "reflections" % sign_combinations if sign_combinations else "")
+           "reflections" % sign_combinations
+           if search_module.runs_sign_combinations(settings, f_obs) else "")
   _print(log, "Phasing (method %s): %s" % (method, {
     "auto": "dual-space from %d random starts%s; then the network (%d trials of up to "
             "%d cycles) and dual-space from its trials, the network again on %d "

@@ -325,3 +325,6 @@ def test_sign_combinations_start_refined_and_flipped_runs_after_the_random_ones(
   std, fc, f_atomic, amplitudes = _case()
   atomic = search.run(f_atomic, std, amplitudes, amplitudes > 0, None, settings)
   assert atomic.stages == ["dual-space from random phases"]
+  assert search.runs_sign_combinations(settings, f_obs)
+  assert not search.runs_sign_combinations(settings, f_atomic)
+  assert not search.runs_sign_combinations(dataclasses.replace(settings, method="network"), f_obs)
