@@ -123,15 +123,80 @@ def test_structure_factors_of_generated_structures(generated):
   assert torch.isfinite(f).all() and float(f.abs().max()) > 1.0
 
 
+def _tiny_config(library, tmp_path, **kw):
+  """A TrainConfig of a tiny network on the CPU, its library saved in tmp_path."""
+  from phai_cctbx.training import trainer
+  path = str(tmp_path / "lib.npz")
+  library.save(path)
+  return trainer.TrainConfig(library=path, output_dir=str(tmp_path), batch_size=2, workers=1,
+                             chunk=2, pool_size=8, min_pool=2, validation_size=0, device="cpu",
+                             filters=4, cnn_depth=1, dim=32, dim_exp=32, dim_token_exp=8,
+                             mlp_depth=1, **kw)
+
+
 def test_trainer_takes_device_structures(library, tmp_path):
   """device_structures: new structures made on the training device (here
   the CPU) go into each batch."""
   from phai_cctbx.training import trainer
-  path = str(tmp_path / "lib.npz")
-  library.save(path)
-  cfg = trainer.TrainConfig(library=path, output_dir=str(tmp_path), batch_size=2, max_steps=2,
-                            workers=1, chunk=2, pool_size=8, min_pool=2, validation_size=0,
-                            device="cpu", device_structures=0.5, filters=4, cnn_depth=1, dim=32,
-                            dim_exp=32, dim_token_exp=8, mlp_depth=1)
-  _, state = trainer.train(cfg)
+  _, state = trainer.train(_tiny_config(library, tmp_path, max_steps=2, device_structures=0.5))
   assert state["step"] == 2 and state["examples"] == 4
+
+
+def test_device_quota_without_time_share_gives_the_ceiling():
+  from phai_cctbx.training.trainer import DeviceStructureQuota
+  q = DeviceStructureQuota(0.5, 64)
+  assert q.ceiling == 32 and q.block == 256
+  q.record_generation(100, 50.0)  # however slow: no time share asked for
+  q.record_step(0.01)
+  assert [q.per_step() for _ in range(3)] == [32, 32, 32]
+  assert DeviceStructureQuota(3.0, 64).ceiling == 64  # never more than a batch
+  assert DeviceStructureQuota(0.001, 64).ceiling == 1
+
+
+def test_device_quota_follows_the_time_share():
+  """n per step = share / (1 - share) x step seconds / seconds per structure,
+  fractions carried over, never above the ceiling; blocks follow n."""
+  from phai_cctbx.training.trainer import DeviceStructureQuota
+  q = DeviceStructureQuota(1.0, 256, time_share=0.2, block=2048)
+  assert q.per_step() == 256 and q.next_block(256) == 256  # rates unknown: one step's worth first
+  q.record_generation(256, 2.56)    # 0.01 s per structure
+  q.record_step(0.05)
+  assert abs(q.target() - 1.25) < 1e-9
+  counts = [q.per_step() for _ in range(8)]
+  assert sum(counts) == 10 and set(counts) == {1, 2}
+  assert q.next_block(1) == 80                # 64 steps' worth
+  q.record_generation(2048, 0.02048)  # a fast generator: capped by the ceiling and the block
+  assert q.target() == 256.0 and q.next_block(256) == 2048
+  assert abs(q.rate() - (256 + 2048) / 2.58048) < 1e-6
+  slow = DeviceStructureQuota(1.0, 256, time_share=0.25)
+  slow.record_generation(256, 256.0)   # one structure a second
+  slow.record_step(0.03)
+  assert slow.target() < 0.011 and sum(slow.per_step() for _ in range(50)) == 0
+  assert slow.next_block(0) == 1
+
+
+def test_trainer_takes_device_structures_within_a_time_share(library, tmp_path):
+  """With device_time_share the trainer still trains every step and logs the
+  device generator's rate."""
+  import io
+  from phai_cctbx.training import trainer
+  cfg = _tiny_config(library, tmp_path, max_steps=4, device_structures=1.0, device_time_share=0.5,
+                     device_block=4, log_every=2)
+  log = io.StringIO()
+  _, state = trainer.train(cfg, log=log)
+  assert state["step"] == 4 and state["examples"] == 8
+  assert "structures/s" in log.getvalue() and "device:" in log.getvalue()
+
+
+def test_trainer_goes_on_from_the_pool_when_the_device_generator_fails(library, tmp_path, monkeypatch):
+  import io
+  from phai_cctbx.training import trainer, torch_structures
+
+  def broken(self, n, generator, candidates=None):
+    raise RuntimeError("CUDA error: an illegal memory access was encountered\nmore lines")
+  monkeypatch.setattr(torch_structures.TorchStructureGenerator, "sample_batch", broken)
+  log = io.StringIO()
+  _, state = trainer.train(_tiny_config(library, tmp_path, max_steps=3, device_structures=1.0), log=log)
+  assert state["step"] == 3
+  assert log.getvalue().count("device structure generator failed (CUDA error: an illegal memory "
+                              "access was encountered): training goes on") == 1

@@ -49,6 +49,11 @@ CPU, on one GPU, or on several under torchrun:
       raise Sorry("data.d_min_max must be between 0 and 5 Å.")
     if p.data.device_structures is None or p.data.device_structures < 0:
       raise Sorry("data.device_structures must be 0 or more (got %s)." % p.data.device_structures)
+    if p.data.device_time_share is None or not 0 <= p.data.device_time_share < 1:
+      raise Sorry("data.device_time_share must be at least 0 and below 1 (got %s)."
+                  % p.data.device_time_share)
+    if p.data.device_block is None or p.data.device_block < 0:
+      raise Sorry("data.device_block must be 0 or more (got %s)." % p.data.device_block)
     if not 0 <= p.data.missing_max < 1:
       raise Sorry("data.missing_max must be a fraction between 0 and 1.")
     fractions = {"recycling.random_start_fraction": p.recycling.random_start_fraction,
@@ -56,7 +61,8 @@ CPU, on one GPU, or on several under torchrun:
                  "recycling.partial_wrong_min": p.recycling.partial_wrong_min,
                  "recycling.partial_wrong_max": p.recycling.partial_wrong_max,
                  "recycling.partial_weak_fraction": p.recycling.partial_weak_fraction,
-                 "recycling.cf_start_fraction": p.recycling.cf_start_fraction}
+                 "recycling.cf_start_fraction": p.recycling.cf_start_fraction,
+                 "recycling.partial_hold": p.recycling.partial_hold}
     for name, value in fractions.items():
       if value is None or not 0 <= value <= 1:
         raise Sorry("%s must be a fraction between 0 and 1 (got %s)." % (name, value))
@@ -91,10 +97,12 @@ CPU, on one GPU, or on several under torchrun:
       partial_wrong_min=p.recycling.partial_wrong_min,
       partial_wrong_max=p.recycling.partial_wrong_max,
       partial_weak_fraction=p.recycling.partial_weak_fraction,
-      cf_start_fraction=p.recycling.cf_start_fraction, workers=p.data.workers,
+      cf_start_fraction=p.recycling.cf_start_fraction, partial_hold=p.recycling.partial_hold,
+      workers=p.data.workers,
       pool_size=p.data.pool_size, min_pool=min(2048, p.data.pool_size), reuse=p.data.reuse,
       packing=p.data.packing, compress_workers=p.data.compress_workers,
       cell_strain=p.data.cell_strain, device_structures=p.data.device_structures,
+      device_time_share=p.data.device_time_share, device_block=p.data.device_block,
       d_min_max=p.data.d_min_max, missing_max=p.data.missing_max, seed=p.run.seed,
       device=p.run.device, max_minutes=p.run.max_minutes,
       checkpoint_minutes=p.run.checkpoint_minutes, log_every=p.run.log_every,

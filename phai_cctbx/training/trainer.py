@@ -72,6 +72,8 @@ class TrainConfig:
   partial_wrong_max: float = 0.45
   partial_weak_fraction: float = 0.5   # of the partial starts: wrong signs biased towards weak reflections
   cf_start_fraction: float = 0.1       # partial starts then 1-5 cycles of charge flipping (torch, on the batch)
+  partial_hold: float = 0.75           # of the partial starts: the trained (last) cycle sees the start
+                                       # itself, not the network's recycled output of it
   mixed_precision: bool = True      # bf16 autocast on GPU
   # data
   workers: int = 0                  # generator processes (0: all cores but one)
@@ -101,6 +103,9 @@ class TrainConfig:
   device_structures: float = 0.0    # new structures made on the training device per example (torch
                                     # generator, organic); up to a batch of them per step go straight
                                     # into the batch, the rest of the batch comes from the pool
+  device_time_share: float = 0.0    # >0: fewer device structures per step when making them would take
+                                    # more than this share of the wall time (rates measured as it runs)
+  device_block: int = 0             # structures per call of the device generator (0: 8 steps' worth)
 
   def model_config(self) -> PhAIConfig:
     return PhAIConfig(filters=self.filters, cnn_depth=self.cnn_depth, dim=self.dim,
@@ -164,6 +169,152 @@ def _lr_at(step, cfg, warm_restart=0, time_fraction=0.0):
   return cfg.learning_rate * (cfg.min_lr_fraction + (1 - cfg.min_lr_fraction) * 0.5 * (1 + math.cos(math.pi * t)))
 
 
+class DeviceStructureQuota:
+  """How many structures made on the training device go into each batch.
+
+  At most ``per_example`` x ``batch_size`` per step; with ``time_share`` > 0,
+  no more than the generator makes in that share of the wall time, from its
+  seconds per structure in its latest block and the measured seconds of a
+  training step without it: n per step = share / (1 - share) x step seconds
+  / seconds per structure.  A fractional n is carried over from step to step.
+  The generator is called for blocks of about BLOCK_STEPS steps' worth (the
+  first only one step's worth, its rate still unknown), so that a slow
+  generator never stalls training for long: on a GPU whose generator cannot
+  keep up, training takes the rest of each batch from the pool instead of
+  waiting for it."""
+
+  SMOOTHING = 0.2
+  BLOCK_STEPS = 64   # a block holds about this many steps' worth at the current rate
+
+  def __init__(self, per_example, batch_size, time_share=0.0, block=0):
+    self.ceiling = min(batch_size, max(1, int(round(per_example * batch_size))))
+    self.share = time_share
+    self.block = max(block, 1) if block > 0 else 8 * self.ceiling
+    self.seconds_per_structure = None
+    self.step_seconds = None
+    self.made = 0
+    self.generator_seconds = 0.0
+    self.credit = 0.0
+
+  def _smooth(self, old, new):
+    return new if old is None else (1 - self.SMOOTHING) * old + self.SMOOTHING * new
+
+  def record_generation(self, count, seconds):
+    self.made += count
+    self.generator_seconds += seconds
+    if count > 0:  # the latest block's: blocks are large, and their size changes the cost per structure
+      self.seconds_per_structure = seconds / count
+
+  def record_step(self, seconds):
+    """Wall time of one training step, the device generator's time left out."""
+    self.step_seconds = self._smooth(self.step_seconds, seconds)
+
+  def target(self):
+    """Structures per step that the time share allows (a float), or the ceiling."""
+    if self.share <= 0 or self.seconds_per_structure is None or self.step_seconds is None:
+      return float(self.ceiling)
+    n = self.share / (1.0 - self.share) * self.step_seconds / self.seconds_per_structure
+    return min(float(self.ceiling), n)
+
+  def per_step(self):
+    """The whole number of device structures for this step."""
+    self.credit = min(self.credit + self.target(), float(self.ceiling))
+    n = int(self.credit)
+    self.credit -= n
+    return n
+
+  def next_block(self, n_new):
+    """How many structures to make in the next call of the generator: first
+    one step's worth (its rate unknown, a slow generator must not stall the
+    first steps), then about BLOCK_STEPS steps' worth, at most ``block``."""
+    if self.seconds_per_structure is None:
+      return max(n_new, min(self.block, self.ceiling))
+    return max(n_new, min(self.block, int(math.ceil(self.target() * self.BLOCK_STEPS))))
+
+  def rate(self):
+    """Structures per second of the device generator so far (None before its first block)."""
+    return self.made / self.generator_seconds if self.generator_seconds > 0 else None
+
+
+class _StepClock:
+  """Feeds a DeviceStructureQuota the wall time of training steps without the
+  device generator's: every step on a CPU; every 10 steps on a GPU, after a
+  synchronisation, so that queued kernels are counted, not only their launches."""
+
+  def __init__(self, quota, device, every_gpu=10):
+    self.quota = quota
+    self.sync = device.type == "cuda"
+    self.device = device
+    self.every = every_gpu if self.sync else 1
+    self.reset()
+
+  def reset(self):
+    """Start timing afresh (after work that is not a training step: validation, checkpoints)."""
+    self.t = time.time()
+    self.steps = 0
+    self.generator_seconds = 0.0
+
+  def tick(self):
+    self.steps += 1
+    if self.steps < self.every:
+      return
+    if self.sync:
+      torch.cuda.synchronize(self.device)
+    now = time.time()
+    self.quota.record_step(max(0.0, now - self.t - self.generator_seconds) / self.steps)
+    self.t, self.steps, self.generator_seconds = now, 0, 0.0
+
+
+class DeviceStructureSource:
+  """Batches that begin with new structures made on the training device (as
+  many as a DeviceStructureQuota allows) and go on with structures drawn from
+  the pool; every new structure also goes into the pool."""
+
+  def __init__(self, library, device, cfg, generator):
+    from phai_cctbx.training.torch_structures import TorchStructureGenerator
+    self.maker = TorchStructureGenerator(library, device, max_atoms=cfg.max_atoms)
+    self.quota = DeviceStructureQuota(cfg.device_structures, cfg.batch_size, cfg.device_time_share,
+                                      cfg.device_block)
+    self.clock = _StepClock(self.quota, device)
+    self.device = device
+    self.generator = generator
+    self.batch_size = cfg.batch_size
+    self.fresh = None
+
+  def _make(self, n):
+    t = time.time()
+    made = self.maker.sample_batch(n, self.generator)
+    if self.device.type == "cuda":
+      torch.cuda.synchronize(self.device)
+    seconds = time.time() - t
+    self.quota.record_generation(made["cell"].shape[0], seconds)
+    self.clock.generator_seconds += seconds
+    return made
+
+  def batch(self, pool, generator):
+    """(frac, numbers, cell) of one batch, or None when no new structure is due."""
+    n_new = self.quota.per_step()
+    if n_new == 0:
+      return None
+    if self.fresh is None or self.fresh["cell"].shape[0] < n_new:
+      # in blocks of several steps' worth: the generator's rounds cost
+      # about the same for any number of candidates
+      made = self._make(self.quota.next_block(n_new))
+      self.fresh = made if self.fresh is None else {k: torch.cat([self.fresh[k], made[k]]) for k in made}
+    new = {k: v[:n_new] for k, v in self.fresh.items()}
+    self.fresh = {k: v[n_new:] for k, v in self.fresh.items()}
+    pool.add(new)
+    old = pool.sample(self.batch_size - n_new, generator)
+    return tuple(torch.cat([new[key].to(o.dtype), o]) for key, o in zip(("frac", "numbers", "cell"), old))
+
+  def note(self):
+    """The device generator's part of a log line ('' before its first block)."""
+    q = self.quota
+    if q.rate() is None:
+      return ""
+    return "; device: %d made, %.0f structures/s, %.1f per step" % (q.made, q.rate(), q.target())
+
+
 def _wants_structures(pool, examples_this_run, cfg, world=1):
   """Whether the pool takes another chunk of new structures now: always, unless
   ``cfg.reuse`` is set and this rank already has one new structure per
@@ -175,8 +326,12 @@ def _wants_structures(pool, examples_this_run, cfg, world=1):
 
 
 def run_network(model, amplitudes, measured, scaling, cycles, start_signs, grad_last=True,
-                autocast=None):
-  """Recycle ``cycles`` times from ``start_signs``; gradients only through the last cycle."""
+                autocast=None, hold=None):
+  """Recycle ``cycles`` times from ``start_signs``; gradients only through the
+  last cycle.  Examples where the (B,) bool ``hold`` is True keep their start
+  as the input of every cycle: the cycle that is trained then sees that start
+  itself, not the network's output (for partial solutions, which recycling
+  would otherwise replace by the network's own signs before the trained cycle)."""
   amp_grid = network_io.amplitude_grid(amplitudes, measured, scaling)
   signs = start_signs
   ctx = autocast or torch.autocast("cpu", enabled=False)
@@ -186,6 +341,8 @@ def run_network(model, amplitudes, measured, scaling, cycles, start_signs, grad_
       logits = model(amp_grid, network_io.phase_grid(signs))
     if not last:
       signs = network_io.signs_and_probabilities(logits.detach())[0]
+      if hold is not None:
+        signs = torch.where(hold[:, None], start_signs, signs)
   return logits
 
 
@@ -324,7 +481,7 @@ def _save_checkpoint(path, model, optimizer, cfg, state):
 def check_config(cfg: TrainConfig):
   """SystemExit with one line for values the trainer cannot use."""
   for name in ("random_start_fraction", "partial_start_fraction", "partial_wrong_min",
-               "partial_wrong_max", "partial_weak_fraction", "cf_start_fraction"):
+               "partial_wrong_max", "partial_weak_fraction", "cf_start_fraction", "partial_hold"):
     value = getattr(cfg, name)
     if not 0 <= value <= 1:
       raise SystemExit("%s must be a fraction between 0 and 1 (got %s)" % (name, value))
@@ -332,6 +489,10 @@ def check_config(cfg: TrainConfig):
     raise SystemExit("partial_start_fraction + cf_start_fraction must not exceed 1")
   if cfg.device_structures < 0:
     raise SystemExit("device_structures must be 0 or more (got %s)" % cfg.device_structures)
+  if not 0 <= cfg.device_time_share < 1:
+    raise SystemExit("device_time_share must be at least 0 and below 1 (got %s)" % cfg.device_time_share)
+  if cfg.device_block < 0:
+    raise SystemExit("device_block must be 0 or more (got %s)" % cfg.device_block)
   if cfg.partial_wrong_min > cfg.partial_wrong_max:
     raise SystemExit("partial_wrong_min (%s) is above partial_wrong_max (%s)"
                      % (cfg.partial_wrong_min, cfg.partial_wrong_max))
@@ -417,11 +578,11 @@ def train(cfg: TrainConfig, log=sys.stdout, on_checkpoint=None):
                            packing=cfg.packing, compress_workers=cfg.compress_workers)
   validator = Validator(library, cfg, device, maker) if is_main and cfg.validation_size > 0 else None
   pool = StructurePool(cfg.pool_size, cfg.max_atoms, device)
-  device_generator = fresh = None
+  device_source = None
   if cfg.device_structures > 0:
-    from phai_cctbx.training.torch_structures import TorchStructureGenerator
-    device_generator = TorchStructureGenerator(library, device, max_atoms=cfg.max_atoms)
-    ggen = torch.Generator(device=device).manual_seed(cfg.seed * 15485863 + rank + state["step"])
+    device_source = DeviceStructureSource(
+      library, device, cfg, torch.Generator(device=device).manual_seed(cfg.seed * 15485863 + rank
+                                                                       + state["step"]))
   gen = torch.Generator(device="cpu").manual_seed(cfg.seed * 7919 + rank + state["step"])
   dgen = torch.Generator(device=device).manual_seed(cfg.seed * 104729 + rank + state["step"])
   stop = _StopFlag()
@@ -458,6 +619,8 @@ def train(cfg: TrainConfig, log=sys.stdout, on_checkpoint=None):
     say("first step %.1f s after the start" % (t_start - T_IMPORT))
     end_time = _end_time(cfg, t_start)
     t_ckpt = t_log = time.time()
+    if device_source is not None:
+      device_source.clock.reset()
     seconds0, examples_log = state["seconds"], state["examples"]
     examples0 = state["examples"]
     steps0 = state["step"]
@@ -473,30 +636,24 @@ def train(cfg: TrainConfig, log=sys.stdout, on_checkpoint=None):
       time_fraction = (time.time() - t_start) / max(end_time - t_start, 1e-9) if end_time else 0.0
       for group in optimizer.param_groups:
         group["lr"] = _lr_at(state["step"], cfg, state.get("warm_restart", 0), time_fraction)
-      if device_generator is not None:
-        n_new = max(1, int(round(cfg.device_structures * cfg.batch_size)))
-        if fresh is None or fresh["cell"].shape[0] < n_new:
-          # in blocks of several steps' worth: the generator's rounds cost the
-          # same for any number of candidates
-          made = device_generator.sample_batch(8 * n_new, ggen)
-          fresh = made if fresh is None else {k: torch.cat([fresh[k], made[k]]) for k in made}
-        new = {k: v[:n_new] for k, v in fresh.items()}
-        fresh = {k: v[n_new:] for k, v in fresh.items()}
-        pool.add(new)
-        k = min(n_new, cfg.batch_size)
-        old = pool.sample(cfg.batch_size - k, gen)
-        frac, numbers, cell = (torch.cat([new[key][:k].to(o.dtype), o])
-                               for key, o in zip(("frac", "numbers", "cell"), old))
-      else:
-        frac, numbers, cell = pool.sample(cfg.batch_size, gen)
+      drawn = None
+      if device_source is not None:
+        try:
+          drawn = device_source.batch(pool, gen)
+        except RuntimeError as e:  # an optional source of structures: the pool goes on alone
+          say("the device structure generator failed (%s): training goes on from the pool alone"
+              % str(e).splitlines()[0])
+          device_source = None
+      frac, numbers, cell = drawn if drawn is not None else pool.sample(cfg.batch_size, gen)
       ex = maker(frac, numbers, strain_cells(cell, dgen, cfg.cell_strain), generator=dgen)
       cycles = int(torch.randint(1, cfg.max_cycles + 1, (1,), generator=gen))
-      start, _ = starts.training_starts(ex.signs, ex.true_amplitudes, dgen, cfg.partial_start_fraction,
+      start, kind = starts.training_starts(ex.signs, ex.true_amplitudes, dgen, cfg.partial_start_fraction,
                                         cfg.random_start_fraction, cfg.partial_wrong_min,
                                         cfg.partial_wrong_max, cfg.partial_weak_fraction,
                                         cfg.cf_start_fraction, flipper, ex.amplitudes, ex.measured)
+      hold = (kind >= 2) & (torch.rand(kind.shape, generator=dgen, device=device) < cfg.partial_hold)
       logits = run_network(train_model, ex.amplitudes, ex.measured, cfg.amplitude_scaling, cycles,
-                           start, autocast=autocast)
+                           start, autocast=autocast, hold=hold)
       loss = loss_fn(logits, ex.signs, ex.weights)
       optimizer.zero_grad(set_to_none=True)
       loss.backward()
@@ -504,6 +661,8 @@ def train(cfg: TrainConfig, log=sys.stdout, on_checkpoint=None):
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
       optimizer.step()
       losses.append(loss.detach())
+      if device_source is not None:
+        device_source.clock.tick()
       state["step"] += 1
       state["examples"] += per_step
       state["seconds"] = seconds0 + time.time() - t_start
@@ -521,13 +680,15 @@ def train(cfg: TrainConfig, log=sys.stdout, on_checkpoint=None):
         stop_now = bool(flag.item() > 0)
       if state["step"] % cfg.log_every == 0 and is_main:
         dt = time.time() - t_log
-        say("step %7d  examples %9d  %7.0f ex/s  loss %.4f  lr %.2e  pool %d (%d made)"
+        say("step %7d  examples %9d  %7.0f ex/s  loss %.4f  lr %.2e  pool %d (%d made)%s"
             % (state["step"], state["examples"], (state["examples"] - examples_log) / max(dt, 1e-9),
                torch.stack(losses).mean().item(), optimizer.param_groups[0]["lr"], pool.filled,
-               pool.added * world))
+               pool.added * world, device_source.note() if device_source is not None else ""))
         losses, t_log, examples_log = [], time.time(), state["examples"]
       last = state["step"] >= cfg.max_steps or stop_now
+      paused = False  # time spent on other things than training steps
       if validator is not None and (state["step"] % cfg.validate_every == 0 or last):
+        paused = True
         t = time.time()
         v = validator(model, cfg.amplitude_scaling, autocast)
         validation_seconds = time.time() - t
@@ -535,9 +696,12 @@ def train(cfg: TrainConfig, log=sys.stdout, on_checkpoint=None):
                                "seconds": round(state["seconds"], 1), "validation": v})
         say("validation at %d examples: %s" % (state["examples"], format_validation(v)))
       if is_main and (last or time.time() - t_ckpt > 60 * cfg.checkpoint_minutes):
+        paused = True
         save()
         final_saved = last
         t_ckpt = time.time()
+      if device_source is not None and paused:
+        device_source.clock.reset()
       if stop_now:
         say("stopping at step %d: checkpoint in %s" % (state["step"], ckpt_path))
         break
