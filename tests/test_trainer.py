@@ -155,3 +155,55 @@ def test_generator_rates(library_path):
   assert set(rates) == {"organic, insertion", "organic, compression", "ionic",
                         "training mix (insertion)"}
   assert all(r > 0 for r in rates.values())
+
+
+def test_structure_stream_closes_at_once_with_a_full_queue(library_path):
+  """Workers whose chunks sit unread on a full queue cannot exit by themselves;
+  close() must still end them all without waiting for each in turn."""
+  import time
+  from phai_cctbx.training.data import StructureStream
+  stream = StructureStream(library_path, seed=3, workers=4, chunk=2)
+  assert stream.get(timeout=120) is not None
+  deadline = time.time() + 120
+  while not stream.queue.full() and time.time() < deadline:  # nobody reads: the queue fills
+    time.sleep(0.5)
+  assert stream.queue.full()
+  t = time.time()
+  stream.close()
+  assert not any(p.is_alive() for p in stream.processes)
+  assert time.time() - t < 8  # was 5 s per blocked worker
+
+
+def test_run_network_holds_partial_starts_through_recycling():
+  """Held examples see their start in every cycle; the others see the
+  network's signs of the cycle before."""
+  from phai_cctbx import network_io
+
+  class Recorder(torch.nn.Module):
+    def __init__(self):
+      super().__init__()
+      self.inputs = []
+
+    def forward(self, amplitudes, phases):
+      self.inputs.append(phases.clone())
+      logits = torch.zeros((phases.shape[0], 2, n))
+      logits[:, 1] = 1.0  # every sign +1 (phase 0)
+      return logits
+
+  n = 1205
+  g = torch.Generator().manual_seed(0)
+  start = torch.where(torch.rand((3, n), generator=g) < 0.5, -1.0, 1.0)
+  amplitudes = torch.rand((3, n), generator=g)
+  measured = torch.ones((3, n), dtype=torch.bool)
+  model = Recorder()
+  hold = torch.tensor([True, False, True])
+  trainer.run_network(model, amplitudes, measured, "mean", 3, start, hold=hold)
+  assert len(model.inputs) == 3
+  first, plus = network_io.phase_grid(start), network_io.phase_grid(torch.ones_like(start))
+  assert torch.equal(model.inputs[0], first)
+  for later in model.inputs[1:]:
+    assert torch.equal(later[0], first[0]) and torch.equal(later[2], first[2])
+    assert torch.equal(later[1], plus[1]) and not torch.equal(later[1], first[1])
+  model.inputs.clear()
+  trainer.run_network(model, amplitudes, measured, "mean", 2, start)  # no hold: all recycled
+  assert torch.equal(model.inputs[1], plus)

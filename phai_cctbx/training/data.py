@@ -68,11 +68,16 @@ class StructureStream:
       return None
 
   def close(self):
+    """Stop the workers at once.  Their output is no longer wanted, and a
+    worker that has put chunks on the (full) queue cannot exit until they are
+    read, so waiting for each in turn (5 s apiece) cost a 15-process GPU run
+    over a minute at its end."""
     self.stop_event.set()
     for p in self.processes:
-      p.join(timeout=5)
       if p.is_alive():
         p.terminate()
+    for p in self.processes:
+      p.join(timeout=2)
 
 
 class StructurePool:
