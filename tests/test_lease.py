@@ -2,6 +2,7 @@
 the lease files at every precision level and split into parts, damaged files
 are refused in one line, and a lease-sized run stops by itself before its
 wall time and resumes from its own files."""
+import dataclasses
 import json
 import os
 import re
@@ -114,7 +115,9 @@ def test_parts_and_damage(tmp_path):
 
 def test_default_network_fits_the_files_handed_back(tmp_path):
   """The shipped network size with AdamW state packs into at most 5 files of
-  less than 16 MiB within the 40 MiB default budget."""
+  less than 16 MiB within the default budget, which leaves room for the
+  repository (19 MiB) and a 40 000-molecule library (10 MiB) in the 64 MiB
+  that travel to the next lease."""
   from phai_cctbx.training.trainer import DEFAULT_MODEL
   net = PhAINet(PhAIConfig(**DEFAULT_MODEL))
   opt = torch.optim.AdamW(net.parameters(), lr=1e-4, betas=(0.9, 0.98))
@@ -124,9 +127,11 @@ def test_default_network_fits_the_files_handed_back(tmp_path):
   blob = {"model_config": net.config.as_dict(), "model": net.state_dict(),
           "optimizer": opt.state_dict(), "step": 1, "examples": 1, "seconds": 0.0, "curve": [],
           "runs": []}
-  manifest = lease.write_lease_files(blob, str(tmp_path), 40 * 2 ** 20)
+  budget = int(lease.DEFAULT_BUDGET_MIB * 2 ** 20)
+  assert budget + 19 * 2 ** 20 + 10 * 2 ** 20 < 64 * 2 ** 20
+  manifest = lease.write_lease_files(blob, str(tmp_path), budget)
   sizes = [os.path.getsize(str(tmp_path / p["file"])) for p in manifest["parts"]]
-  assert len(sizes) <= lease.MAX_PARTS and max(sizes) < 16 * 2 ** 20 and sum(sizes) <= 40 * 2 ** 20
+  assert len(sizes) <= lease.MAX_PARTS and max(sizes) < 16 * 2 ** 20 and sum(sizes) <= budget
   assert manifest["precision"]["weights"] == "float16" and "exp_avg_sq" in manifest["precision"]["moments_kept"]
 
 
@@ -196,3 +201,16 @@ def test_bad_arguments_one_line(library_path, tmp_path, args, word):
   with pytest.raises(lease.LeaseError, match=word) as e:
     lease.run_lease(lease_args, overrides)
   assert str(e.value).startswith("Sorry") and "\n" not in str(e.value)
+
+
+def test_gpu_lease_defaults_yield_to_overrides_and_stay_with_the_machine():
+  cpu = lease.lease_config(None, {}, gpu=False)
+  gpu = lease.lease_config(None, {}, gpu=True)
+  assert cpu.device_structures == 0 and cpu.compress_workers == 0 and cpu.validate_every == 2000
+  assert (gpu.device_structures, gpu.device_time_share, gpu.device_block, gpu.compress_workers) \
+    == (1.0, 0.25, 2048, 4)
+  assert lease.lease_config(None, {"device_time_share": 0.5}, gpu=True).device_time_share == 0.5
+  # a GPU lease's device options are not carried to the next machine, a CPU one
+  previous = dict(dataclasses.asdict(gpu), batch_size=128)
+  after = lease.lease_config(previous, {}, gpu=False)
+  assert after.batch_size == 128 and after.device_structures == 0 and after.compress_workers == 0

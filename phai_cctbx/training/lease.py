@@ -1,7 +1,7 @@
 """Training in fixed-length GPU machine leases: one command per lease.
 
     python -m phai_cctbx.training.lease out_dir=$OUT [resume_dir=DIR] [minutes=9]
-        [library=cache/conformers.npz] [budget_mib=40] [reserve_minutes=0.5] [work_dir=DIR]
+        [library=cache/conformers.npz] [budget_mib=30] [reserve_minutes=0.5] [work_dir=DIR]
         [key=value ...]     (any field of trainer.TrainConfig, e.g. init_weights=..., batch_size=...)
     python -m phai_cctbx.training.lease unpack=DIR checkpoint=FILE
 
@@ -26,9 +26,12 @@ what the next lease needs to go on (``resume_dir`` = a copy of those files):
 At most 8 files, each below 16 MiB: what one run of the lent machine hands
 back.  The files are rewritten at every checkpoint (``checkpoint_minutes``),
 so a run killed at its limit still leaves the last checkpoint.  The default
-budget of 40 MiB leaves room for the files to travel back to the machine with
+budget of 30 MiB leaves room for the files to travel back to the machine with
 the repository (its tracked files, the shipped weights included, take about
-19 MiB of the 64 MiB a run may carry) and the conformer library.
+19 MiB of the 64 MiB a run may carry) and the conformer library (10 MiB for
+40 000 molecules): for the default network that is float16 weights and the
+bfloat16 second moment (27.6 MiB; with both moments, 37.9 MiB in the H200
+lease, the three would not travel together).
 
 On resume the network sizes and training options come from the previous
 lease; ``key=value`` given here override them.  The learning rate follows a
@@ -63,15 +66,26 @@ FILE_LIMIT = 16 * 2 ** 20              # bytes per file handed back
 PART_BYTES = FILE_LIMIT - 2 ** 16      # a margin below it
 OTHER_FILES = (MANIFEST, "train.log", "curve.png")
 MAX_PARTS = MAX_FILES - len(OTHER_FILES)
+DEFAULT_BUDGET_MIB = 30.0              # what the lease files may take (see the module's text)
 
 # Options of the lease's training where TrainConfig's defaults suit a long run better.
 # A pool of 512 structures to start from: on a 16-core machine the generator
 # processes make them in about 2 s (2048 would take 6 s).
-LEASE_DEFAULTS = dict(validate_every=1000, log_every=100, checkpoint_minutes=3.0, warmup_steps=300,
+# Validation every 2000 steps: on an H200 about every 2.5 min at 0.8 s each.
+LEASE_DEFAULTS = dict(validate_every=2000, log_every=100, checkpoint_minutes=3.0, warmup_steps=300,
                       min_pool=512)
+# On a GPU (measured on an H200 with 16 cores, README "Training"): the trainer
+# takes about 3300 examples/s, while 15 CPU generator processes make about 180
+# structures/s and the torch generator about 500 per second of GPU time.  A
+# quarter of the time for the GPU generator adds about 120 new structures/s at
+# about a fifth of the trainer's speed; four of the CPU processes pack by
+# compression (realistic, like the validation set) instead of insertion.
+GPU_LEASE_DEFAULTS = dict(device_structures=1.0, device_time_share=0.25, device_block=2048,
+                          compress_workers=4)
 # Fields that belong to this machine and run, not to the training: never taken from a previous lease.
 MACHINE_FIELDS = ("library", "output_dir", "resume", "init_weights", "device", "workers", "deadline",
-                  "max_minutes", "validation_file", "compress_workers")
+                  "max_minutes", "validation_file", "compress_workers", "device_structures",
+                  "device_time_share", "device_block")
 
 SECOND_MOMENTS = ("exp_avg_sq", "square_avg")
 # (weights dtype, moments dtype, moments kept)
@@ -366,11 +380,14 @@ def parse_args(argv):
   return lease, {k: parsed[k] for k in given}
 
 
-def lease_config(previous, overrides, **machine):
-  """The TrainConfig of a lease: TrainConfig defaults, the lease defaults, the
-  previous lease's training options, then the overrides and this machine's fields."""
+def lease_config(previous, overrides, gpu=False, **machine):
+  """The TrainConfig of a lease: TrainConfig defaults, the lease defaults (with
+  ``gpu``, those of a GPU machine too), the previous lease's training options,
+  then the overrides and this machine's fields."""
   values = dataclasses.asdict(TrainConfig())
   values.update(LEASE_DEFAULTS)
+  if gpu:
+    values.update(GPU_LEASE_DEFAULTS)
   if previous:
     values.update({k: v for k, v in previous.items() if k in values and k not in MACHINE_FIELDS})
   values.update(overrides)
@@ -392,7 +409,7 @@ def run_lease(lease, overrides, log=sys.stdout):
     raise LeaseError("minutes must be a positive number of minutes (got %s)" % minutes)
   if not 0 <= reserve < minutes:
     raise LeaseError("reserve_minutes must be at least 0 and below minutes (got %s)" % reserve)
-  budget = int(lease.get("budget_mib", 40.0) * 2 ** 20)
+  budget = int(lease.get("budget_mib", DEFAULT_BUDGET_MIB) * 2 ** 20)
   if budget <= 0:
     raise LeaseError("budget_mib must be positive")
   previous = None
@@ -411,7 +428,8 @@ def run_lease(lease, overrides, log=sys.stdout):
     ckpt = os.path.join(work_dir, "resume.pt")
     torch.save({k: v for k, v in previous.items() if k != "lease_precision"}, ckpt)
     machine["resume"] = ckpt
-  cfg = lease_config(previous["train_config"] if previous else None, overrides, **machine)
+  gpu = overrides.get("device", "auto") in ("auto", "cuda") and torch.cuda.is_available()
+  cfg = lease_config(previous["train_config"] if previous else None, overrides, gpu=gpu, **machine)
   if cfg.resume and cfg.init_weights:
     cfg = dataclasses.replace(cfg, init_weights="")
   if not os.path.isfile(cfg.library):
