@@ -189,7 +189,7 @@ class DeviceStructureQuota:
   def __init__(self, per_example, batch_size, time_share=0.0, block=0):
     self.ceiling = min(batch_size, max(1, int(round(per_example * batch_size))))
     self.share = time_share
-    self.block = max(block, 1) if block > 0 else 8 * self.ceiling
+    self.block = block if block > 0 else 8 * self.ceiling
     self.seconds_per_structure = None
     self.step_seconds = None
     self.made = 0
@@ -265,6 +265,10 @@ class _StepClock:
     self.t, self.steps, self.generator_seconds = now, 0, 0.0
 
 
+class DeviceGeneratorError(RuntimeError):
+  """The device structure generator failed (its first line of error)."""
+
+
 class DeviceStructureSource:
   """Batches that begin with new structures made on the training device (as
   many as a DeviceStructureQuota allows) and go on with structures drawn from
@@ -283,9 +287,12 @@ class DeviceStructureSource:
 
   def _make(self, n):
     t = time.time()
-    made = self.maker.sample_batch(n, self.generator)
-    if self.device.type == "cuda":
-      torch.cuda.synchronize(self.device)
+    try:
+      made = self.maker.sample_batch(n, self.generator)
+      if self.device.type == "cuda":
+        torch.cuda.synchronize(self.device)
+    except RuntimeError as e:
+      raise DeviceGeneratorError(str(e).splitlines()[0] if str(e) else type(e).__name__)
     seconds = time.time() - t
     self.quota.record_generation(made["cell"].shape[0], seconds)
     self.clock.generator_seconds += seconds
@@ -640,9 +647,8 @@ def train(cfg: TrainConfig, log=sys.stdout, on_checkpoint=None):
       if device_source is not None:
         try:
           drawn = device_source.batch(pool, gen)
-        except RuntimeError as e:  # an optional source of structures: the pool goes on alone
-          say("the device structure generator failed (%s): training goes on from the pool alone"
-              % str(e).splitlines()[0])
+        except DeviceGeneratorError as e:  # an optional source of structures: the pool goes on alone
+          say("the device structure generator failed (%s): training goes on from the pool alone" % e)
           device_source = None
       frac, numbers, cell = drawn if drawn is not None else pool.sample(cfg.batch_size, gen)
       ex = maker(frac, numbers, strain_cells(cell, dgen, cfg.cell_strain), generator=dgen)
