@@ -200,3 +200,31 @@ def test_trainer_goes_on_from_the_pool_when_the_device_generator_fails(library, 
   assert state["step"] == 3
   assert log.getvalue().count("device structure generator failed (CUDA error: an illegal memory "
                               "access was encountered): training goes on") == 1
+
+
+def test_the_heavy_atom_pre_test_changes_no_decision(library):
+  """Testing the heavy atoms first gives the flags of the full test on
+  random placements (both outcomes occur), and the same structures from
+  the same random numbers."""
+  flags = []
+  for heavy_first in (False, True):
+    gen = TorchStructureGenerator(library, "cpu", heavy_first=heavy_first)
+    g = torch.Generator().manual_seed(5)
+    draw = gen._draw(64, g)
+    mol = draw["mol"]
+    draw["comp"] = gen._compact(mol)
+    draw["cls"], draw["z"] = gen.compact_classes(mol, draw["comp"])
+    draw["comp_heavy"] = gen._compact(mol, heavy=True)
+    draw["cls_heavy"], _ = gen.compact_classes(mol, draw["comp_heavy"])
+    draw["thr2"] = (torch.as_tensor(insertion_thresholds(contact_thresholds()),
+                                    dtype=torch.float32)[None] * draw["scale"][:, None, None]) ** 2
+    rot = gen._orientations(mol, g)
+    centre = torch.rand((64, 3, 3), generator=g)
+    todo = torch.nonzero(draw["ok"]).flatten()
+    flags.append(gen._test_many(draw, rot, centre, draw["edges"] * 1.3, todo))
+  assert torch.equal(flags[0], flags[1])
+  assert 0 < int(flags[0].sum()) < len(flags[0])
+  outs = [TorchStructureGenerator(library, "cpu", heavy_first=h).sample_batch(
+    4, torch.Generator().manual_seed(2)) for h in (False, True)]
+  for k in ("frac", "numbers", "cell", "body"):
+    assert torch.equal(outs[0][k], outs[1][k])
