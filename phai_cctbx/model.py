@@ -8,6 +8,15 @@ Inputs are two grids of shape (batch, 2m+1, m+1, m+1), m = ``max_index``:
 amplitudes scaled to at most 1 and phases in degrees (0 or -180).  The output
 is logits of shape (batch, 2, n_reflections); class 0 means phase pi, class 1
 means phase 0.
+
+``voxel_head`` (not in the published network) adds a second output: a 1x1x1
+convolution of the convolution stack's features, read at each reflection's
+voxel and added to the mixer's logits.  The mixer decodes all 1205 signs
+from the mean of its tokens, one ``dim``-vector, which cannot carry the
+input's signs through; the voxel head can, so that a network may keep the
+right signs of a partial solution it is given and change the others.  It
+starts at zero (the network's output is unchanged), so it can be added to
+trained weights and fine-tuned.
 """
 from __future__ import annotations
 
@@ -16,6 +25,8 @@ import json
 
 import torch
 from torch import nn
+
+from phai_cctbx import reflection_set
 
 
 @dataclasses.dataclass
@@ -29,6 +40,7 @@ class PhAIConfig:
   dim_token_exp: int = 512
   mlp_depth: int = 8
   reflections: int = 1205
+  voxel_head: bool = False
 
   @classmethod
   def from_dict(cls, d: dict) -> "PhAIConfig":
@@ -132,16 +144,31 @@ class PhAINet(nn.Module):
     # is taken in forward().
     self.net_output = nn.Sequential(
       nn.Identity(), nn.Identity(), nn.Identity(), nn.Linear(c.dim, 2 * c.reflections))
+    if c.voxel_head:
+      self.net_voxel_output = nn.Conv3d(c.filters, 2, 1)
+      nn.init.zeros_(self.net_voxel_output.weight)
+      nn.init.zeros_(self.net_voxel_output.bias)
+      ih, ik, il = reflection_set.grid_positions(c.max_index)
+      if len(ih) != c.reflections:
+        raise ValueError("voxel_head: %d reflections in the index grid of max_index %d, not %d"
+                         % (len(ih), c.max_index, c.reflections))
+      flat = (ih * (c.max_index + 1) + ik) * (c.max_index + 1) + il
+      self.register_buffer("voxel_index", torch.as_tensor(flat, dtype=torch.long),
+                           persistent=False)
 
   def forward(self, amplitudes: torch.Tensor, phases_deg: torch.Tensor) -> torch.Tensor:
     """Logits (batch, 2, reflections) from amplitude and phase grids."""
     x = self.net_a(amplitudes.unsqueeze(1)) + self.net_p(phases_deg.unsqueeze(1))
     for block in self.net_convolution_layers:
       x = block(x)
+    voxels = x
     x = self.net_projection_layer(x)
     x = self.net_mixer_layers(x)
     x = self.net_output(x.mean(dim=1))
-    return x.view(x.shape[0], 2, self.config.reflections)
+    x = x.view(x.shape[0], 2, self.config.reflections)
+    if self.config.voxel_head:
+      x = x + self.net_voxel_output(voxels).flatten(2)[:, :, self.voxel_index]
+    return x
 
   def parameter_count(self) -> int:
     return sum(p.numel() for p in self.parameters())

@@ -75,7 +75,8 @@ def config_from_state_dict(state_dict: dict) -> PhAIConfig:
   return PhAIConfig(max_index=max_index, filters=conv.shape[0], kernel_size=conv.shape[-1],
                     cnn_depth=len(blocks), dim=proj.shape[0], dim_exp=channel.shape[0],
                     dim_token_exp=token.shape[0], mlp_depth=len(mixers),
-                    reflections=out.shape[0] // 2)
+                    reflections=out.shape[0] // 2,
+                    voxel_head="net_voxel_output.weight" in state_dict)
 
 
 def read_weights(path: str):

@@ -2,6 +2,7 @@
 
     python regression/benchmark_partial_hold.py --hold 0|1 [--minutes 10] [--out DIR]
         [--library cache/conformers.npz] [--partial 0.5] [--init-weights FILE]
+        [--voxel-head]
 
 Trains one network on the CPU (a small one from scratch by default, or the
 given weights) with ``--partial`` of the starts partial solutions and
@@ -10,7 +11,7 @@ prints its validation curve: r from zero starts against r from fixed partial
 starts (``partial A -> B``: A the r of the starts, B the network's after 4
 cycles).  A network that uses its phase input ends with B above the zero
 start's r.  Run the two holds side by side (one core each, OMP_NUM_THREADS=1)
-to compare them.
+to compare them, or a network with and without ``--voxel-head`` (model.py).
 """
 import argparse
 
@@ -27,6 +28,7 @@ def main():
   p.add_argument("--library", default="cache/conformers.npz")
   p.add_argument("--partial", type=float, default=0.5)
   p.add_argument("--init-weights", default="")
+  p.add_argument("--voxel-head", action="store_true")
   a = p.parse_args()
   from phai_cctbx.training import trainer
   sizes = {} if a.init_weights else SMALL
@@ -35,7 +37,7 @@ def main():
                             max_minutes=a.minutes, workers=1, validation_size=64, validate_every=150,
                             log_every=50, partial_start_fraction=a.partial, cf_start_fraction=0.0,
                             partial_hold=a.hold, seed=1, checkpoint_minutes=1e6, reuse=4, min_pool=256,
-                            init_weights=a.init_weights, **sizes)
+                            init_weights=a.init_weights, voxel_head=a.voxel_head, **sizes)
   _, state = trainer.train(cfg)
   print("examples  per d_min: zero-start r, partial A -> B")
   for point in state["curve"]:

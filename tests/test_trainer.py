@@ -53,6 +53,13 @@ def test_train_and_resume(library_path, tmp_path):
   _, state3 = trainer.train(cfg3)
   assert state3["step"] == 7 and state3["examples"] == 28
   assert [c["step"] for c in state3["curve"]] == [2, 3, 4, 5, 6, 7]
+  # ... also with a voxel head added, which starts at zero
+  cfg4 = _config(library_path, tmp_path / "with_head", init_weights=w, max_steps=6,
+                 voxel_head=True, validation_size=0)
+  model4, state4 = trainer.train(cfg4)
+  assert model4.config.voxel_head and state4["step"] == 6
+  assert any(float(v.abs().sum()) > 0 for k, v in model4.state_dict().items()
+             if k.startswith("net_voxel_output."))
 
 
 def test_resume_refuses_other_sizes(library_path, tmp_path):

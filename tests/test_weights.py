@@ -77,3 +77,12 @@ def test_default_checksum_is_checked(tmp_path, monkeypatch):
     f.write(b"x")
   with pytest.raises(Sorry, match="sha256"):
     weights.load_model()
+
+
+def test_a_voxel_head_is_read_off_a_state_dict_and_kept_in_the_package_format(tmp_path):
+  config = PhAIConfig(**dict(SMALL.as_dict(), voxel_head=True))
+  net = PhAINet(config)
+  assert weights.config_from_state_dict(net.state_dict()) == config
+  path = str(tmp_path / "w.pt")
+  weights.save_weights(path, net, "mean", {})
+  assert weights.load_model(path).config.voxel_head

@@ -87,7 +87,7 @@ CPU, on one GPU, or on several under torchrun:
       init_weights=p.run.init_weights or "",
       filters=p.model.filters, cnn_depth=p.model.cnn_depth, dim=p.model.dim,
       dim_exp=p.model.dim_exp, dim_token_exp=p.model.dim_token_exp, mlp_depth=p.model.mlp_depth,
-      amplitude_scaling=p.model.amplitude_scaling, optimizer=p.optimiser.name,
+      voxel_head=p.model.voxel_head, amplitude_scaling=p.model.amplitude_scaling, optimizer=p.optimiser.name,
       learning_rate=p.optimiser.learning_rate, weight_decay=p.optimiser.weight_decay,
       warmup_steps=p.optimiser.warmup_steps, max_steps=p.optimiser.max_steps,
       batch_size=p.optimiser.batch_size, grad_clip=p.optimiser.grad_clip,

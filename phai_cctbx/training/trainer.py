@@ -55,6 +55,7 @@ class TrainConfig:
   dim_exp: int = DEFAULT_MODEL["dim_exp"]
   dim_token_exp: int = DEFAULT_MODEL["dim_token_exp"]
   mlp_depth: int = DEFAULT_MODEL["mlp_depth"]
+  voxel_head: bool = False          # per-reflection output from the conv features (model.py)
   amplitude_scaling: str = "mean"
   # optimiser
   optimizer: str = "adamw"          # adamw | rmsprop
@@ -110,7 +111,7 @@ class TrainConfig:
   def model_config(self) -> PhAIConfig:
     return PhAIConfig(filters=self.filters, cnn_depth=self.cnn_depth, dim=self.dim,
                       dim_exp=self.dim_exp, dim_token_exp=self.dim_token_exp,
-                      mlp_depth=self.mlp_depth)
+                      mlp_depth=self.mlp_depth, voxel_head=self.voxel_head)
 
   @classmethod
   def from_args(cls, args) -> "TrainConfig":
@@ -554,10 +555,18 @@ def train(cfg: TrainConfig, log=sys.stdout, on_checkpoint=None):
   if cfg.init_weights and not cfg.resume:
     from phai_cctbx.weights import read_weights
     config, weights, scaling, card = read_weights(cfg.init_weights)
-    if config != model.config:
+    added_head = model.config.voxel_head and not config.voxel_head
+    if dataclasses.replace(config, voxel_head=model.config.voxel_head) != model.config:
       raise SystemExit("init_weights: the file's network sizes %s differ from the requested %s"
                        % (config.as_dict(), model.config.as_dict()))
-    model.load_state_dict({k: v.float() for k, v in weights.items()})
+    if config.voxel_head and not model.config.voxel_head:
+      raise SystemExit("init_weights: the file's network has a voxel head; train it with "
+                       "model.voxel_head=True")
+    missing, _ = model.load_state_dict({k: v.float() for k, v in weights.items()},
+                                       strict=not added_head)
+    if added_head:
+      assert all(k.startswith("net_voxel_output.") for k in missing), missing
+      say("voxel head added to %s, starting at zero" % cfg.init_weights)
     state.update(step=card.get("steps", 0), examples=card.get("examples_seen", 0),
                  seconds=card.get("training_seconds", 0.0), curve=list(card.get("curve", [])),
                  runs=list(card.get("runs", [])))
