@@ -215,6 +215,28 @@ def test_the_candidate_that_predicts_held_out_amplitudes_picks_the_solution():
     search.choose(list(cands), amplitudes, f_obs, std, rule="nearest")
 
 
+def test_a_map_with_negative_skewness_does_not_pick_the_solution():
+  """The inverted map of the true phases (every phase moved by 180 degrees)
+  has negative skewness by its own map terms; with the better held-out
+  correlation it still loses to the right phases, and picks only when
+  every candidate's map is like it."""
+  std, fc, f_obs, amplitudes = _case()
+  problem = dual_space.P1Problem(f_obs)
+  true = fc.phases(deg=True)
+  inverted = true.customized_copy(data=true.data() + 180.0)
+  right = _candidate(std, f_obs, true, "right", "dual_space", 0.5, origin_cc=0.99)
+  wrong = _candidate(std, f_obs, inverted, "inverted", "dual_space", 0.5, origin_cc=0.99)
+  right.terms.update(search.map_terms(problem, true))
+  wrong.terms.update(search.map_terms(problem, inverted))
+  assert right.terms["skewness"] > 0 > wrong.terms["skewness"]
+  wrong.terms["held_out_cc"] = right.terms["held_out_cc"] + 0.1
+  assert search.top_candidate([wrong, right]) == 1
+  assert search.top_candidate([right, wrong]) == 0
+  other = _candidate(std, f_obs, _shifted(inverted, 3), "other", "dual_space", 0.5)
+  other.terms.update({"skewness": -0.5, "held_out_cc": wrong.terms["held_out_cc"] - 0.2})
+  assert search.top_candidate([other, wrong]) == 1
+
+
 def test_the_held_out_correlation_is_computed_once_per_solution(monkeypatch):
   std, fc, f_obs, amplitudes = _case()
   true = fc.phases(deg=True)
