@@ -42,3 +42,20 @@ def test_loss_is_origin_invariant_and_rewards_right_signs():
   wrong = loss(logits_for(-true * np.where(np.arange(1205) % 2, 1, -1)), t, w)
   assert torch.allclose(right, shifted)
   assert right < 0.2 < wrong
+
+
+def test_a_fixed_origin_scores_the_signs_at_that_origin_only():
+  amp, true = _example(4)
+  loss = OriginInvariantLoss()
+  w = torch.tensor(amp * reflection_set.unique_mask(), dtype=torch.float32)[None].repeat(2, 1)
+  t = torch.tensor(true, dtype=torch.float32)[None].repeat(2, 1)
+  s = torch.tensor(true * reflection_set.origin_sign_flips()[3], dtype=torch.float32)
+  logits = torch.stack([-2.0 * s, 2.0 * s])[None].repeat(2, 1, 1)
+  best = loss(logits, t, w)
+  assert torch.allclose(loss(logits, t, w, torch.tensor([-1, -1])), best)
+  assert torch.allclose(loss(logits, t, w, torch.tensor([3, 3])), best)
+  elsewhere = loss(logits, t, w, torch.tensor([3, 0]))
+  assert elsewhere > best + 0.5
+  # each example on its own: the mean of the two
+  one = loss(logits[:1], t[:1], w[:1], torch.tensor([0]))
+  assert torch.allclose(elsewhere, (best + one) / 2)

@@ -52,6 +52,14 @@ def test_partial_has_the_asked_fraction_wrong(examples, weak):
   flips = torch.as_tensor(reflection_set.origin_sign_flips(), dtype=torch.float32)
   assert any(not torch.equal(shifted[i], start[i]) for i in range(b))
   assert all(any(torch.equal(shifted[i] * flips[o], start[i]) for o in range(8)) for i in range(b))
+  # origin_of finds the shift where the start is clearly nearest the truth
+  # (up to a quarter of its signs wrong): moved back by it, it is the start
+  # at origin 0
+  origin = maker.origin_of(ex.signs, shifted, ex.true_amplitudes)
+  clear = [i for i in range(b) if asked[i] <= 0.25]
+  assert len(clear) >= 3
+  assert all(torch.equal(shifted[i] * flips[origin[i]], start[i]) for i in clear)
+  assert len(set(origin[clear].tolist())) > 1
 
 
 def test_weak_bias_puts_the_errors_on_weak_reflections(examples):

@@ -98,6 +98,7 @@ CPU, on one GPU, or on several under torchrun:
       partial_wrong_max=p.recycling.partial_wrong_max,
       partial_weak_fraction=p.recycling.partial_weak_fraction,
       cf_start_fraction=p.recycling.cf_start_fraction, partial_hold=p.recycling.partial_hold,
+      partial_origin=p.recycling.partial_origin,
       workers=p.data.workers,
       pool_size=p.data.pool_size, min_pool=min(2048, p.data.pool_size), reuse=p.data.reuse,
       packing=p.data.packing, compress_workers=p.data.compress_workers,

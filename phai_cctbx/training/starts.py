@@ -78,6 +78,13 @@ class StartMaker:
       signs = signs * self.flips[origin]
     return signs
 
+  def origin_of(self, true_signs, start_signs, true_amplitudes):
+    """(B,) the origin (0-7) at which the start agrees best with the truth,
+    its eligible signs weighted by |F|^2."""
+    w = (true_amplitudes.float() ** 2) * self.eligible(true_amplitudes)
+    agree = ((true_signs * start_signs * w)[:, None, :] * self.flips[None]).sum(-1)
+    return agree.argmax(1)
+
   def wrong_fraction(self, true_signs, start_signs, true_amplitudes):
     """(B,) the fraction of eligible signs that are wrong at the best of the 8 origins."""
     ok = self.eligible(true_amplitudes)

@@ -75,6 +75,7 @@ class TrainConfig:
   cf_start_fraction: float = 0.1       # partial starts then 1-5 cycles of charge flipping (torch, on the batch)
   partial_hold: float = 0.75           # of the partial starts: the trained (last) cycle sees the start
                                        # itself, not the network's recycled output of it
+  partial_origin: bool = True          # partial starts scored at their own origin (loss.py), not the best
   mixed_precision: bool = True      # bf16 autocast on GPU
   # data
   workers: int = 0                  # generator processes (0: all cores but one)
@@ -669,7 +670,10 @@ def train(cfg: TrainConfig, log=sys.stdout, on_checkpoint=None):
       hold = (kind >= 2) & (torch.rand(kind.shape, generator=dgen, device=device) < cfg.partial_hold)
       logits = run_network(train_model, ex.amplitudes, ex.measured, cfg.amplitude_scaling, cycles,
                            start, autocast=autocast, hold=hold)
-      loss = loss_fn(logits, ex.signs, ex.weights)
+      # A partial start is finished where it stands: scored at its own origin.
+      origin = torch.where(kind >= 2, starts.origin_of(ex.signs, start, ex.true_amplitudes),
+                           torch.full_like(kind, -1)) if cfg.partial_origin else None
+      loss = loss_fn(logits, ex.signs, ex.weights, origin)
       optimizer.zero_grad(set_to_none=True)
       loss.backward()
       if cfg.grad_clip > 0:
