@@ -60,6 +60,16 @@ def test_train_and_resume(library_path, tmp_path):
   assert model4.config.voxel_head and state4["step"] == 6
   assert any(float(v.abs().sum()) > 0 for k, v in model4.state_dict().items()
              if k.startswith("net_voxel_output."))
+  # its own learning rate, scaled; the rest at the network's
+  groups = trainer.parameter_groups(model4, 10.0)
+  assert [g.get("lr_scale", 1.0) for g in groups] == [1.0, 10.0]
+  assert sum(p.numel() for p in groups[1]["params"]) == 2 * 4 + 2
+  assert len(trainer.parameter_groups(trainer.PhAINet(TrainConfig(**TINY).model_config()), 10.0)) == 1
+  # resumed from its checkpoint (two parameter groups in the optimiser state)
+  cfg5 = _config(library_path, tmp_path / "with_head", resume=str(tmp_path / "with_head" / "checkpoint.pt"),
+                 max_steps=7, voxel_head=True, validation_size=0)
+  _, state5 = trainer.train(cfg5)
+  assert state5["step"] == 7
 
 
 def test_resume_refuses_other_sizes(library_path, tmp_path):

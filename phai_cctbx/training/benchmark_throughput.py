@@ -88,13 +88,14 @@ def generator_rates(library_path, count, seed=0):
   return rates
 
 
-def device_generator_rate(library_path, device, count, seed=0):
+def device_generator_rate(library_path, device, count, seed=0, heavy_first=True):
   """Structures per second of the batched torch generator on ``device``
-  (organic, random insertion and squeeze), after one warm-up batch."""
+  (organic, random insertion and squeeze), after one warm-up batch, and
+  the share of candidates accepted."""
   from phai_cctbx.training.molecules import ConformerLibrary
   from phai_cctbx.training.torch_structures import TorchStructureGenerator
   library = ConformerLibrary.load(library_path)
-  gen = TorchStructureGenerator(library, device)
+  gen = TorchStructureGenerator(library, device, heavy_first=heavy_first)
   g = torch.Generator(device=device).manual_seed(seed)
   gen.sample_batch(min(count, 16), g)
   if device.type == "cuda":
@@ -126,9 +127,11 @@ def main(argv=None):
     for label, rate in generator_rates(library, int(args.get("structures", 60))).items():
       print("  %-26s %7.1f structures/s" % (label, rate))
     count = int(args.get("device_structures", 2048 if device.type == "cuda" else 16))
-    rate, acceptance = device_generator_rate(library, device, count)
-    print("structure generator on %s (torch, batched, organic, %d structures, %.0f %% of candidates "
-          "accepted): %.1f structures/s" % (device, count, 100 * acceptance, rate))
+    for heavy_first, how in ((True, "heavy atoms tested first"), (False, "every atom at once")):
+      rate, acceptance = device_generator_rate(library, device, count, heavy_first=heavy_first)
+      print("structure generator on %s (torch, batched, organic, %d structures, %.0f %% of "
+            "candidates accepted, %s): %.1f structures/s"
+            % (device, count, 100 * acceptance, how, rate))
   else:
     print("structure generator: no conformer library at %s (library=...)" % library)
 
