@@ -1,5 +1,6 @@
 """Tests of the hybrid search's choice of a solution (phai_cctbx.search)."""
 import dataclasses
+import os
 
 import numpy as np
 import pytest
@@ -235,6 +236,36 @@ def test_a_map_with_negative_skewness_does_not_pick_the_solution():
   other = _candidate(std, f_obs, _shifted(inverted, 3), "other", "dual_space", 0.5)
   other.terms.update({"skewness": -0.5, "held_out_cc": wrong.terms["held_out_cc"] - 0.2})
   assert search.top_candidate([other, wrong]) == 1
+
+
+STRONTIANITE = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "structures",
+                            "supergroups", "BobHanson_Strontianite.cif")
+
+
+@pytest.mark.skipif(not os.path.isfile(STRONTIANITE), reason="development structures not present")
+def test_strontianite_at_2_angstrom_is_solved_past_its_inverted_map(monkeypatch):
+  """Real data where the rule decides: dual-space phasing of Strontianite's
+  calculated 2.0 A amplitudes (Pmcn, phased as its P2_1/c subgroup) has a
+  map of negative skewness with the best held-out correlation (r 0.23);
+  with the rule the answer that random starts and sign combinations reach
+  is chosen, and called solved."""
+  import io
+  from phai_cctbx import solve
+  xs = benchmark.read_structure(STRONTIANITE)
+  f_calc = benchmark.structure_factors(xs, 2.0)
+  f_obs = f_calc.as_amplitude_array()
+
+  def r_of(result):
+    std = result.standardisation
+    truth = benchmark.Truth(std, f_calc)
+    return truth.r(search.list_signs(std, result.f_obs, result.phases),
+                   benchmark.measured_on_list(std, f_obs))
+
+  result = solve.solve(f_obs, method="dual_space", log=io.StringIO())
+  assert r_of(result) > 0.95 and result.chosen.terms["skewness"] > 0
+  assert result.verdict in ("solved", "probably solved")
+  monkeypatch.setattr(search, "skewed", lambda c: True)
+  assert r_of(solve.solve(f_obs, method="dual_space", log=io.StringIO())) < 0.5
 
 
 def test_the_held_out_correlation_is_computed_once_per_solution(monkeypatch):
