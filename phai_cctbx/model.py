@@ -26,7 +26,7 @@ import json
 import torch
 from torch import nn
 
-from phai_cctbx import reflection_set
+from phai_cctbx import network_io
 
 
 @dataclasses.dataclass
@@ -148,11 +148,11 @@ class PhAINet(nn.Module):
       self.net_voxel_output = nn.Conv3d(c.filters, 2, 1)
       nn.init.zeros_(self.net_voxel_output.weight)
       nn.init.zeros_(self.net_voxel_output.bias)
-      ih, ik, il = reflection_set.grid_positions(c.max_index)
-      if len(ih) != c.reflections:
+      # the voxels the inputs are scattered to (network_io.to_grid)
+      flat = network_io._grid_index(c.max_index)
+      if len(flat) != c.reflections:
         raise ValueError("voxel_head: %d reflections in the index grid of max_index %d, not %d"
-                         % (len(ih), c.max_index, c.reflections))
-      flat = (ih * (c.max_index + 1) + ik) * (c.max_index + 1) + il
+                         % (len(flat), c.max_index, c.reflections))
       self.register_buffer("voxel_index", torch.as_tensor(flat, dtype=torch.long),
                            persistent=False)
 
