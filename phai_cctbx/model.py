@@ -10,8 +10,9 @@ is logits of shape (batch, 2, n_reflections); class 0 means phase pi, class 1
 means phase 0.
 
 ``voxel_head`` (not in the published network) adds a second output: a 1x1x1
-convolution of the convolution stack's features, read at each reflection's
-voxel and added to the mixer's logits.  The mixer decodes all 1205 signs
+convolution of the convolution stack's features and of the input itself (the
+sign of each voxel's phase, and that sign times its amplitude), read at each
+reflection's voxel and added to the mixer's logits.  The mixer decodes all 1205 signs
 from the mean of its tokens, one ``dim``-vector, which cannot carry the
 input's signs through; the voxel head can, so that a network may keep the
 right signs of a partial solution it is given and change the others.  It
@@ -145,7 +146,9 @@ class PhAINet(nn.Module):
     self.net_output = nn.Sequential(
       nn.Identity(), nn.Identity(), nn.Identity(), nn.Linear(c.dim, 2 * c.reflections))
     if c.voxel_head:
-      self.net_voxel_output = nn.Conv3d(c.filters, 2, 1)
+      # conv features and two input channels: the sign of the phase, and
+      # the sign times the amplitude (so that trust can grow with |F|)
+      self.net_voxel_output = nn.Conv3d(c.filters + 2, 2, 1)
       nn.init.zeros_(self.net_voxel_output.weight)
       nn.init.zeros_(self.net_voxel_output.bias)
       # the voxels the inputs are scattered to (network_io.to_grid)
@@ -167,7 +170,9 @@ class PhAINet(nn.Module):
     x = self.net_output(x.mean(dim=1))
     x = x.view(x.shape[0], 2, self.config.reflections)
     if self.config.voxel_head:
-      x = x + self.net_voxel_output(voxels).flatten(2)[:, :, self.voxel_index]
+      sign = torch.cos(torch.deg2rad(phases_deg)).unsqueeze(1)
+      features = torch.cat([voxels, sign, sign * amplitudes.unsqueeze(1)], dim=1)
+      x = x + self.net_voxel_output(features).flatten(2)[:, :, self.voxel_index]
     return x
 
   def parameter_count(self) -> int:

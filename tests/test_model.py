@@ -46,7 +46,8 @@ def test_voxel_head_starts_at_zero_and_reads_each_reflections_voxel():
   """With the voxel head the logits start as those of the same network
   without it; the head then adds, for each reflection, the 1x1x1 output of
   the conv features at that reflection's input voxel (the voxels the
-  inputs are scattered to)."""
+  inputs are scattered to) and of the input's sign and sign times
+  amplitude there."""
   from phai_cctbx import network_io
   c = PhAIConfig(filters=4, cnn_depth=1, dim=16, dim_exp=16, dim_token_exp=8, mlp_depth=1)
   plain = PhAINet(c)
@@ -69,8 +70,19 @@ def test_voxel_head_starts_at_zero_and_reads_each_reflections_voxel():
   ih, ik, il = __import__("phai_cctbx.reflection_set", fromlist=["x"]).grid_positions(10)
   r = 37
   expect = features["x"][:, 0, ih[r], ik[r], il[r]]
-  assert torch.allclose(diff[:, 1, r], expect) and torch.allclose(diff[:, 1], grid[:, headed.voxel_index])
+  assert torch.allclose(diff[:, 1, r], expect, atol=1e-6)
+  assert torch.allclose(diff[:, 1], grid[:, headed.voxel_index], atol=1e-6)
   assert torch.equal(diff[:, 0], torch.zeros_like(diff[:, 0]))
+  # the two input channels: sign and sign times amplitude at the voxel
+  with torch.no_grad():
+    headed.net_voxel_output.weight.zero_()
+    headed.net_voxel_output.weight[0, c.filters] = 1.0
+    headed.net_voxel_output.weight[1, c.filters + 1] = 1.0
+    diff = headed(amplitudes, phases) - plain(amplitudes, phases)
+  sign = torch.where(phases == 0, 1.0, -1.0).flatten(1)[:, headed.voxel_index]
+  amp = amplitudes.flatten(1)[:, headed.voxel_index]
+  assert torch.allclose(diff[:, 0], sign, atol=1e-6)
+  assert torch.allclose(diff[:, 1], sign * amp, atol=1e-6)
 
 
 def _copy_accuracy(voxel_head, steps=60):

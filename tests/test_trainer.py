@@ -63,7 +63,7 @@ def test_train_and_resume(library_path, tmp_path):
   # its own learning rate, scaled; the rest at the network's
   groups = trainer.parameter_groups(model4, 10.0)
   assert [g.get("lr_scale", 1.0) for g in groups] == [1.0, 10.0]
-  assert sum(p.numel() for p in groups[1]["params"]) == 2 * 4 + 2
+  assert sum(p.numel() for p in groups[1]["params"]) == 2 * (4 + 2) + 2
   assert len(trainer.parameter_groups(trainer.PhAINet(TrainConfig(**TINY).model_config()), 10.0)) == 1
   # resumed from its checkpoint (two parameter groups in the optimiser state)
   cfg5 = _config(library_path, tmp_path / "with_head", resume=str(tmp_path / "with_head" / "checkpoint.pt"),
@@ -172,6 +172,17 @@ def test_generator_rates(library_path):
   assert set(rates) == {"organic, insertion", "organic, compression", "ionic",
                         "training mix (insertion)"}
   assert all(r > 0 for r in rates.values())
+
+
+def test_benchmark_throughput_runs_only_the_parts_asked(library_path, capsys):
+  from phai_cctbx.training import benchmark_throughput
+  with pytest.raises(SystemExit, match="parts=trainers"):
+    benchmark_throughput.main(["parts=trainers"])
+  benchmark_throughput.main(["device=cpu", "parts=device_generator", "library=" + library_path,
+                             "device_structures=4"])
+  out = capsys.readouterr().out
+  assert out.count("structure generator on cpu (torch") == 2
+  assert "examples/s" not in out and "one process" not in out
 
 
 def test_structure_stream_closes_at_once_with_a_full_queue(library_path):

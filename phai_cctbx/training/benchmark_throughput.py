@@ -2,6 +2,7 @@
 
     python -m phai_cctbx.training.benchmark_throughput [device=auto] [batch_size=64] [steps=5]
         [library=cache/conformers.npz] [structures=60] [device_structures=2048]
+        [parts=trainer,generator,device_generator]
 
 Times full training steps (structure factors of padded random structures,
 example drawing, recycling with 2 cycles, origin-invariant loss, backward,
@@ -11,6 +12,7 @@ rate in one process is timed separately for each packing and kind of
 structure, when a conformer library is there; the batched torch generator
 (torch_structures) is timed on the device itself, so that its rate of new
 structures can be set against the examples per second the trainer takes.
+``parts`` picks which of the three timings run (all by default).
 """
 import os
 import sys
@@ -107,6 +109,9 @@ def device_generator_rate(library_path, device, count, seed=0, heavy_first=True)
   return count / (time.time() - t0), gen.accepted / max(gen.candidates, 1)
 
 
+PARTS = ("trainer", "generator", "device_generator")
+
+
 def main(argv=None):
   args = dict(a.split("=", 1) for a in (sys.argv[1:] if argv is None else argv))
   name = args.get("device", "auto")
@@ -115,17 +120,25 @@ def main(argv=None):
   device = torch.device(name)
   batch_size = int(args.get("batch_size", 256 if device.type == "cuda" else 16))
   steps = int(args.get("steps", 20 if device.type == "cuda" else 3))
+  parts = set(args.get("parts", ",".join(PARTS)).split(","))
+  if not parts or parts - set(PARTS):
+    raise SystemExit("parts=%s: give some of %s, comma-separated" % (args["parts"], ",".join(PARTS)))
   print("device %s (%s), batch %d, %d timed steps, %d CPU threads"
         % (device, torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
            batch_size, steps, torch.get_num_threads()))
-  for label, config in SIZES.items():
+  for label, config in (SIZES.items() if "trainer" in parts else ()):
     rate, params = measure(config, device, batch_size, steps)
     print("  %-18s %6.1f M parameters  %8.1f examples/s" % (label, params / 1e6, rate))
   library = args.get("library", "cache/conformers.npz")
+  if not parts & {"generator", "device_generator"}:
+    return
   if os.path.isfile(library):
-    print("structure generator, one process (%s):" % library)
-    for label, rate in generator_rates(library, int(args.get("structures", 60))).items():
-      print("  %-26s %7.1f structures/s" % (label, rate))
+    if "generator" in parts:
+      print("structure generator, one process (%s):" % library)
+      for label, rate in generator_rates(library, int(args.get("structures", 60))).items():
+        print("  %-26s %7.1f structures/s" % (label, rate))
+    if "device_generator" not in parts:
+      return
     count = int(args.get("device_structures", 2048 if device.type == "cuda" else 16))
     for heavy_first, how in ((True, "heavy atoms tested first"), (False, "every atom at once")):
       rate, acceptance = device_generator_rate(library, device, count, heavy_first=heavy_first)
