@@ -55,7 +55,7 @@ class TrainConfig:
   dim_exp: int = DEFAULT_MODEL["dim_exp"]
   dim_token_exp: int = DEFAULT_MODEL["dim_token_exp"]
   mlp_depth: int = DEFAULT_MODEL["mlp_depth"]
-  voxel_head: bool = False          # per-reflection output from the conv features (model.py)
+  voxel_head: bool = True           # per-reflection output from the conv features and input (model.py)
   voxel_head_lr_scale: float = 10.0 # its learning rate, in units of the network's
   amplitude_scaling: str = "mean"
   # optimiser
