@@ -156,8 +156,20 @@ class PhAINet(nn.Module):
       if len(flat) != c.reflections:
         raise ValueError("voxel_head: %d reflections in the index grid of max_index %d, not %d"
                          % (len(flat), c.max_index, c.reflections))
-      self.register_buffer("voxel_index", torch.as_tensor(flat, dtype=torch.long),
-                           persistent=False)
+      # Not a buffer: DistributedDataParallel broadcasts buffers from rank 0,
+      # and over gloo an int64 buffer beside float ones arrives corrupted.
+      self._voxel_index = {"cpu": torch.as_tensor(flat, dtype=torch.long)}
+
+  @property
+  def voxel_index(self) -> torch.Tensor:
+    """(reflections,) the flat voxel of each reflection (network_io.to_grid)."""
+    return self._voxel_index["cpu"]
+
+  def _voxel_index_on(self, device) -> torch.Tensor:
+    key = str(device)
+    if key not in self._voxel_index:
+      self._voxel_index[key] = self._voxel_index["cpu"].to(device)
+    return self._voxel_index[key]
 
   def forward(self, amplitudes: torch.Tensor, phases_deg: torch.Tensor) -> torch.Tensor:
     """Logits (batch, 2, reflections) from amplitude and phase grids."""
@@ -172,7 +184,7 @@ class PhAINet(nn.Module):
     if self.config.voxel_head:
       sign = torch.cos(torch.deg2rad(phases_deg)).unsqueeze(1)
       features = torch.cat([voxels, sign, sign * amplitudes.unsqueeze(1)], dim=1)
-      x = x + self.net_voxel_output(features).flatten(2)[:, :, self.voxel_index]
+      x = x + self.net_voxel_output(features).flatten(2)[:, :, self._voxel_index_on(x.device)]
     return x
 
   def parameter_count(self) -> int:

@@ -64,7 +64,8 @@ def test_train_and_resume(library_path, tmp_path):
   groups = trainer.parameter_groups(model4, 10.0)
   assert [g.get("lr_scale", 1.0) for g in groups] == [1.0, 10.0]
   assert sum(p.numel() for p in groups[1]["params"]) == 2 * (4 + 2) + 2
-  assert len(trainer.parameter_groups(trainer.PhAINet(TrainConfig(**TINY).model_config()), 10.0)) == 1
+  assert len(trainer.parameter_groups(
+    trainer.PhAINet(TrainConfig(**dict(TINY, voxel_head=False)).model_config()), 10.0)) == 1
   # resumed from its checkpoint (two parameter groups in the optimiser state)
   cfg5 = _config(library_path, tmp_path / "with_head", resume=str(tmp_path / "with_head" / "checkpoint.pt"),
                  max_steps=7, voxel_head=True, validation_size=0)
