@@ -3,7 +3,9 @@
 Every way of phasing the data gives *candidates*: phases of the measured
 reflections in the data's own group and setting.  ``method="auto"`` runs,
 in stages, stopping after the first whose best candidate reaches
-``stop_fom`` (or once ``time_limit`` has passed):
+``stop_fom`` (or once ``time_limit`` has passed), except that with
+``network_check``, below atomic resolution, the network's trials (stage 2)
+run in any case:
 
 1. dual-space runs (:mod:`phai_cctbx.dual_space`) from random phases;
 1a. with ``sign_combinations`` > 0 and data below atomic resolution
@@ -224,6 +226,8 @@ class SearchSettings:
                                   # elimination alone, and/or by charge flipping
   recycle: int = 4                # auto: the network again on this many distinct
                                   # dual-space results (0: never)
+  network_check: bool = True      # auto: the network's trials run even when the
+                                  # dual-space stages before them called a solution
   time_limit: float = 120.0       # seconds; no new stage starts after it
   stop_fom: float = None          # stop after a stage whose best reaches this
   choice: str = "held_out"        # which candidate and phases: see choose()
@@ -564,7 +568,15 @@ def run(f_obs, standardisation, set_amplitudes, set_measured, model, settings=No
           ["sign combination"] * len(starts), engine, standardisation)
       stages.append("dual-space from %d sign combinations" % len(starts))
       stop = done()
-  if s.method in ("auto", "network") and not stop:
+  # Below atomic resolution dual-space runs can agree on a near-solution
+  # (with few reflections, all random starts end at the same few wrong
+  # signs) and call it solved; the network's trials, a second or so, then
+  # still compete for the choice.  At atomic resolution they are not needed
+  # and can only take the choice from a right dual-space solution.
+  called = stop and time.time() - t0 <= s.time_limit \
+    and f_obs.d_min() > dual_space_engine.SIGN_COMBINATIONS_D_MIN
+  if s.method in ("auto", "network") and (not stop or (s.method == "auto" and s.network_check
+                                                       and called)):
     from phai_cctbx import phasing  # torch: only when the network runs
     if callable(model) and not hasattr(model, "amplitude_scaling"):
       model = model()
@@ -575,7 +587,7 @@ def run(f_obs, standardisation, set_amplitudes, set_measured, model, settings=No
                               lambda t: "zero phases" if t == 0 else "random signs")
     candidates += net
     stages.append("network")
-    stop = done()
+    stop = done() or stop
     if s.method == "auto" and not stop:
       starts = np.stack([problem.phases_from(c.phases) for c in net])
       candidates += _dual_space_candidates(

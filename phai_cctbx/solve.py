@@ -241,7 +241,8 @@ def solve(miller_array, model=None, weights=None, trials=8, cycles=16,
           min_reflections=MIN_REFLECTIONS, device="cpu", precision="auto",
           method="auto", dual_space_starts=16, dual_space_cycles=200,
           recycle=4, time_limit=120.0, stop_early=True, dual_space_more_starts=48,
-          refine_network=False, network_seeds=(), sign_combinations=8):
+          refine_network=False, network_seeds=(), sign_combinations=8,
+          network_check=True):
   """Phase amplitudes or intensities (a cctbx miller array with crystal symmetry).
 
   Args:
@@ -273,6 +274,8 @@ def solve(miller_array, model=None, weights=None, trials=8, cycles=16,
       (:func:`phai_cctbx.dual_space.sign_combination_starts`); 0: none.
     time_limit: seconds after which no new stage of the search starts.
     stop_early: stop after the first stage whose best candidate is "solved".
+    network_check: auto, below atomic resolution: the network's trials run
+      even when the dual-space stages before them called a solution.
 
   Returns a :class:`SolveResult`.  Raises Sorry on unusable input.
   """
@@ -359,7 +362,7 @@ def solve(miller_array, model=None, weights=None, trials=8, cycles=16,
     starts=dual_space_starts, more_starts=dual_space_more_starts,
     refine_network=refine_network, network_seeds=tuple(network_seeds),
     sign_combinations=sign_combinations,
-    recycle=recycle, time_limit=time_limit,
+    recycle=recycle, network_check=network_check, time_limit=time_limit,
     stop_fom=SOLVED_FOM if stop_early else None,
     dual_space=dual_space.Settings(cycles=dual_space_cycles))
   _print(log)

@@ -260,3 +260,22 @@ def test_with_a_real_small_network(tmp_path):
   assert res.phasing.signs.shape == (2, 1205)
   assert res.phases.size() > 0 and res.verdict in [v[0] for v in solve_module.VERDICTS]
   assert res.summary()["weights"] == path
+
+
+def test_below_atomic_resolution_the_network_runs_after_a_called_solution(monkeypatch):
+  """With the first dual-space stage calling a solution, auto still runs the
+  network's trials below atomic resolution (network_check), and their
+  candidates compete for the choice; at 1.0 A, or with the check off, it
+  stops there."""
+  monkeypatch.setattr(solve_module, "SOLVED_FOM", 0.0)  # every stage "solves"
+  kw = dict(model=object(), trials=2, cycles=2, dual_space_starts=2, dual_space_more_starts=0)
+  for d_min, check, stages in ((2.0, True, ["dual-space from random phases", "network"]),
+                               (2.0, False, ["dual-space from random phases"]),
+                               (1.0, True, ["dual-space from random phases"])):
+    xs, fc, obs = _data("P 1 21/c 1", (6.1, 7.2, 8.3, 90, 104, 90), d_min=d_min)
+    fake = KnowsTheAnswer(_true_signs(xs))
+    monkeypatch.setattr(phasing, "phase_reflection_set", fake)
+    res = solve_module.solve(obs, network_check=check, **kw)
+    assert res.search.stages == stages, (d_min, check)
+    networked = [c for c in res.search.candidates if c.method == "network"]
+    assert len(networked) == (2 if "network" in stages else 0) and len(fake.calls) == len(networked) // 2

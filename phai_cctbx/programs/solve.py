@@ -297,7 +297,7 @@ All parameters with what they mean:
       method=p.phasing.method, dual_space_starts=p.phasing.dual_space.starts,
       dual_space_cycles=p.phasing.dual_space.cycles,
       recycle=p.phasing.dual_space.recycle, time_limit=p.phasing.time_limit,
-      stop_early=p.phasing.stop_early,
+      stop_early=p.phasing.stop_early, network_check=p.phasing.network_check,
       dual_space_more_starts=p.phasing.dual_space.more_starts,
       refine_network=p.phasing.dual_space.refine_network,
       network_seeds=tuple(p.phasing.dual_space.network_seeds or ()),
