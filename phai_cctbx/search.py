@@ -497,12 +497,18 @@ def partial_seeds(problem, network_candidates, fractions, rng):
   return np.stack(starts), labels, origins
 
 
+def below_atomic_resolution(f_obs):
+  """Whether ``f_obs`` stops short of atomic resolution
+  (:data:`phai_cctbx.dual_space.SIGN_COMBINATIONS_D_MIN`), where the sign
+  combinations and the network check of the search run."""
+  return f_obs.d_min() > dual_space_engine.SIGN_COMBINATIONS_D_MIN
+
+
 def runs_sign_combinations(settings, f_obs):
   """Whether the search with ``settings`` has the sign-combination stage for
-  ``f_obs`` (only below atomic resolution:
-  :data:`phai_cctbx.dual_space.SIGN_COMBINATIONS_D_MIN`)."""
+  ``f_obs`` (only :func:`below_atomic_resolution`)."""
   return settings.method in ("auto", "dual_space") and settings.sign_combinations > 0 \
-    and f_obs.d_min() > dual_space_engine.SIGN_COMBINATIONS_D_MIN
+    and below_atomic_resolution(f_obs)
 
 
 def _dual_space_candidates(f_obs, problem, starts, labels, start_names, settings, standardisation):
@@ -543,8 +549,10 @@ def run(f_obs, standardisation, set_amplitudes, set_measured, model, settings=No
     if log_stage is not None:
       log_stage(stages[-1], candidates)
     best = candidates[top_candidate(candidates, s.choice)].fom
-    return (s.stop_fom is not None and best >= s.stop_fom) \
-      or time.time() - t0 > s.time_limit
+    return (s.stop_fom is not None and best >= s.stop_fom) or timed_out()
+
+  def timed_out():
+    return time.time() - t0 > s.time_limit
 
   stop = False
   if s.method in ("auto", "dual_space") and s.starts > 0:
@@ -573,8 +581,7 @@ def run(f_obs, standardisation, set_amplitudes, set_measured, model, settings=No
   # signs) and call it solved; the network's trials, a second or so, then
   # still compete for the choice.  At atomic resolution they are not needed
   # and can only take the choice from a right dual-space solution.
-  called = stop and time.time() - t0 <= s.time_limit \
-    and f_obs.d_min() > dual_space_engine.SIGN_COMBINATIONS_D_MIN
+  called = stop and not timed_out() and below_atomic_resolution(f_obs)
   if s.method in ("auto", "network") and (not stop or (s.method == "auto" and s.network_check
                                                        and called)):
     from phai_cctbx import phasing  # torch: only when the network runs

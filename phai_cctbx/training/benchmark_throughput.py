@@ -90,10 +90,11 @@ def generator_rates(library_path, count, seed=0):
   return rates
 
 
-def device_generator_rate(library_path, device, count, seed=0, heavy_first=True):
+def device_generator_rate(library_path, device, count, seed=0, heavy_first=None):
   """Structures per second of the batched torch generator on ``device``
   (organic, random insertion and squeeze), after one warm-up batch, and
-  the share of candidates accepted."""
+  the share of candidates accepted (``heavy_first``: as the generator's,
+  None picks by device)."""
   from phai_cctbx.training.molecules import ConformerLibrary
   from phai_cctbx.training.torch_structures import TorchStructureGenerator
   library = ConformerLibrary.load(library_path)
