@@ -209,8 +209,10 @@ def test_gpu_lease_defaults_yield_to_overrides_and_stay_with_the_machine():
   assert cpu.device_structures == 0 and cpu.compress_workers == 0 and cpu.validate_every == 2000
   assert (gpu.device_structures, gpu.device_time_share, gpu.device_block, gpu.compress_workers) \
     == (1.0, 0.25, 2048, 4)
+  assert gpu.device_background and not cpu.device_background
   assert lease.lease_config(None, {"device_time_share": 0.5}, gpu=True).device_time_share == 0.5
   # a GPU lease's device options are not carried to the next machine, a CPU one
   previous = dict(dataclasses.asdict(gpu), batch_size=128)
   after = lease.lease_config(previous, {}, gpu=False)
   assert after.batch_size == 128 and after.device_structures == 0 and after.compress_workers == 0
+  assert not after.device_background

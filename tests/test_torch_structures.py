@@ -237,3 +237,59 @@ def test_heavy_atoms_first_is_the_default_on_the_cpu_only(library):
   assert not TorchStructureGenerator(library, "cpu", heavy_first=False).heavy_first
   meta = TorchStructureGenerator(library, "meta")
   assert not meta.heavy_first
+
+
+def test_device_source_in_the_background_puts_what_was_made_first(library, tmp_path):
+  """device_background: the batch begins with the structures the thread
+  made (into the pool too), up to device_structures per example, and goes
+  on from the pool."""
+  import time
+  from phai_cctbx.training import trainer
+  from phai_cctbx.training.data import StructurePool
+  cfg = _tiny_config(library, tmp_path, device_structures=0.5, device_block=3,
+                     device_background=True)
+  cfg.batch_size = 4
+  source = trainer.DeviceStructureSource(library, torch.device("cpu"), cfg,
+                                         torch.Generator().manual_seed(1))
+  try:
+    t = time.time()
+    while source.background.made < 3:
+      assert time.time() - t < 60
+      time.sleep(0.05)
+    pool = StructurePool(16, cfg.max_atoms, "cpu")
+    pool.add({"frac": torch.zeros((4, cfg.max_atoms, 3)), "numbers": torch.zeros((4, cfg.max_atoms),
+              dtype=torch.int8), "cell": torch.full((4, 6), 99.0)})
+    frac, numbers, cell = source.batch(pool, torch.Generator().manual_seed(0))
+    assert cell.shape[0] == 4 and pool.added == 4 + 2
+    assert (cell[:2, 0] < 11).all() and (cell[2:, 0] == 99).all()   # two new, then the pool
+    assert (numbers[:2] != 0).any(1).all()
+    assert "device (background):" in source.note()
+  finally:
+    source.close()
+  assert not source.background._thread.is_alive()
+
+
+def test_trainer_with_the_device_generator_in_the_background(library, tmp_path):
+  import io
+  from phai_cctbx.training import trainer
+  cfg = _tiny_config(library, tmp_path, max_steps=4, device_structures=1.0, device_block=4,
+                     device_background=True, log_every=2)
+  log = io.StringIO()
+  _, state = trainer.train(cfg, log=log)
+  assert state["step"] == 4 and state["examples"] == 8
+  assert "device (background):" in log.getvalue()
+
+
+def test_trainer_goes_on_when_the_background_generator_fails(library, tmp_path, monkeypatch):
+  import io
+  from phai_cctbx.training import trainer, torch_structures
+
+  def broken(self, n, generator, candidates=None):
+    raise RuntimeError("CUDA error: out of memory\nmore lines")
+  monkeypatch.setattr(torch_structures.TorchStructureGenerator, "sample_batch", broken)
+  log = io.StringIO()
+  _, state = trainer.train(_tiny_config(library, tmp_path, max_steps=40, device_structures=1.0,
+                                        device_background=True), log=log)
+  assert state["step"] == 40
+  assert log.getvalue().count("device structure generator failed (CUDA error: out of memory): "
+                              "training goes on") == 1

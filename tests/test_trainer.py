@@ -186,6 +186,19 @@ def test_benchmark_throughput_runs_only_the_parts_asked(library_path, capsys):
   assert "examples/s" not in out and "one process" not in out
 
 
+def test_benchmark_throughput_times_the_trainer_beside_the_background_generator(library_path, capsys):
+  import re
+  from phai_cctbx.training import benchmark_throughput
+  benchmark_throughput.main(["device=cpu", "parts=concurrent", "library=" + library_path,
+                             "seconds=1", "batch_size=2", "block=2"])
+  out = capsys.readouterr().out
+  found = re.search(r"alone: ([0-9.]+) examples/s; beside the torch generator in its background "
+                    r"thread \(blocks of 2\): ([0-9.]+) examples/s, while it made ([0-9.]+) new", out)
+  assert found, out
+  assert all(float(x) > 0 for x in found.groups()), out
+  assert "structure generator" not in out.replace("torch generator", "")
+
+
 def test_structure_stream_closes_at_once_with_a_full_queue(library_path):
   """Workers whose chunks sit unread on a full queue cannot exit by themselves;
   close() must still end them all without waiting for each in turn."""

@@ -105,6 +105,7 @@ CPU, on one GPU, or on several under torchrun:
       packing=p.data.packing, compress_workers=p.data.compress_workers,
       cell_strain=p.data.cell_strain, device_structures=p.data.device_structures,
       device_time_share=p.data.device_time_share, device_block=p.data.device_block,
+      device_background=p.data.device_background,
       d_min_max=p.data.d_min_max, missing_max=p.data.missing_max, seed=p.run.seed,
       device=p.run.device, max_minutes=p.run.max_minutes,
       checkpoint_minutes=p.run.checkpoint_minutes, log_every=p.run.log_every,

@@ -2,7 +2,7 @@
 
     python -m phai_cctbx.training.benchmark_throughput [device=auto] [batch_size=64] [steps=5]
         [library=cache/conformers.npz] [structures=60] [device_structures=2048]
-        [parts=trainer,generator,device_generator]
+        [seconds=60] [block=2048 (CPU: 128)] [parts=trainer,generator,device_generator,concurrent]
 
 Times full training steps (structure factors of padded random structures,
 example drawing, recycling with 2 cycles, origin-invariant loss, backward,
@@ -11,8 +11,12 @@ one.  The structure generator runs in separate processes, one per core; its
 rate in one process is timed separately for each packing and kind of
 structure, when a conformer library is there; the batched torch generator
 (torch_structures) is timed on the device itself, so that its rate of new
-structures can be set against the examples per second the trainer takes.
-``parts`` picks which of the three timings run (all by default).
+structures can be set against the examples per second the trainer takes;
+``concurrent`` trains the shipped size for ``seconds`` alone and then as long
+beside that generator in its background thread (``device_background``, blocks
+of ``block``), and prints both training rates and the new structures per
+second made meanwhile: whether the generator keeps up, and what it costs.
+``parts`` picks which of the four timings run (all by default).
 """
 import os
 import sys
@@ -42,7 +46,9 @@ def random_structures(n, atoms=120, seed=0):
   return frac, numbers, cell
 
 
-def measure(config, device, batch_size, steps):
+def training_step(config, device, batch_size):
+  """(step, parameter count): step() runs one full training step of a
+  network of ``config`` on a batch of random structures."""
   model = PhAINet(config).to(device)
   opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
   maker = ExampleMaker(device)
@@ -58,15 +64,66 @@ def measure(config, device, batch_size, steps):
     opt.zero_grad()
     loss.backward()
     opt.step()
-  step()  # warm-up
+  return step, model.parameter_count()
+
+
+def _sync(device):
   if device.type == "cuda":
     torch.cuda.synchronize()
+
+
+def measure(config, device, batch_size, steps):
+  step, params = training_step(config, device, batch_size)
+  step()  # warm-up
+  _sync(device)
   t0 = time.time()
   for _ in range(steps):
     step()
-  if device.type == "cuda":
-    torch.cuda.synchronize()
-  return batch_size * steps / (time.time() - t0), model.parameter_count()
+  _sync(device)
+  return batch_size * steps / (time.time() - t0), params
+
+
+def _train_for(step, device, seconds, each=None):
+  """Training steps for about ``seconds`` (``each()`` after each): (steps, seconds taken)."""
+  _sync(device)
+  t0, n = time.time(), 0
+  while time.time() - t0 < seconds:
+    step()
+    if each is not None:
+      each()
+    n += 1
+    if n % 10 == 0:
+      _sync(device)
+  _sync(device)
+  return n, time.time() - t0
+
+
+def concurrent_rates(config, library_path, device, batch_size, seconds, block, seed=0):
+  """The trainer alone, then beside the torch generator in its background
+  thread (as ``device_background`` runs it): (examples/s alone, examples/s
+  beside it, new structures/s made meanwhile)."""
+  from phai_cctbx.training.background import BackgroundStructures
+  from phai_cctbx.training.molecules import ConformerLibrary
+  from phai_cctbx.training.torch_structures import TorchStructureGenerator
+  step, _ = training_step(config, device, batch_size)
+  step()
+  n, dt = _train_for(step, device, seconds)
+  alone = batch_size * n / dt
+  maker = TorchStructureGenerator(ConformerLibrary.load(library_path), device)
+  background = BackgroundStructures(maker, block, torch.Generator(device=device).manual_seed(seed),
+                                    device)
+  try:
+    while background.made == 0 and background.error is None:  # its first block: warm-up
+      step()
+    if background.error is not None:
+      raise RuntimeError(background.error)
+    made0 = background.made
+    # each step takes a batch's worth, as the trainer does, so that the thread never idles on a full queue
+    n, dt = _train_for(step, device, seconds, lambda: background.take(batch_size))
+    made = background.made - made0
+  finally:
+    background.close()
+  return alone, batch_size * n / dt, made / dt
 
 
 def generator_rates(library_path, count, seed=0):
@@ -110,7 +167,7 @@ def device_generator_rate(library_path, device, count, seed=0, heavy_first=None)
   return count / (time.time() - t0), gen.accepted / max(gen.candidates, 1)
 
 
-PARTS = ("trainer", "generator", "device_generator")
+PARTS = ("trainer", "generator", "device_generator", "concurrent")
 
 
 def main(argv=None):
@@ -131,23 +188,35 @@ def main(argv=None):
     rate, params = measure(config, device, batch_size, steps)
     print("  %-18s %6.1f M parameters  %8.1f examples/s" % (label, params / 1e6, rate))
   library = args.get("library", "cache/conformers.npz")
-  if not parts & {"generator", "device_generator"}:
+  if not parts & {"generator", "device_generator", "concurrent"}:
     return
-  if os.path.isfile(library):
+  if os.path.isfile(library) and "concurrent" in parts:
+    seconds = float(args.get("seconds", 60 if device.type == "cuda" else 20))
+    block = int(args.get("block", 2048 if device.type == "cuda" else 128))
+    alone, beside, made = concurrent_rates(SIZES["default (shipped)"], library, device, batch_size,
+                                           seconds, block)
+    print("the shipped network training for %.0f s, alone: %.1f examples/s; beside the torch "
+          "generator in its background thread (blocks of %d): %.1f examples/s, while it made %.1f new "
+          "structures/s (%.2f per example)" % (seconds, alone, block, beside, made,
+                                               made / max(beside, 1e-9)))
+  if os.path.isfile(library) and parts & {"generator", "device_generator"}:
     if "generator" in parts:
       print("structure generator, one process (%s):" % library)
       for label, rate in generator_rates(library, int(args.get("structures", 60))).items():
         print("  %-26s %7.1f structures/s" % (label, rate))
-    if "device_generator" not in parts:
-      return
-    count = int(args.get("device_structures", 2048 if device.type == "cuda" else 16))
-    for heavy_first, how in ((True, "heavy atoms tested first"), (False, "every atom at once")):
-      rate, acceptance = device_generator_rate(library, device, count, heavy_first=heavy_first)
-      print("structure generator on %s (torch, batched, organic, %d structures, %.0f %% of "
-            "candidates accepted, %s): %.1f structures/s"
-            % (device, count, 100 * acceptance, how, rate))
-  else:
+    if "device_generator" in parts:
+      device_generator_report(library, device, int(args.get(
+        "device_structures", 2048 if device.type == "cuda" else 16)))
+  elif not os.path.isfile(library):
     print("structure generator: no conformer library at %s (library=...)" % library)
+
+
+def device_generator_report(library, device, count):
+  for heavy_first, how in ((True, "heavy atoms tested first"), (False, "every atom at once")):
+    rate, acceptance = device_generator_rate(library, device, count, heavy_first=heavy_first)
+    print("structure generator on %s (torch, batched, organic, %d structures, %.0f %% of "
+          "candidates accepted, %s): %.1f structures/s"
+          % (device, count, 100 * acceptance, how, rate))
 
 
 if __name__ == "__main__":

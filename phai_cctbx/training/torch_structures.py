@@ -83,7 +83,7 @@ class TorchStructureGenerator:
                min_edge=3.5, volume_per_atom=(18.0, 30.0), beta_range=(90.0, 120.0),
                z_prime_weights=(0.82, 0.14, 0.04), flat_sizes=0.5, repeat_fraction=0.3,
                aligned_fraction=0.75, tries=10, grows=12, squeeze_floor=14.0, squeeze_rounds=30,
-               squeeze_step=0.985, chunk=512, heavy_first=None):
+               squeeze_step=0.985, chunk=None, heavy_first=None, pair_budget=None):
     self.device = torch.device(device)
     dev = self.device
     self.max_atoms, self.max_asym = int(max_atoms), int(max_asym)
@@ -97,7 +97,14 @@ class TorchStructureGenerator:
     self.tries, self.grows = int(tries), int(grows)
     self.squeeze_floor, self.squeeze_rounds = float(squeeze_floor), int(squeeze_rounds)
     self.squeeze_step = float(squeeze_step)
-    self.chunk = int(chunk)
+    # Candidates per contact test: as many as keep its table of pairs x
+    # images within pair_budget elements (about 16 bytes each at the peak),
+    # at most chunk; few large chunks on a GPU, where each test's launches
+    # and waits cost more than its arithmetic.
+    if pair_budget is None:
+      pair_budget = 2 ** 28 if self.device.type == "cuda" else 2 ** 24
+    self.pair_budget = int(pair_budget)
+    self.chunk = int(chunk) if chunk else (16384 if self.device.type == "cuda" else 512)
     # Heavy atoms first pays on the CPU (42 against 13 structures/s on one
     # thread) and not on a GPU, where the second pass costs more than the
     # tests it saves (an H200: 555 against 669 structures/s,
@@ -332,15 +339,27 @@ class TorchStructureGenerator:
     order = torch.argsort(comp["total"][todo])
     todo_sorted = todo[order]
     bad = torch.zeros(len(todo), dtype=torch.bool, device=self.device)
-    for start in range(0, len(todo), self.chunk):
-      sel = todo_sorted[start:start + self.chunk]
-      n = max(1, int(comp["total"][sel].max()))
+    for start, stop, n in self._chunks(comp["total"][todo_sorted].tolist()):
+      sel = todo_sorted[start:stop]
       sub = {k: v[sel][:, :n] for k, v in comp.items() if k != "total"}
       m = orthogonalisation(edges[sel], draw["beta"][sel])
       f = self._atoms(draw["mol"][sel], rot[sel], centre[sel], m, sub)
-      bad[order[start:start + self.chunk]] = self.clashes(f, cls[sel][:, :n], sub["slot"], sub["mask"],
-                                                          m, draw["thr2"][sel])
+      bad[order[start:stop]] = self.clashes(f, cls[sel][:, :n], sub["slot"], sub["mask"], m,
+                                            draw["thr2"][sel])
     return bad
+
+  def _chunks(self, counts):
+    """(start, stop, atoms) of consecutive chunks of candidates with the
+    ascending atom ``counts``: each at most ``chunk`` candidates and, where
+    more than one, within ``pair_budget`` elements of the contact test's
+    largest table (n x 4n atom pairs x 9 images, n the chunk's largest count)."""
+    start, total = 0, len(counts)
+    while start < total:
+      stop = min(total, start + self.chunk)
+      while stop - start > 1 and 36 * (stop - start) * max(1, counts[stop - 1]) ** 2 > self.pair_budget:
+        stop = start + max(1, (stop - start) // 2)
+      yield start, stop, max(1, counts[stop - 1])
+      start = stop
 
   # ------------------------------------------------------------ the batch
   def _candidates(self, b, gen):

@@ -109,6 +109,8 @@ class TrainConfig:
   device_time_share: float = 0.0    # >0: fewer device structures per step when making them would take
                                     # more than this share of the wall time (rates measured as it runs)
   device_block: int = 0             # structures per call of the device generator (0: 8 steps' worth)
+  device_background: bool = False   # the device generator in its own thread (and CUDA stream): each
+                                    # step takes what it has made, up to device_structures per example
 
   def model_config(self) -> PhAIConfig:
     return PhAIConfig(filters=self.filters, cnn_depth=self.cnn_depth, dim=self.dim,
@@ -287,6 +289,10 @@ class DeviceStructureSource:
     self.generator = generator
     self.batch_size = cfg.batch_size
     self.fresh = None
+    self.background = None
+    if cfg.device_background:
+      from phai_cctbx.training.background import BackgroundStructures
+      self.background = BackgroundStructures(self.maker, self.quota.block, generator, device)
 
   def _make(self, n):
     t = time.time()
@@ -301,8 +307,18 @@ class DeviceStructureSource:
     self.clock.generator_seconds += seconds
     return made
 
+  def _take(self):
+    """What the background thread has made, up to the quota's ceiling (None: nothing yet)."""
+    try:
+      return self.background.take(self.quota.ceiling)
+    except RuntimeError as e:
+      raise DeviceGeneratorError(str(e))
+
   def batch(self, pool, generator):
     """(frac, numbers, cell) of one batch, or None when no new structure is due."""
+    if self.background is not None:
+      new = self._take()
+      return None if new is None else self._with_pool(new, pool, generator)
     n_new = self.quota.per_step()
     if n_new == 0:
       return None
@@ -313,12 +329,23 @@ class DeviceStructureSource:
       self.fresh = made if self.fresh is None else {k: torch.cat([self.fresh[k], made[k]]) for k in made}
     new = {k: v[:n_new] for k, v in self.fresh.items()}
     self.fresh = {k: v[n_new:] for k, v in self.fresh.items()}
+    return self._with_pool(new, pool, generator)
+
+  def _with_pool(self, new, pool, generator):
+    """The new structures (into the pool too), the rest of the batch from the pool."""
     pool.add(new)
-    old = pool.sample(self.batch_size - n_new, generator)
+    old = pool.sample(self.batch_size - new["cell"].shape[0], generator)
     return tuple(torch.cat([new[key].to(o.dtype), o]) for key, o in zip(("frac", "numbers", "cell"), old))
+
+  def close(self):
+    if self.background is not None:
+      self.background.close()
 
   def note(self):
     """The device generator's part of a log line ('' before its first block)."""
+    if self.background is not None:
+      b = self.background
+      return "; device (background): %d made, %.0f structures/s" % (b.made, b.rate())
     q = self.quota
     if q.rate() is None:
       return ""
@@ -677,6 +704,7 @@ def train(cfg: TrainConfig, log=sys.stdout, on_checkpoint=None):
           drawn = device_source.batch(pool, gen)
         except DeviceGeneratorError as e:  # an optional source of structures: the pool goes on alone
           say("the device structure generator failed (%s): training goes on from the pool alone" % e)
+          device_source.close()
           device_source = None
       frac, numbers, cell = drawn if drawn is not None else pool.sample(cfg.batch_size, gen)
       ex = maker(frac, numbers, strain_cells(cell, dgen, cfg.cell_strain), generator=dgen)
@@ -744,6 +772,8 @@ def train(cfg: TrainConfig, log=sys.stdout, on_checkpoint=None):
         break
   finally:
     stream.close()
+    if device_source is not None:
+      device_source.close()
     if world > 1:
       dist.destroy_process_group()
   if is_main and not final_saved:
