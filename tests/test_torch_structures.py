@@ -293,3 +293,80 @@ def test_trainer_goes_on_when_the_background_generator_fails(library, tmp_path, 
   assert state["step"] == 40
   assert log.getvalue().count("device structure generator failed (CUDA error: out of memory): "
                               "training goes on") == 1
+
+
+def test_nearest_and_own_image_distances_agree_with_brute_force():
+  """Random atoms in cells with edges 3.5-10 A and beta 90-120 (a-c bases
+  far from reduced among them): every pair's distance to the nearest image,
+  and to the nearest image under a translation other than zero, as a search
+  over 343 translations finds them."""
+  from phai_cctbx.training import torch_structures as ts
+  rng = np.random.default_rng(7)
+  b, n, k = 64, 6, 10
+  edges = torch.as_tensor(rng.uniform(3.5, 10.0, (b, 3)), dtype=torch.float32)
+  edges[:8, 0], edges[:8, 2] = 3.5, 10.0           # the most oblique a-c planes
+  beta = torch.as_tensor(rng.uniform(90.0, 120.0, b), dtype=torch.float32)
+  beta[:8] = 120.0
+  m = ts.orthogonalisation(edges, beta)
+  first = torch.as_tensor(rng.uniform(-1.5, 2.5, (b, n, 3)), dtype=torch.float32)
+  every = torch.as_tensor(rng.uniform(-1.5, 2.5, (b, k, 3)), dtype=torch.float32)
+  fast_near = ts.nearest_image_d2(first, every, m).double().numpy()
+  fast_own = ts.own_image_d2(first, m).double().numpy()
+  grid = np.stack(np.meshgrid(*[np.arange(-3, 4)] * 3, indexing="ij"), -1).reshape(-1, 3)
+  for i in range(b):
+    mm = m[i].double().numpy()
+    for other, fast, own in ((every[i], fast_near[i], False), (first[i], fast_own[i], True)):
+      d = first[i].double().numpy()[:, None] - other.double().numpy()[None]
+      r = np.round(d)
+      best = np.full(d.shape[:2], np.inf)
+      for t in grid:
+        total = t - r                                    # the translation applied to the pair
+        d2 = (((d + total) @ mm.T) ** 2).sum(-1)
+        if own:
+          d2[(total == 0).all(-1)] = np.inf
+        best = np.minimum(best, d2)
+      np.testing.assert_allclose(fast, best, rtol=2e-4, atol=2e-4, err_msg="cell %d own %s" % (i, own))
+
+
+def test_contact_test_finds_the_shortest_contact_in_any_cell(library):
+  """Small random bodies in cells with edges 3.5-10 A and beta 90-120 (a-c
+  bases far from reduced among them): with one threshold for every pair,
+  the test flags a cell exactly when that threshold exceeds the shortest
+  contact that a brute-force search over 125 translations finds (bonds
+  within a body at zero translation left out)."""
+  from phai_cctbx.training import torch_structures as ts
+  gen = TorchStructureGenerator(library, "cpu")
+  rng = np.random.default_rng(7)
+  b, n = 160, 8
+  edges = torch.as_tensor(rng.uniform(3.5, 10.0, (b, 3)), dtype=torch.float32)
+  beta = torch.as_tensor(rng.uniform(90.0, 120.0, b), dtype=torch.float32)
+  m = ts.orthogonalisation(edges, beta)
+  slot = torch.as_tensor(rng.integers(0, 2, (b, n)))
+  mask = torch.as_tensor(rng.random((b, n)) < 0.8)
+  mask[:, 0] = True
+  centre = torch.as_tensor(rng.random((b, 2, 3)), dtype=torch.float32)
+  offset = torch.as_tensor(rng.normal(0, 1.2, (b, n, 3)), dtype=torch.float32)
+  f0 = centre[torch.arange(b)[:, None], slot] + offset @ torch.linalg.inv(m).transpose(1, 2)
+  f = ts.OPS_ROT[None, :, None, :] * f0[:, None] + ts.OPS_TRANS[None, :, None, :]
+  cls = torch.zeros((b, n), dtype=torch.long)
+  shortest = np.empty(b)
+  grid = np.stack(np.meshgrid(*[np.arange(-2, 3)] * 3, indexing="ij"), -1).reshape(-1, 3)
+  for i in range(b):
+    keep = mask[i].numpy()
+    first = f[i, 0].double().numpy()[keep]
+    every = f[i].double().numpy()[:, keep].reshape(-1, 3)
+    body_first = slot[i].numpy()[keep] * 4
+    body_every = (slot[i].numpy()[keep][None, :] * 4 + np.arange(4)[:, None]).reshape(-1)
+    d = first[:, None] - every[None]
+    r = np.round(d)
+    same = body_first[:, None] == body_every[None, :]
+    best = np.inf
+    for t in grid:
+      d2 = (((d - r + t) @ m[i].double().numpy().T) ** 2).sum(-1)
+      d2[same & (t == r).all(-1)] = np.inf
+      best = min(best, d2.min())
+    shortest[i] = best
+  for factor, expected in ((1.001, True), (0.999, False)):
+    thr2 = torch.as_tensor(shortest * factor, dtype=torch.float32)[:, None, None].expand(b, 6, 6)
+    flags = gen.clashes(f, cls, slot, mask, m, thr2.contiguous())
+    assert flags.tolist() == [expected] * b, np.nonzero(flags.numpy() != expected)[0]

@@ -76,6 +76,73 @@ def _axis_angle(axis, angle):
   return eye + s * k + (1 - c) * (k @ k)
 
 
+def reduced_ac_basis(m, rounds=8):
+  """A Lagrange-Gauss reduced basis of the a-c lattice plane of cells m
+  (B, 3, 3): (to_reduced (B, 2, 2), basis (B, 2, 3)) with the reduced
+  basis vectors in Cartesian coordinates, and to_reduced taking an (x, z)
+  pair of fractional coordinates to coordinates in that basis."""
+  b = m.shape[0]
+  a_vec, c_vec = m[:, :, 0], m[:, :, 2]
+  u = torch.eye(2, dtype=m.dtype, device=m.device).expand(b, 2, 2).clone()  # columns: the basis in a, c
+  for _ in range(rounds):
+    v1 = u[:, 0, 0, None] * a_vec + u[:, 1, 0, None] * c_vec
+    v2 = u[:, 0, 1, None] * a_vec + u[:, 1, 1, None] * c_vec
+    swap = (v1 * v1).sum(-1) > (v2 * v2).sum(-1)
+    u = torch.where(swap[:, None, None], u.flip(-1), u)
+    v1, v2 = torch.where(swap[:, None], v2, v1), torch.where(swap[:, None], v1, v2)
+    mu = torch.round((v1 * v2).sum(-1) / (v1 * v1).sum(-1))
+    u = torch.stack([u[:, :, 0], u[:, :, 1] - mu[:, None] * u[:, :, 0]], -1)
+  basis = torch.stack([u[:, 0, 0, None] * a_vec + u[:, 1, 0, None] * c_vec,
+                       u[:, 0, 1, None] * a_vec + u[:, 1, 1, None] * c_vec], 1)
+  return torch.linalg.inv(u), basis
+
+
+def nearest_image_d2(first, every, m):
+  """(B, n, k) squared distances from the atoms ``first`` (B, n, 3) to the
+  nearest lattice image of each of ``every`` (B, k, 3), fractional, in the
+  monoclinic cells m.  b is normal to the a-c plane, so the b part of the
+  shortest vector is the rounded one whatever its a-c part; in the a-c plane,
+  in a reduced basis, the nearest lattice point is a corner of the basis
+  cell that holds the point: 4 images, where an unreduced basis needs 9 or
+  more."""
+  to_reduced, basis = reduced_ac_basis(m)
+  corners = torch.stack([torch.zeros_like(basis[:, 0]), basis[:, 0], basis[:, 1],
+                         basis[:, 0] + basis[:, 1]], 1)                     # (B, 4, 3)
+  d = first[:, :, None, :] - every[:, None, :, :]
+  dy = (d[..., 1] - torch.round(d[..., 1])) * m[:, 1, 1][:, None, None]
+  ac = torch.stack([d[..., 0], d[..., 2]], -1) @ to_reduced.transpose(1, 2)[:, None]
+  ac = ac - torch.floor(ac)
+  cart = ac[..., :1] * basis[:, None, None, 0] + ac[..., 1:] * basis[:, None, None, 1]
+  d2 = (cart * cart).sum(-1)[..., None] - 2.0 * torch.einsum("bijx,btx->bijt", cart, corners) \
+    + (corners * corners).sum(-1)[:, None, None, :]
+  return d2.min(-1).values + dy * dy
+
+
+def own_image_d2(first, m):
+  """(B, n, n) squared distances from each atom of ``first`` (B, n, 3) to the
+  nearest image of each other atom under a lattice translation other than
+  zero, in the cells m (an atom and its own translate included): the 9 a-c
+  translations around the nearest; along b the nearest, or where the a-c
+  translation is zero, the nearest other than zero."""
+  dev = first.device
+  d = first[:, :, None, :] - first[:, None, :, :]
+  r = torch.round(d)
+  e = d - r
+  edge_b = m[:, 1, 1][:, None, None]
+  mt = m.transpose(1, 2)
+  cart = torch.stack([e[..., 0], torch.zeros_like(e[..., 1]), e[..., 2]], -1) @ mt[:, None]
+  ac = _AC.to(dev)
+  t = ac @ mt                                                           # (B, 9, 3)
+  d2 = (cart * cart).sum(-1)[..., None] + 2.0 * torch.einsum("bijx,btx->bijt", cart, t) \
+    + (t * t).sum(-1)[:, None, None, :]
+  # the whole a-c translation is t - r: zero where t = r
+  ac_zero = (ac[:, 0] == r[..., None, 0]) & (ac[:, 2] == r[..., None, 2])   # (B, n, n, 9)
+  near_b = (e[..., 1] * edge_b) ** 2
+  other_b = ((1.0 - e[..., 1].abs()) * edge_b) ** 2
+  along_b = torch.where((r[..., 1] == 0)[..., None] & ac_zero, other_b[..., None], near_b[..., None])
+  return (d2 + along_b).min(-1).values
+
+
 class TorchStructureGenerator:
   """Batches of P2_1/c organic structures on ``device`` from a ConformerLibrary."""
 
@@ -287,31 +354,13 @@ class TorchStructureGenerator:
     body_first = slot * 4
     body_every = (slot[:, None, :] * 4 + torch.arange(4, device=dev)[None, :, None]).reshape(b, 4 * n)
     thr_flat = thr2.reshape(b, 36)
-    mt = m.transpose(1, 2)
-    # different bodies: the nearest image along b by rounding, along a and c of 9
-    d = first[:, :, None, :] - every[:, None, :, :]
-    d = d - torch.round(d)
-    cart = d @ mt[:, None]                                               # (B, n, 4n, 3)
-    t = _AC.to(dev) @ mt                                                 # (B, 9, 3)
-    d2 = (cart * cart).sum(-1)[..., None] + 2.0 * torch.einsum("bijx,btx->bijt", cart, t) \
-      + (t * t).sum(-1)[:, None, None, :]
-    d2 = d2.min(-1).values
+    d2 = nearest_image_d2(first, every, m)
     need = torch.gather(thr_flat, 1, (cls[:, :, None] * 6 + c_every[:, None, :]).reshape(b, -1)) \
       .reshape(b, n, 4 * n)
     bad = (d2 < need) & (body_first[:, :, None] != body_every[:, None, :]) \
       & mask[:, :, None] & m_every[:, None, :]
     clash = bad.flatten(1).any(1)
-    # each molecule against its own lattice images (27 translations but the zero one)
-    d = first[:, :, None, :] - first[:, None, :, :]
-    r = torch.round(d)
-    cart = (d - r) @ mt[:, None]
-    t = _ALL.to(dev) @ mt                                                # (B, 27, 3)
-    d2 = (cart * cart).sum(-1)[..., None] + 2.0 * torch.einsum("bijx,btx->bijt", cart, t) \
-      + (t * t).sum(-1)[:, None, None, :]
-    index = ((r + 1) * torch.tensor([9.0, 3.0, 1.0], device=dev)).sum(-1).long()
-    index = torch.where((r.abs() > 1).any(-1), torch.full_like(index, -1), index)
-    d2 = torch.where(index[..., None] == torch.arange(27, device=dev), float("inf"), d2)
-    d2 = d2.min(-1).values                                               # (B, n, n)
+    d2 = own_image_d2(first, m)
     need = torch.gather(thr_flat, 1, (cls[:, :, None] * 6 + cls[:, None, :]).reshape(b, -1)) \
       .reshape(b, n, n)
     bad = (d2 < need) & (slot[:, :, None] == slot[:, None, :]) & mask[:, :, None] & mask[:, None, :]
