@@ -195,7 +195,10 @@ def test_benchmark_throughput_times_the_trainer_beside_the_background_generator(
   found = re.search(r"alone: ([0-9.]+) examples/s; beside the torch generator in its background "
                     r"thread \(blocks of 2\): ([0-9.]+) examples/s, while it made ([0-9.]+) new", out)
   assert found, out
-  assert all(float(x) > 0 for x in found.groups()), out
+  alone, beside, made = (float(x) for x in found.groups())
+  # the trainer ran both ways; whether a block of the generator ends within
+  # a window of one second depends on the machine's load
+  assert alone > 0 and beside > 0 and made >= 0, out
   assert "structure generator" not in out.replace("torch generator", "")
 
 
