@@ -186,20 +186,20 @@ def test_benchmark_throughput_runs_only_the_parts_asked(library_path, capsys):
   assert "examples/s" not in out and "one process" not in out
 
 
-def test_benchmark_throughput_times_the_trainer_beside_the_background_generator(library_path, capsys):
+def test_benchmark_throughput_times_the_trainer_beside_the_device_generator(library_path, capsys):
   import re
   from phai_cctbx.training import benchmark_throughput
   benchmark_throughput.main(["device=cpu", "parts=concurrent", "library=" + library_path,
                              "seconds=1", "batch_size=2", "block=2"])
   out = capsys.readouterr().out
-  found = re.search(r"alone: ([0-9.]+) examples/s; beside the torch generator in its background "
-                    r"thread \(blocks of 2\): ([0-9.]+) examples/s, while it made ([0-9.]+) new", out)
-  assert found, out
-  alone, beside, made = (float(x) for x in found.groups())
-  # the trainer ran both ways; whether a block of the generator ends within
+  assert "training for 1 s each way (torch generator blocks of 2)" in out, out
+  rows = dict((m, (float(a), float(b))) for m, a, b in re.findall(
+    r"^  (alone|between steps|background) +([0-9.]+) examples/s +([0-9.]+) new structures/s", out, re.M))
+  assert set(rows) == {"alone", "between steps", "background"}, out
+  # the trainer ran every way; whether a block of the generator ends within
   # a window of one second depends on the machine's load
-  assert alone > 0 and beside > 0 and made >= 0, out
-  assert "structure generator" not in out.replace("torch generator", "")
+  assert all(examples > 0 for examples, _ in rows.values()) and rows["alone"][1] == 0, out
+  assert "structure generator" not in out, out
 
 
 def test_structure_stream_closes_at_once_with_a_full_queue(library_path):

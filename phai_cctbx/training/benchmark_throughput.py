@@ -13,9 +13,11 @@ structure, when a conformer library is there; the batched torch generator
 (torch_structures) is timed on the device itself, so that its rate of new
 structures can be set against the examples per second the trainer takes;
 ``concurrent`` trains the shipped size for ``seconds`` alone and then as long
-beside that generator in its background thread (``device_background``, blocks
-of ``block``), and prints both training rates and the new structures per
-second made meanwhile: whether the generator keeps up, and what it costs.
+beside that generator as the trainer runs it, between the steps within a
+quarter of the time (``device_time_share=0.25``) and in its background thread
+(``device_background``), blocks of ``block``, and prints the training rate and
+the new structures per second of each: whether the generator keeps up, and
+what it costs.
 ``parts`` picks which of the four timings run (all by default).
 """
 import os
@@ -98,32 +100,45 @@ def _train_for(step, device, seconds, each=None):
   return n, time.time() - t0
 
 
-def concurrent_rates(config, library_path, device, batch_size, seconds, block, seed=0):
-  """The trainer alone, then beside the torch generator in its background
-  thread (as ``device_background`` runs it): (examples/s alone, examples/s
-  beside it, new structures/s made meanwhile)."""
-  from phai_cctbx.training.background import BackgroundStructures
+def concurrent_rates(config, library_path, device, batch_size, seconds, block, seed=0,
+                     time_share=0.25):
+  """The trainer alone, then beside the torch generator run as the trainer
+  runs it (trainer.DeviceStructureSource, one new structure per example at
+  most): between the steps within a ``time_share`` of the time
+  (``device_time_share``), and in its background thread
+  (``device_background``).  {mode: (examples/s, new structures/s)}, mode
+  "alone", "between steps" and "background"."""
+  from phai_cctbx.training.data import StructurePool
   from phai_cctbx.training.molecules import ConformerLibrary
-  from phai_cctbx.training.torch_structures import TorchStructureGenerator
+  from phai_cctbx.training.trainer import DeviceStructureSource, TrainConfig
+  library = ConformerLibrary.load(library_path)
   step, _ = training_step(config, device, batch_size)
   step()
   n, dt = _train_for(step, device, seconds)
-  alone = batch_size * n / dt
-  maker = TorchStructureGenerator(ConformerLibrary.load(library_path), device)
-  background = BackgroundStructures(maker, block, torch.Generator(device=device).manual_seed(seed),
-                                    device)
-  try:
-    while background.made == 0 and background.error is None:  # its first block: warm-up
-      step()
-    if background.error is not None:
-      raise RuntimeError(background.error)
-    made0 = background.made
-    # each step takes a batch's worth, as the trainer does, so that the thread never idles on a full queue
-    n, dt = _train_for(step, device, seconds, lambda: background.take(batch_size))
-    made = background.made - made0
-  finally:
-    background.close()
-  return alone, batch_size * n / dt, made / dt
+  rates = {"alone": (batch_size * n / dt, 0.0)}
+  frac, numbers, cell = random_structures(batch_size)
+  pick = torch.Generator().manual_seed(seed)
+  for mode, background in (("between steps", False), ("background", True)):
+    cfg = TrainConfig(batch_size=batch_size, device_structures=1.0, device_time_share=time_share,
+                      device_block=block, device_background=background)
+    pool = StructurePool(4 * batch_size, cfg.max_atoms, device)
+    pool.add({"frac": frac, "numbers": numbers, "cell": cell})
+    source = DeviceStructureSource(library, device, cfg,
+                                   torch.Generator(device=device).manual_seed(seed))
+    made = lambda: source.background.made if background else source.quota.made  # noqa: E731
+    try:
+      # warm-up: until the first block is made (and, between steps, the rates are known)
+      while made() == 0 or (not background and source.quota.step_seconds is None):
+        step()
+        source.batch(pool, pick)
+        source.clock.tick()
+      made0 = made()
+      n, dt = _train_for(step, device, seconds,
+                         lambda: (source.batch(pool, pick), source.clock.tick()))
+      rates[mode] = (batch_size * n / dt, (made() - made0) / dt)
+    finally:
+      source.close()
+  return rates
 
 
 def generator_rates(library_path, count, seed=0):
@@ -193,12 +208,11 @@ def main(argv=None):
   if os.path.isfile(library) and "concurrent" in parts:
     seconds = float(args.get("seconds", 60 if device.type == "cuda" else 20))
     block = int(args.get("block", 2048 if device.type == "cuda" else 128))
-    alone, beside, made = concurrent_rates(SIZES["default (shipped)"], library, device, batch_size,
-                                           seconds, block)
-    print("the shipped network training for %.0f s, alone: %.1f examples/s; beside the torch "
-          "generator in its background thread (blocks of %d): %.1f examples/s, while it made %.1f new "
-          "structures/s (%.2f per example)" % (seconds, alone, block, beside, made,
-                                               made / max(beside, 1e-9)))
+    rates = concurrent_rates(SIZES["default (shipped)"], library, device, batch_size, seconds, block)
+    print("the shipped network training for %.0f s each way (torch generator blocks of %d):" % (seconds, block))
+    for mode, (examples, made) in rates.items():
+      print("  %-14s %8.1f examples/s  %8.1f new structures/s  (%.2f per example)"
+            % (mode, examples, made, made / max(examples, 1e-9)))
   if os.path.isfile(library) and parts & {"generator", "device_generator"}:
     if "generator" in parts:
       print("structure generator, one process (%s):" % library)
