@@ -47,7 +47,8 @@ def test_train_resume_export_and_solve(tmp_path):
                                       ("data.missing_max=1.5", "missing_max"),
                                       ("run.resume=nothing.pt", "not found"),
                                       ("recycling.partial_start_fraction=1.2", "partial_start_fraction"),
-                                      ("recycling.partial_wrong_min=0.5", "partial_wrong_min")])
+                                      ("recycling.partial_wrong_min=0.5", "partial_wrong_min"),
+                                      ("data.random_atom_fraction=-0.1", "random_atom_fraction")])
 def test_bad_parameters_one_line(tmp_path, arg, word):
   exe = installed_command("phai.train")
   p = run([exe, arg, "run.device=cpu"], tmp_path)

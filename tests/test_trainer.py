@@ -104,6 +104,8 @@ def test_key_value_arguments():
     trainer.train(TrainConfig.from_args(["partial_start_fraction=1.5"]))
   with pytest.raises(SystemExit, match="above"):
     trainer.train(TrainConfig.from_args(["partial_wrong_min=0.5", "partial_wrong_max=0.2"]))
+  with pytest.raises(SystemExit, match="random_atom_fraction must be from 0 to 1"):
+    trainer.train(TrainConfig.from_args(["random_atom_fraction=1.5"]))
 
 
 def test_interruption_writes_a_checkpoint(library_path, tmp_path):
@@ -183,6 +185,7 @@ def test_benchmark_throughput_runs_only_the_parts_asked(library_path, capsys):
                              "device_structures=4"])
   out = capsys.readouterr().out
   assert out.count("structure generator on cpu (torch") == 2
+  assert "random-atom cells on cpu (random_atoms, 4 at once)" in out
   assert "examples/s" not in out and "one process" not in out
 
 

@@ -52,6 +52,8 @@ CPU, on one GPU, or on several under torchrun:
     if p.data.device_time_share is None or not 0 <= p.data.device_time_share < 1:
       raise Sorry("data.device_time_share must be at least 0 and below 1 (got %s)."
                   % p.data.device_time_share)
+    if p.data.random_atom_fraction is None or not 0 <= p.data.random_atom_fraction <= 1:
+      raise Sorry("data.random_atom_fraction must be from 0 to 1 (got %s)." % p.data.random_atom_fraction)
     if p.data.device_block is None or p.data.device_block < 0:
       raise Sorry("data.device_block must be 0 or more (got %s)." % p.data.device_block)
     if not 0 <= p.data.missing_max < 1:
@@ -106,6 +108,7 @@ CPU, on one GPU, or on several under torchrun:
       cell_strain=p.data.cell_strain, device_structures=p.data.device_structures,
       device_time_share=p.data.device_time_share, device_block=p.data.device_block,
       device_background=p.data.device_background,
+      random_atom_fraction=p.data.random_atom_fraction,
       d_min_max=p.data.d_min_max, missing_max=p.data.missing_max, seed=p.run.seed,
       device=p.run.device, max_minutes=p.run.max_minutes,
       checkpoint_minutes=p.run.checkpoint_minutes, log_every=p.run.log_every,

@@ -225,12 +225,27 @@ def main(argv=None):
     print("structure generator: no conformer library at %s (library=...)" % library)
 
 
+def random_atom_rate(device, count, seed=0):
+  """Cells of random atoms (training.random_atoms) per second on ``device``,
+  after one warm-up batch."""
+  from phai_cctbx.training.random_atoms import random_atom_structures
+  g = torch.Generator(device=device).manual_seed(seed)
+  random_atom_structures(min(count, 16), g, device)
+  _sync(device)
+  t0 = time.time()
+  made = random_atom_structures(count, g, device)["cell"].shape[0]
+  _sync(device)
+  return made / (time.time() - t0)
+
+
 def device_generator_report(library, device, count):
   for heavy_first, how in ((True, "heavy atoms tested first"), (False, "every atom at once")):
     rate, acceptance = device_generator_rate(library, device, count, heavy_first=heavy_first)
     print("structure generator on %s (torch, batched, organic, %d structures, %.0f %% of "
           "candidates accepted, %s): %.1f structures/s"
           % (device, count, 100 * acceptance, how, rate))
+  print("random-atom cells on %s (random_atoms, %d at once): %.1f structures/s"
+        % (device, count, random_atom_rate(device, count)))
 
 
 if __name__ == "__main__":

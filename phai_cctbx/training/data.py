@@ -25,14 +25,15 @@ def generator_options(packing):
   return {"packing": packing}
 
 
-def _worker_main(library_path, seed, chunk, max_atoms, packing, out_queue, stop_event):
+def _worker_main(library_path, seed, chunk, max_atoms, packing, out_queue, stop_event,
+                 random_atom_fraction=0.0):
   import os
   os.environ.setdefault("OMP_NUM_THREADS", "1")
   from phai_cctbx.training.molecules import ConformerLibrary
   from phai_cctbx.training.structures import StructureGenerator
   library = ConformerLibrary.load(library_path)
   gen = StructureGenerator(library, rng=np.random.default_rng(seed), max_atoms=max_atoms,
-                           **generator_options(packing))
+                           random_atom_fraction=random_atom_fraction, **generator_options(packing))
   while not stop_event.is_set():
     batch = gen.sample_batch(chunk)
     while not stop_event.is_set():
@@ -48,14 +49,15 @@ class StructureStream:
   (``compress_workers`` of them with the slow, realistic compression packing)."""
 
   def __init__(self, library_path, seed, workers=1, chunk=32, max_atoms=400, packing="insert",
-               compress_workers=0):
+               compress_workers=0, random_atom_fraction=0.0):
     ctx = mp.get_context("spawn")
     self.queue = ctx.Queue(maxsize=max(4, 4 * workers))
     self.stop_event = ctx.Event()
     self.processes = [
       ctx.Process(target=_worker_main, daemon=True,
                   args=(library_path, seed * 1000 + i, chunk, max_atoms,
-                        "compress" if i < compress_workers else packing, self.queue, self.stop_event))
+                        "compress" if i < compress_workers else packing, self.queue, self.stop_event,
+                        random_atom_fraction))
       for i in range(workers)]
     for p in self.processes:
       p.start()

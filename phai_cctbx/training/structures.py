@@ -88,7 +88,7 @@ class Structure:
   numbers  (N,) int8: atomic numbers
   asym     (n_asym,) int64: indices into frac of one asymmetric unit (atoms
            on inversion centres counted once)
-  kind     "organic", "metal-organic" or "inorganic"
+  kind     "organic", "metal-organic", "inorganic" or "random atoms"
   body     (N,) int64: which rigid body (molecule or ion, one symmetry copy)
            each atom belongs to; different bodies obey the contact thresholds
   """
@@ -549,6 +549,8 @@ class StructureGenerator:
   inorganic_fraction  share of ionic structures (simple and complex anions, cations
                       from Li to U), as in the ICSD part of real small cells
   inversion_fraction  share of organic structures with a unit on an inversion centre
+  random_atom_fraction  share of cells filled with random atoms (training.random_atoms),
+                      drawn before the other kinds
   z_prime_weights     relative frequencies of 1, 2 and 3 general units
   volume_per_atom     allowed window of cell volume per non-hydrogen atom (A^3)
   flat_sizes          share of molecules drawn by size first (uniform over sizes)
@@ -566,7 +568,7 @@ class StructureGenerator:
                inversion_fraction=0.12, z_prime_weights=(0.82, 0.14, 0.04),
                volume_per_atom=(14.0, 26.0), min_edge=3.5, max_asym=100,
                beta_range=(90.0, 120.0), rounds=4, packing="compress", flat_sizes=0.5,
-               inorganic_rounds=10, squeeze=True, squeeze_floor=14.0):
+               inorganic_rounds=10, squeeze=True, squeeze_floor=14.0, random_atom_fraction=0.0):
     if packing not in ("compress", "insert"):
       raise ValueError("packing must be 'compress' or 'insert'")
     self.packing = packing
@@ -581,6 +583,7 @@ class StructureGenerator:
     self.max_atoms = int(max_atoms)
     self.max_asym = int(max_asym)
     self.inorganic_fraction = float(inorganic_fraction)
+    self.random_atom_fraction = float(random_atom_fraction)
     self.inversion_fraction = float(inversion_fraction)
     w = np.asarray(z_prime_weights, float)
     self.z_prime_weights = w / w.sum()
@@ -603,8 +606,11 @@ class StructureGenerator:
   def sample(self):
     """One Structure."""
     # the kind is drawn once, so that rejections do not change the mix
-    attempt = self._try_inorganic if self.rng.random() < self.inorganic_fraction \
-      else self._try_organic
+    if self.random_atom_fraction > 0 and self.rng.random() < self.random_atom_fraction:
+      attempt = self._try_random_atoms
+    else:
+      attempt = self._try_inorganic if self.rng.random() < self.inorganic_fraction \
+        else self._try_organic
     while True:
       self.attempts += 1
       s = attempt()
@@ -625,6 +631,21 @@ class StructureGenerator:
       numbers[i, :k] = s.numbers
       cell[i] = s.cell
     return {"frac": frac, "numbers": numbers, "cell": cell}
+
+  def _try_random_atoms(self):
+    """A cell of random atoms (training.random_atoms, in torch on the CPU), or None."""
+    import torch
+    from phai_cctbx.training.random_atoms import random_atom_structures
+    g = torch.Generator().manual_seed(int(self.rng.integers(2 ** 62)))
+    out = random_atom_structures(1, g, "cpu", max_atoms=self.max_atoms, max_edge=self.max_edge,
+                                 min_edge=self.min_edge, beta_range=self.beta_range)
+    if out["cell"].shape[0] == 0:
+      return None
+    k = int((out["numbers"][0] != 0).sum())
+    body = out["body"][0, :k].numpy()
+    return Structure(out["cell"][0].double().numpy(), out["frac"][0, :k].numpy(),
+                     out["numbers"][0, :k].numpy(), asym=np.nonzero(body % 4 == 0)[0],
+                     kind="random atoms", body=body)
 
   # ------------------------------------------------------------ helpers
   def _beta(self):

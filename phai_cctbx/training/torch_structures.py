@@ -150,7 +150,8 @@ class TorchStructureGenerator:
                min_edge=3.5, volume_per_atom=(18.0, 30.0), beta_range=(90.0, 120.0),
                z_prime_weights=(0.82, 0.14, 0.04), flat_sizes=0.5, repeat_fraction=0.3,
                aligned_fraction=0.75, tries=10, grows=12, squeeze_floor=14.0, squeeze_rounds=30,
-               squeeze_step=0.985, chunk=None, heavy_first=None, pair_budget=None):
+               squeeze_step=0.985, chunk=None, heavy_first=None, pair_budget=None,
+               random_atom_fraction=0.0):
     self.device = torch.device(device)
     dev = self.device
     self.max_atoms, self.max_asym = int(max_atoms), int(max_asym)
@@ -172,6 +173,7 @@ class TorchStructureGenerator:
       pair_budget = 2 ** 28 if self.device.type == "cuda" else 2 ** 24
     self.pair_budget = int(pair_budget)
     self.chunk = int(chunk) if chunk else (16384 if self.device.type == "cuda" else 512)
+    self.random_atom_fraction = float(random_atom_fraction)   # of each batch: random_atoms
     # Heavy atoms first pays on the CPU (42 against 13 structures/s on one
     # thread) and not on a GPU, where the second pass costs more than the
     # tests it saves (an H200: 555 against 669 structures/s,
@@ -516,7 +518,30 @@ class TorchStructureGenerator:
     return {"frac": frac, "numbers": numbers.to(torch.int8), "cell": cell, "body": bodies}
 
   def sample_batch(self, n, generator, candidates=None):
-    """n structures (dict of tensors on the device: frac, numbers, cell, body)."""
+    """n structures (dict of tensors on the device: frac, numbers, cell, body);
+    about ``random_atom_fraction`` of them cells of random atoms
+    (random_atoms), the rest organic, in random order."""
+    if self.random_atom_fraction <= 0:
+      return self._organic_batch(n, generator, candidates)
+    n_random = int((torch.rand(n, generator=generator, device=self.device)
+                    < self.random_atom_fraction).sum())
+    parts, got = [], 0
+    if n_random:
+      from phai_cctbx.training.random_atoms import random_atom_structures
+      while got < n_random:
+        out = random_atom_structures(max(8, 2 * (n_random - got)), generator, self.device,
+                                     max_atoms=self.max_atoms, max_edge=self.max_edge,
+                                     min_edge=self.min_edge, beta_range=self.beta_range)
+        parts.append(out)
+        got += out["cell"].shape[0]
+      parts = [{k: torch.cat([p[k] for p in parts])[:n_random] for k in parts[0]}]
+    if n > n_random:
+      parts.append(self._organic_batch(n - n_random, generator, candidates))
+    out = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+    order = torch.randperm(n, generator=generator, device=self.device)
+    return {k: v[order] for k, v in out.items()}
+
+  def _organic_batch(self, n, generator, candidates=None):
     parts, got = [], 0
     while got < n:
       rate = self.accepted / self.candidates if self.candidates else 0.5

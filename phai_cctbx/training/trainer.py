@@ -109,6 +109,8 @@ class TrainConfig:
   device_time_share: float = 0.0    # >0: fewer device structures per step when making them would take
                                     # more than this share of the wall time (rates measured as it runs)
   device_block: int = 0             # structures per call of the device generator (0: 8 steps' worth)
+  random_atom_fraction: float = 0.0 # share of new structures that are cells of random atoms
+                                    # (training.random_atoms), from both generators
   device_background: bool = False   # the device generator in its own thread (and CUDA stream): each
                                     # step takes what it has made, up to device_structures per example
 
@@ -281,7 +283,8 @@ class DeviceStructureSource:
 
   def __init__(self, library, device, cfg, generator):
     from phai_cctbx.training.torch_structures import TorchStructureGenerator
-    self.maker = TorchStructureGenerator(library, device, max_atoms=cfg.max_atoms)
+    self.maker = TorchStructureGenerator(library, device, max_atoms=cfg.max_atoms,
+                                         random_atom_fraction=cfg.random_atom_fraction)
     self.quota = DeviceStructureQuota(cfg.device_structures, cfg.batch_size, cfg.device_time_share,
                                       cfg.device_block)
     self.clock = _StepClock(self.quota, device)
@@ -543,6 +546,8 @@ def check_config(cfg: TrainConfig):
     raise SystemExit("device_structures must be 0 or more (got %s)" % cfg.device_structures)
   if not 0 <= cfg.device_time_share < 1:
     raise SystemExit("device_time_share must be at least 0 and below 1 (got %s)" % cfg.device_time_share)
+  if not 0 <= cfg.random_atom_fraction <= 1:
+    raise SystemExit("random_atom_fraction must be from 0 to 1 (got %s)" % cfg.random_atom_fraction)
   if cfg.device_block < 0:
     raise SystemExit("device_block must be 0 or more (got %s)" % cfg.device_block)
   if cfg.partial_wrong_min > cfg.partial_wrong_max:
@@ -636,7 +641,8 @@ def train(cfg: TrainConfig, log=sys.stdout, on_checkpoint=None):
   workers = cfg.workers or max(1, ((os.cpu_count() or 2) - 1) // world)
   stream = StructureStream(cfg.library, seed=cfg.seed * 100 + rank + 7 * state["step"],
                            workers=workers, chunk=cfg.chunk, max_atoms=cfg.max_atoms,
-                           packing=cfg.packing, compress_workers=cfg.compress_workers)
+                           packing=cfg.packing, compress_workers=cfg.compress_workers,
+                           random_atom_fraction=cfg.random_atom_fraction)
   validator = Validator(library, cfg, device, maker) if is_main and cfg.validation_size > 0 else None
   pool = StructurePool(cfg.pool_size, cfg.max_atoms, device)
   device_source = None
