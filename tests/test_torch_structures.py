@@ -264,6 +264,8 @@ def test_device_source_in_the_background_puts_what_was_made_first(library, tmp_p
     assert (cell[:2, 0] < 11).all() and (cell[2:, 0] == 99).all()   # two new, then the pool
     assert (numbers[:2] != 0).any(1).all()
     assert "device (background):" in source.note()
+    source.clock.tick()                 # no time share to feed: steps are not timed
+    assert source.quota.step_seconds is None and source.clock.steps == 0
   finally:
     source.close()
   assert not source.background._thread.is_alive()

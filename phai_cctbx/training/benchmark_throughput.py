@@ -70,8 +70,9 @@ def training_step(config, device, batch_size):
 
 
 def _sync(device):
+  """Waits for the kernels of this thread's stream (not the background generator's)."""
   if device.type == "cuda":
-    torch.cuda.synchronize()
+    torch.cuda.current_stream(device).synchronize()
 
 
 def measure(config, device, batch_size, steps):

@@ -248,8 +248,9 @@ class _StepClock:
   device generator's: every step on a CPU; every 10 steps on a GPU, after a
   synchronisation, so that queued kernels are counted, not only their launches."""
 
-  def __init__(self, quota, device, every_gpu=10):
+  def __init__(self, quota, device, every_gpu=10, enabled=True):
     self.quota = quota
+    self.enabled = enabled
     self.sync = device.type == "cuda"
     self.device = device
     self.every = every_gpu if self.sync else 1
@@ -262,11 +263,13 @@ class _StepClock:
     self.generator_seconds = 0.0
 
   def tick(self):
+    if not self.enabled:
+      return
     self.steps += 1
     if self.steps < self.every:
       return
     if self.sync:
-      torch.cuda.synchronize(self.device)
+      torch.cuda.current_stream(self.device).synchronize()
     now = time.time()
     self.quota.record_step(max(0.0, now - self.t - self.generator_seconds) / self.steps)
     self.t, self.steps, self.generator_seconds = now, 0, 0.0
@@ -287,7 +290,9 @@ class DeviceStructureSource:
                                          random_atom_fraction=cfg.random_atom_fraction)
     self.quota = DeviceStructureQuota(cfg.device_structures, cfg.batch_size, cfg.device_time_share,
                                       cfg.device_block)
-    self.clock = _StepClock(self.quota, device)
+    # the clock feeds the quota's time share; a background generator needs
+    # neither (and a device-wide wait would wait for its kernels too)
+    self.clock = _StepClock(self.quota, device, enabled=not cfg.device_background)
     self.device = device
     self.generator = generator
     self.batch_size = cfg.batch_size
