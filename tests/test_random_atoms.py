@@ -10,19 +10,8 @@ import torch
 
 from phai_cctbx.training.random_atoms import (
   ELEMENTS, MIN_DISTANCE, VOLUME_PER_ATOM, random_atom_structures)
-from phai_cctbx.training.structures import Structure
 from test_structures import assert_closed_under_p21c, pair_distances
-
-
-def _structures(out):
-  result = []
-  for i in range(out["cell"].shape[0]):
-    k = int((out["numbers"][i] != 0).sum())
-    body = out["body"][i, :k].numpy()
-    result.append(Structure(out["cell"][i].double().numpy(), out["frac"][i, :k].numpy(),
-                            out["numbers"][i, :k].numpy(), asym=np.nonzero(body % 4 == 0)[0],
-                            body=body))
-  return result
+from test_torch_structures import _structures
 
 
 def assert_random_atom_structure(s):

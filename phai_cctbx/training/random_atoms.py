@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 
 from phai_cctbx.training.torch_structures import (
-  OPS_ROT, OPS_TRANS, nearest_image_d2, orthogonalisation)
+  OPS_ROT, OPS_TRANS, nearest_image_d2, orthogonalisation, pad_structures)
 
 #: Elements and their weights (C, N, O first; halogens, S and P; a few metals).
 ELEMENTS = (6, 7, 8, 9, 15, 16, 17, 35, 11, 20, 26, 29, 30, 53)
@@ -101,22 +101,6 @@ def random_atom_structures(n, generator, device="cpu", max_atoms=400, max_edge=1
   weights = torch.as_tensor(WEIGHTS, dtype=torch.float32, device=device)
   draws = torch.multinomial(weights, max(1, b * hi_n), replacement=True, generator=generator)
   z = elements[draws[:b * hi_n]].reshape(b, hi_n)
-  frac = _copies(sites)                                                    # (b, hi_n, 4, 3)
-  frac = frac - torch.floor(frac)
-  frac = torch.where(frac >= 1.0, torch.zeros_like(frac), frac).reshape(b, 4 * hi_n, 3)
-  valid = (slots[None, :] < count[:, None]).repeat_interleave(4, 1)
-  numbers = torch.where(valid, z.repeat_interleave(4, 1), torch.zeros_like(valid, dtype=torch.long))
-  body = torch.where(valid, torch.arange(4 * hi_n, device=device).expand(b, -1), -1)
-  order = torch.argsort((~valid).to(torch.int8), dim=1, stable=True)     # atoms first, padding last
-  valid = torch.gather(valid, 1, order)
-  frac = torch.gather(frac, 1, order[..., None].expand(-1, -1, 3)) * valid[..., None]
-  numbers = torch.gather(numbers, 1, order)
-  body = torch.gather(body, 1, order)
-  pad = max_atoms - 4 * hi_n
-  if pad > 0:
-    frac = torch.nn.functional.pad(frac, (0, 0, 0, pad))
-    numbers = torch.nn.functional.pad(numbers, (0, pad))
-    body = torch.nn.functional.pad(body, (0, pad), value=-1)
-  cell = torch.stack([edges[:, 0], edges[:, 1], edges[:, 2], torch.full_like(beta, 90.0), beta,
-                      torch.full_like(beta, 90.0)], 1)
-  return {"frac": frac, "numbers": numbers.to(torch.int8), "cell": cell, "body": body}
+  slot = slots.expand(b, -1)
+  return pad_structures(_copies(sites).transpose(1, 2), slot, slot < count[:, None], z, edges, beta,
+                        max_atoms)

@@ -143,6 +143,35 @@ def own_image_d2(first, m):
   return (d2 + along_b).min(-1).values
 
 
+def pad_structures(f, slot, mask, z, edges, beta, max_atoms):
+  """Padded arrays of structures: frac (B, max_atoms, 3) in [0, 1), numbers
+  int8 (0: padding), cell (B, 6), body (B, max_atoms; 4 x slot + copy, -1:
+  padding), from the fractional coordinates f (B, 4, N, 3) of the four
+  copies of N atoms, their slots (the body they belong to), mask and atomic
+  numbers (B, N); each body's four copies together, as the CPU generator."""
+  b, _, n, _ = f.shape
+  dev = f.device
+  f = f - torch.floor(f)
+  f = torch.where(f >= 1.0, torch.zeros_like(f), f)
+  body = slot[:, None, :] * 4 + torch.arange(4, device=dev)[None, :, None]       # (B, 4, N)
+  # order: slot, copy, atom
+  key = (body * n + torch.arange(n, device=dev)).reshape(b, 4 * n)
+  key = torch.where(mask.repeat(1, 4), key, torch.full_like(key, 10 ** 9))
+  order = torch.argsort(key, 1)[:, :max_atoms]
+  valid = torch.gather(mask.repeat(1, 4), 1, order)
+  frac = torch.gather(f.reshape(b, 4 * n, 3), 1, order[..., None].expand(-1, -1, 3)) * valid[..., None]
+  numbers = torch.gather(z.repeat(1, 4), 1, order) * valid
+  bodies = torch.where(valid, torch.gather(body.reshape(b, 4 * n), 1, order), -1)
+  pad = max_atoms - frac.shape[1]
+  if pad > 0:
+    frac = torch.nn.functional.pad(frac, (0, 0, 0, pad))
+    numbers = torch.nn.functional.pad(numbers, (0, pad))
+    bodies = torch.nn.functional.pad(bodies, (0, pad), value=-1)
+  cell = torch.stack([edges[:, 0], edges[:, 1], edges[:, 2], torch.full_like(beta, 90.0), beta,
+                      torch.full_like(beta, 90.0)], 1)
+  return {"frac": frac, "numbers": numbers.to(torch.int8), "cell": cell, "body": bodies}
+
+
 class TorchStructureGenerator:
   """Batches of P2_1/c organic structures on ``device`` from a ConformerLibrary."""
 
@@ -492,30 +521,7 @@ class TorchStructureGenerator:
     return self._pad(f, comp, draw["z"], edges, draw["beta"])
 
   def _pad(self, f, comp, z, edges, beta):
-    """Padded arrays: frac (n, max_atoms, 3) in [0, 1), numbers, cell, body
-    (-1: padding); each molecule's four copies together, as the CPU generator."""
-    b, _, n, _ = f.shape
-    dev = self.device
-    f = f - torch.floor(f)
-    f = torch.where(f >= 1.0, torch.zeros_like(f), f)
-    slot, mask = comp["slot"], comp["mask"]
-    body = slot[:, None, :] * 4 + torch.arange(4, device=dev)[None, :, None]       # (B, 4, N)
-    # order: slot, copy, atom
-    key = (body * n + torch.arange(n, device=dev)).reshape(b, -1)
-    key = torch.where(mask.repeat(1, 4), key, torch.full_like(key, 10 ** 9))
-    order = torch.argsort(key, 1)[:, :self.max_atoms]
-    valid = torch.gather(mask.repeat(1, 4), 1, order)
-    frac = torch.gather(f.reshape(b, -1, 3), 1, order[..., None].expand(-1, -1, 3)) * valid[..., None]
-    numbers = torch.gather(z.repeat(1, 4), 1, order) * valid
-    bodies = torch.where(valid, torch.gather(body.reshape(b, -1), 1, order), -1)
-    pad = self.max_atoms - frac.shape[1]
-    if pad > 0:
-      frac = torch.nn.functional.pad(frac, (0, 0, 0, pad))
-      numbers = torch.nn.functional.pad(numbers, (0, pad))
-      bodies = torch.nn.functional.pad(bodies, (0, pad), value=-1)
-    cell = torch.stack([edges[:, 0], edges[:, 1], edges[:, 2], torch.full_like(beta, 90.0), beta,
-                        torch.full_like(beta, 90.0)], 1)
-    return {"frac": frac, "numbers": numbers.to(torch.int8), "cell": cell, "body": bodies}
+    return pad_structures(f, comp["slot"], comp["mask"], z, edges, beta, self.max_atoms)
 
   def sample_batch(self, n, generator, candidates=None):
     """n structures (dict of tensors on the device: frac, numbers, cell, body);
