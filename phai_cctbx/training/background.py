@@ -29,7 +29,11 @@ class BackgroundStructures:
   def __init__(self, maker, block, generator, device, depth=2):
     self.maker, self.block, self.generator = maker, int(block), generator
     self.device = torch.device(device)
-    self.stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+    self.stream = None
+    if self.device.type == "cuda":
+      self.stream = torch.cuda.Stream(self.device)
+      # what the maker copied to the device (its library) is in the current stream's queue
+      self.stream.wait_stream(torch.cuda.current_stream(self.device))
     self.ready = queue.Queue(maxsize=max(1, int(depth)))
     self.left = None
     self.error = None
