@@ -472,15 +472,26 @@ class TorchStructureGenerator:
         stuck = torch.isclose(grown, edges).all(1)
         alive = alive & ~((too_big | stuck) & ~placed)
         edges = torch.where(placed[:, None], edges, grown)
-      for _ in range(self.tries):
-        todo = torch.nonzero(alive & ~placed).flatten()
-        if len(todo) == 0:
-          break
-        rot[todo] = self._orientations(mol[todo], gen)
-        centre[todo] = self._rand(len(todo), s, 3, gen=gen)
-        bad = self._test_many(draw, rot, centre, edges, todo)
-        placed[todo[~bad]] = True
-      if not bool((alive & ~placed).any()):
+      todo = torch.nonzero(alive & ~placed).flatten()
+      if len(todo) == 0:
+        break
+      # all ``tries`` placements of a cell at once, the first clash-free one
+      # kept: the same choice as trying them in turn (most cells need them
+      # all), in one round of tests instead of ``tries``
+      k, t = len(todo), self.tries
+      rep = todo.repeat_interleave(t)
+      tried = {key: (v[rep] if torch.is_tensor(v) else {kk: vv[rep] for kk, vv in v.items()})
+               for key, v in draw.items()}
+      rot_t = self._orientations(mol[rep], gen)
+      centre_t = self._rand(k * t, s, 3, gen=gen)
+      good = ~self._test_many(tried, rot_t, centre_t, edges[rep],
+                              torch.arange(k * t, device=dev)).reshape(k, t)
+      ok = good.any(1)
+      pick = torch.arange(k, device=dev) * t + torch.argmax(good.to(torch.int8), 1)
+      rot[todo] = torch.where(ok[:, None, None, None], rot_t[pick], rot[todo])
+      centre[todo] = torch.where(ok[:, None, None], centre_t[pick], centre[todo])
+      placed[todo] = ok
+      if bool(ok.all()):
         break
     keep = torch.nonzero(placed & alive).flatten()
     self.candidates += b
