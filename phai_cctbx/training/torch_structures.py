@@ -16,9 +16,11 @@ same element classes, hydrogen bonds allowed):
    atom and edges 3.5-10 Å;
 2. random fractional centres; the four symmetry copies of each molecule;
    the contact test of every atom of the asymmetric unit against every atom
-   of the cell and their lattice images (a molecule's own images included);
+   of the cell at its nearest lattice image (and against a molecule's own
+   images);
 3. candidates that clash get new centres and orientations, up to ``tries``
-   times, then a cell 4 % larger, as the CPU insertion does;
+   times (all tested in one round, the first clash-free one kept), then a
+   cell 4 % larger, as the CPU insertion does;
 4. a squeeze: each edge in turn shrinks by 1.5 % while no contact becomes too
    short (down to 14 Å^3 per non-hydrogen atom).
 
