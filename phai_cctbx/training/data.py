@@ -29,6 +29,7 @@ def _worker_main(library_path, seed, chunk, max_atoms, packing, out_queue, stop_
                  random_atom_fraction=0.0):
   import os
   os.environ.setdefault("OMP_NUM_THREADS", "1")
+  torch.set_num_threads(1)  # one core per process (random-atom cells are made in torch)
   from phai_cctbx.training.molecules import ConformerLibrary
   from phai_cctbx.training.structures import StructureGenerator
   library = ConformerLibrary.load(library_path)
