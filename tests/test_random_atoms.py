@@ -87,3 +87,19 @@ def library():
   pytest.importorskip("rdkit")
   from phai_cctbx.training.molecules import build_library
   return build_library(20, seed=11, processes=1, metal_fraction=0.3)
+
+
+def test_generator_processes_make_random_atom_cells(library, tmp_path):
+  """random_atom_fraction reaches the worker processes of the structure stream."""
+  from phai_cctbx.training.data import StructureStream
+  path = str(tmp_path / "lib.npz")
+  library.save(path)
+  stream = StructureStream(path, seed=3, workers=1, chunk=4, random_atom_fraction=1.0)
+  try:
+    chunk = stream.get(timeout=120)
+  finally:
+    stream.close()
+  numbers = np.asarray(chunk["numbers"])
+  counts = (numbers != 0).sum(1)
+  assert chunk["cell"].shape[0] == 4 and (counts % 4 == 0).all() and (counts >= 12).all()
+  assert not (numbers == 1).any() and set(numbers[numbers != 0].tolist()) <= set(ELEMENTS)
