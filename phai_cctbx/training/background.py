@@ -38,7 +38,6 @@ class BackgroundStructures:
     self.left = None
     self.error = None
     self.made = 0
-    self.busy_seconds = 0.0
     self.t0 = time.time()
     self._stop = threading.Event()
     self._thread = threading.Thread(target=self._run, name="device-structures", daemon=True)
@@ -57,9 +56,7 @@ class BackgroundStructures:
   def _run(self):
     try:
       while not self._stop.is_set():
-        t = time.time()
         made = self._make()
-        self.busy_seconds += time.time() - t
         self.made += made["cell"].shape[0]
         while not self._stop.is_set():
           try:

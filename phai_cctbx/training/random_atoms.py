@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 
 from phai_cctbx.training.torch_structures import (
-  OPS_ROT, OPS_TRANS, nearest_image_d2, orthogonalisation, pad_structures)
+  OPS_ROT, OPS_TRANS, draw_beta, draw_edges, nearest_image_d2, orthogonalisation, pad_structures)
 
 #: Elements and their weights (C, N, O first; halogens, S and P; a few metals).
 ELEMENTS = (6, 7, 8, 9, 15, 16, 17, 35, 11, 20, 26, 29, 30, 53)
@@ -32,24 +32,6 @@ VOLUME_PER_ATOM = (16.0, 24.0)
 CELL_VOLUME = (250.0, 950.0)    # A^3, drawn first
 ATOMS_PER_ASYM = (3, 25)
 KEEP_FRACTION = 0.8         # of the atoms asked for, or the cell is dropped
-
-
-def _cells(b, generator, device, max_edge, min_edge, beta_range, volume):
-  """(edges (B, 3), beta (B,), ok (B,)): beta as the molecular generators
-  draw it, then edges a, b at random and c from the volume (32 tries)."""
-  rand = lambda *shape: torch.rand(shape, generator=generator, device=device)  # noqa: E731
-  lo, hi = beta_range
-  beta = torch.where(rand(b) < 0.15, (90.0 + rand(b)) if lo <= 90 else torch.full((b,), float(lo), device=device),
-                     lo + (hi - lo) * rand(b))
-  sin_b = torch.sin(torch.deg2rad(beta))
-  ab = min_edge + (max_edge - min_edge) * rand(b, 32, 2)
-  c = volume[:, None] / (ab[..., 0] * ab[..., 1] * sin_b[:, None])
-  fits = (c >= min_edge) & (c <= max_edge)
-  first = torch.argmax(fits.float(), 1)
-  rows = torch.arange(b, device=device)
-  edges = torch.stack([ab[rows, first, 0], ab[rows, first, 1], c[rows, first]], 1)
-  perm = torch.argsort(rand(b, 3), 1)
-  return torch.gather(edges, 1, perm), beta, fits.any(1)
 
 
 def _copies(f):
@@ -70,7 +52,8 @@ def random_atom_structures(n, generator, device="cpu", max_atoms=400, max_edge=1
   volume = CELL_VOLUME[0] + (CELL_VOLUME[1] - CELL_VOLUME[0]) * rand(n)
   lo_v, hi_v = VOLUME_PER_ATOM
   target = torch.round(volume / (4 * (lo_v + (hi_v - lo_v) * rand(n)))).long().clamp(lo_n, hi_n)
-  edges, beta, ok = _cells(n, generator, device, max_edge, min_edge, beta_range, volume)
+  beta = draw_beta(n, beta_range, generator, device)
+  edges, ok = draw_edges(volume, beta, min_edge, max_edge, generator)
   m = orthogonalisation(edges, beta)
   sites = torch.zeros((n, hi_n, 3), device=device)
   count = torch.zeros(n, dtype=torch.long, device=device)

@@ -30,7 +30,6 @@ times this generator beside the trainer.
 """
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import torch
@@ -145,6 +144,40 @@ def own_image_d2(first, m):
   return (d2 + along_b).min(-1).values
 
 
+def draw_beta(b, beta_range, gen, device):
+  """(B,) monoclinic angles as the CPU generator draws them: 15 % within a
+  degree above 90 (or at the range's lower end), the rest uniform."""
+  lo, hi = beta_range
+  rand = lambda *shape: torch.rand(shape, generator=gen, device=device)  # noqa: E731
+  near90 = rand(b) < 0.15
+  return torch.where(near90, 90.0 + rand(b) if lo <= 90 else torch.full((b,), lo, device=device),
+                     lo + (hi - lo) * rand(b))
+
+
+def draw_edges(volume, beta, min_edge, max_edge, gen):
+  """(edges (B, 3), fits (B,)): for cells of ``volume`` and ``beta``, the
+  first of 32 random pairs of edges whose third edge (from the volume) lies
+  within the limits too, in a random order of the axes; ``fits`` is False
+  where none does."""
+  b, dev = volume.shape[0], volume.device
+  sin_b = torch.sin(torch.deg2rad(beta))
+  ab = min_edge + (max_edge - min_edge) * torch.rand((b, 32), generator=gen, device=dev)
+  ab2 = min_edge + (max_edge - min_edge) * torch.rand((b, 32), generator=gen, device=dev)
+  c = volume[:, None] / (ab * ab2 * sin_b[:, None])
+  fits = (c >= min_edge) & (c <= max_edge)
+  first = torch.argmax(fits.float(), 1)
+  rows = torch.arange(b, device=dev)
+  edges = torch.stack([ab[rows, first], ab2[rows, first], c[rows, first]], 1)
+  perm = _PERMS.to(dev)[torch.randint(0, 6, (b,), generator=gen, device=dev)]
+  return torch.gather(edges, 1, perm), fits.any(1)
+
+
+def _select(draw, idx):
+  """The candidates ``idx`` of a dict of per-candidate tensors (and dicts of them)."""
+  return {k: (v[idx] if torch.is_tensor(v) else {kk: vv[idx] for kk, vv in v.items()})
+          for k, v in draw.items()}
+
+
 def pad_structures(f, slot, mask, z, edges, beta, max_atoms):
   """Padded arrays of structures: frac (B, max_atoms, 3) in [0, 1), numbers
   int8 (0: padding), cell (B, 6), body (B, max_atoms; 4 x slot + copy, -1:
@@ -252,10 +285,7 @@ class TorchStructureGenerator:
     return torch.rand(shape, generator=gen, device=self.device)
 
   def _beta(self, b, gen):
-    lo, hi = self.beta_range
-    near90 = self._rand(b, gen=gen) < 0.15
-    return torch.where(near90, 90.0 + self._rand(b, gen=gen) if lo <= 90 else torch.full((b,), lo, device=self.device),
-                       lo + (hi - lo) * self._rand(b, gen=gen))
+    return draw_beta(b, self.beta_range, gen, self.device)
 
   def _pick(self, left, gen):
     """(B,) molecule indices with at most ``left`` heavy atoms (-1: none)."""
@@ -320,17 +350,8 @@ class TorchStructureGenerator:
     n_heavy = 4 * used
     lo, hi = self.volume_per_atom
     volume = n_heavy * (lo + 0.6 * (hi - lo) * self._rand(b, gen=gen))
-    sin_b = torch.sin(torch.deg2rad(beta))
-    ab = self.min_edge + (self.max_edge - self.min_edge) * self._rand(b, 32, gen=gen)
-    ab2 = self.min_edge + (self.max_edge - self.min_edge) * self._rand(b, 32, gen=gen)
-    c = volume[:, None] / (ab * ab2 * sin_b[:, None])
-    fits = (c >= self.min_edge) & (c <= self.max_edge)
-    first = torch.argmax(fits.float(), 1)
-    ok = ok & fits.any(1)
-    rows = torch.arange(b, device=dev)
-    edges = torch.stack([ab[rows, first], ab2[rows, first], c[rows, first]], 1)
-    perm = _PERMS.to(dev)[torch.randint(0, 6, (b,), generator=gen, device=dev)]
-    edges = torch.gather(edges, 1, perm)
+    edges, fits = draw_edges(volume, beta, self.min_edge, self.max_edge, gen)
+    ok = ok & fits
     return {"mol": mol, "beta": beta, "scale": scale, "edges": edges, "ok": ok,
             "n_heavy": n_heavy}
 
@@ -482,8 +503,7 @@ class TorchStructureGenerator:
       # all), in one round of tests instead of ``tries``
       k, t = len(todo), self.tries
       rep = todo.repeat_interleave(t)
-      tried = {key: (v[rep] if torch.is_tensor(v) else {kk: vv[rep] for kk, vv in v.items()})
-               for key, v in draw.items()}
+      tried = _select(draw, rep)
       rot_t = self._orientations(mol[rep], gen)
       centre_t = self._rand(k * t, s, 3, gen=gen)
       good = ~self._test_many(tried, rot_t, centre_t, edges[rep],
@@ -502,8 +522,7 @@ class TorchStructureGenerator:
       return None
     edges = edges[keep]
     rot, centre = rot[keep], centre[keep]
-    draw = {k: (v[keep] if torch.is_tensor(v) else {kk: vv[keep] for kk, vv in v.items()})
-            for k, v in draw.items()}
+    draw = _select(draw, keep)
     n_keep = len(keep)
     every = torch.arange(n_keep, device=dev)
     # squeeze: each edge in turn by squeeze_step while no contact is too short
