@@ -61,6 +61,7 @@ from cctbx.array_family import flex
 from phai_cctbx import charge_flipping
 from phai_cctbx import dual_space as dual_space_engine
 from phai_cctbx import reflection_set
+from phai_cctbx import symmetry
 
 #: Two phase sets are the same solution when their sign correlation over the
 #: network's list (best permissible origin) exceeds this.
@@ -228,6 +229,8 @@ class SearchSettings:
                                   # dual-space results (0: never)
   network_check: bool = True      # auto: the network's trials run even when the
                                   # dual-space stages before them called a solution
+  network_frames: int = 1         # the network's trials in this many of the
+                                  # crystal's P2_1/c frames (symmetry.frames)
   time_limit: float = 120.0       # seconds; no new stage starts after it
   stop_fom: float = None          # stop after a stage whose best reaches this
   choice: str = "held_out"        # which candidate and phases: see choose()
@@ -455,6 +458,43 @@ def _network_candidates(result, standardisation, f_obs, label, start_of):
   return out
 
 
+def other_frames(standardisation, count):
+  """Up to ``count`` frames of the crystal other than ``standardisation``'s
+  (:func:`phai_cctbx.symmetry.frames`, preferred first) whose longest cell
+  edge is no longer than 10.5 A or the standardisation's own (so that the
+  reflection list covers the data as well)."""
+  if count <= 0:
+    return []
+  longest = lambda std: max(std.p21c_symmetry.unit_cell().parameters()[:3])
+  limit = max(10.5, longest(standardisation)) + 1e-6
+  own = standardisation.cb_op.as_xyz()
+  out = []
+  for frame in symmetry.frames(standardisation.original_symmetry):
+    if frame.cb_op.as_xyz() == own or longest(frame) > limit:
+      continue
+    out.append(frame)
+    if len(out) == count:
+      break
+  return out
+
+
+def _frame_candidates(frame, number, standardisation, f_obs, model, s):
+  """The network's trials on the data laid out in another frame, as
+  candidates whose signs are given on ``standardisation``'s list."""
+  from phai_cctbx import phasing  # torch: only when the network runs
+  values, present = frame.map_to_reflection_set(f_obs)
+  result = phasing.phase_reflection_set(
+    np.maximum(np.asarray(values).real, 0.0), np.asarray(present, dtype=bool),
+    model, trials=s.trials, cycles=s.cycles, random_seed=s.random_seed + number - 1)
+  out = _network_candidates(result, frame, f_obs, "network frame %d trial" % number,
+                            lambda t: "frame %d, %s" % (number, "zero phases" if t == 0
+                                                         else "random signs"))
+  for c in out:
+    c.signs = list_signs(standardisation, f_obs, c.phases)
+    c.weights = (c.signs != 0).astype(float)
+  return out
+
+
 def p1_confidence(problem, back):
   """(m,) the network's confidence of each P 1 reflection of ``problem``
   (0 where its back-transform ``back`` gives no phase)."""
@@ -592,6 +632,8 @@ def run(f_obs, standardisation, set_amplitudes, set_measured, model, settings=No
       random_seed=s.random_seed)
     net = _network_candidates(network, standardisation, f_obs, "network trial",
                               lambda t: "zero phases" if t == 0 else "random signs")
+    for k, frame in enumerate(other_frames(standardisation, s.network_frames - 1)):
+      net += _frame_candidates(frame, k + 2, standardisation, f_obs, model, s)
     candidates += net
     stages.append("network")
     stop = done() or stop

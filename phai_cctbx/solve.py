@@ -242,7 +242,7 @@ def solve(miller_array, model=None, weights=None, trials=8, cycles=16,
           method="auto", dual_space_starts=16, dual_space_cycles=200,
           recycle=4, time_limit=120.0, stop_early=True, dual_space_more_starts=48,
           refine_network=False, network_seeds=(), sign_combinations=8,
-          network_check=True):
+          network_check=True, network_frames=1):
   """Phase amplitudes or intensities (a cctbx miller array with crystal symmetry).
 
   Args:
@@ -276,6 +276,10 @@ def solve(miller_array, model=None, weights=None, trials=8, cycles=16,
     stop_early: stop after the first stage whose best candidate is "solved".
     network_check: auto, below atomic resolution: the network's trials run
       even when the dual-space stages before them called a solution.
+    network_frames: the network's trials in this many of the crystal's
+      P2_1/c frames (other cells, other P2_1/c subgroups of a supergroup;
+      :func:`phai_cctbx.search.other_frames`): each lays the same data out
+      differently on the network's list, and the network makes other guesses.
 
   Returns a :class:`SolveResult`.  Raises Sorry on unusable input.
   """
@@ -363,6 +367,7 @@ def solve(miller_array, model=None, weights=None, trials=8, cycles=16,
     refine_network=refine_network, network_seeds=tuple(network_seeds),
     sign_combinations=sign_combinations,
     recycle=recycle, network_check=network_check, time_limit=time_limit,
+    network_frames=network_frames,
     stop_fom=SOLVED_FOM if stop_early else None,
     dual_space=dual_space.Settings(cycles=dual_space_cycles))
   _print(log)
@@ -371,11 +376,13 @@ def solve(miller_array, model=None, weights=None, trials=8, cycles=16,
   signs = ("; then dual-space from the 2^%d sign combinations of the strongest "
            "reflections" % sign_combinations
            if search_module.runs_sign_combinations(settings, f_obs) else "")
+  frames = (" in each of up to %d frames" % network_frames) if network_frames > 1 else ""
   _print(log, "Phasing (method %s): %s" % (method, {
     "auto": "dual-space from %d random starts%s; then the network (%d trials of up to "
-            "%d cycles) and dual-space from its trials, the network again on %d "
-            "dual-space results" % (dual_space_starts, signs, trials, cycles, recycle) + more,
-    "network": "the network, %d trials of up to %d cycles" % (trials, cycles),
+            "%d cycles%s) and dual-space from its trials, the network again on %d "
+            "dual-space results" % (dual_space_starts, signs, trials, cycles, frames,
+                                    recycle) + more,
+    "network": "the network, %d trials of up to %d cycles%s" % (trials, cycles, frames),
     "dual_space": "charge flipping from %d random starts" % dual_space_starts + signs + more}[method]))
   t2 = time.time()
 

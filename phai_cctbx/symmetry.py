@@ -60,15 +60,16 @@ def _cb_complexity(cb_op):
   return sum(abs(x - y) for x, y in zip(m, identity))
 
 
-def _reduce_p21c(unit_cell):
-  """The change of basis among P 1 21/c 1 settings giving the preferred cell.
+def _p21c_cell_choices(unit_cell):
+  """Every change of basis among P 1 21/c 1 settings, with its sort key.
 
   Tries a' = p a + q c, c' = r a + s c (small integers, unimodular, b kept or
   reversed so that the basis stays right-handed) and keeps those that leave
   the group exactly P 1 21/c 1 with its inversion centre at the origin.
+  Returns a list of ((cell key, complexity), cb_op), preferred first.
   """
   group = P21C.group()
-  best = (None, sgtbx.change_of_basis_op())
+  out = []
   rng = range(-2, 3)
   for p, q, r, s in itertools.product(rng, rng, rng, rng):
     det = p * s - q * r
@@ -88,10 +89,14 @@ def _reduce_p21c(unit_cell):
     cb = sgtbx.change_of_basis_op("%s,%s,%s" % (term(p, q), sb, term(r, s)))
     if group.change_basis(cb) != group:
       continue
-    key = (_cell_key(unit_cell.change_basis(cb)), _cb_complexity(cb))
-    if best[0] is None or key < best[0]:
-      best = (key, cb)
-  return best[1]
+    out.append(((_cell_key(unit_cell.change_basis(cb)), _cb_complexity(cb)), cb))
+  out.sort(key=lambda kc: kc[0])
+  return out
+
+
+def _reduce_p21c(unit_cell):
+  """The change of basis among P 1 21/c 1 settings giving the preferred cell."""
+  return _p21c_cell_choices(unit_cell)[0][1]
 
 
 def _p21c_subgroups(group):
@@ -396,11 +401,16 @@ class BackTransform(object):
     return self.n_disagreeing / self.n_with_equivalents
 
 
-def prepare(crystal_symmetry):
-  """The :class:`Standardisation` of a crystal symmetry.
+def frames(crystal_symmetry):
+  """Every way of describing the crystal in the network's frame, preferred first.
 
-  Raises Sorry for an incomplete symmetry, a cell that does not fit the space
-  group and for space groups other than P2_1/c and its supported supergroups.
+  Each P2_1/c subgroup (the group itself for No. 14) and each of its
+  P 1 21/c 1 cells (:func:`_p21c_cell_choices`) gives one
+  :class:`Standardisation`; cells that are the same (to 0.01 A and 0.01
+  degree) count once.  The first is the one :func:`prepare` returns: the
+  cell with the shortest longest edge.  The others hold the same data in
+  other places of the reflection list, so the network makes other guesses
+  from them.  Raises Sorry as :func:`prepare` does.
   """
   check_symmetry(crystal_symmetry)
   sgi = crystal_symmetry.space_group_info()
@@ -410,19 +420,36 @@ def prepare(crystal_symmetry):
                 % (sgi, number, SUPPORTED_TEXT))
   group = sgi.group()
   unit_cell = crystal_symmetry.unit_cell()
-  if number == 14:
-    candidates = [group]
-  else:
-    candidates = _p21c_subgroups(group)
-  best = None
-  for sub in candidates:
+  subgroups = [group] if number == 14 else _p21c_subgroups(group)
+  preferred, choices = None, []
+  for sub in subgroups:
     cb_ref = sgtbx.space_group_info(group=sub).change_of_basis_op_to_reference_setting()
-    cb_red = _reduce_p21c(unit_cell.change_basis(cb_ref))
-    cb = (cb_red * cb_ref).new_denominators(cb_ref)
-    assert sub.change_basis(cb) == P21C.group()
-    key = (_cell_key(unit_cell.change_basis(cb)), _cb_complexity(cb))
-    if best is None or key < best[0]:
-      best = (key, cb, sub)
-  if best is None:  # pragma: no cover - every supported group has one
+    for i, (_, cb_red) in enumerate(_p21c_cell_choices(unit_cell.change_basis(cb_ref))):
+      cb = (cb_red * cb_ref).new_denominators(cb_ref)
+      assert sub.change_basis(cb) == P21C.group()
+      key = (_cell_key(unit_cell.change_basis(cb)), _cb_complexity(cb))
+      choices.append((key, cb, sub))
+      if i == 0 and (preferred is None or key < preferred[0]):
+        preferred = choices[-1]
+  if preferred is None:  # pragma: no cover - every supported group has one
     raise Sorry("No P2_1/c subgroup found for %s." % sgi)
-  return Standardisation(crystal_symmetry, best[1], best[2])
+  choices.sort(key=lambda c: c[0])
+  choices.insert(0, preferred)
+  out, seen = [], set()
+  for _, cb, sub in choices:
+    cell = tuple(round(x, 2) for x in unit_cell.change_basis(cb).parameters())
+    if cell in seen:
+      continue
+    seen.add(cell)
+    out.append(Standardisation(crystal_symmetry, cb, sub))
+  return out
+
+
+def prepare(crystal_symmetry):
+  """The :class:`Standardisation` of a crystal symmetry: the preferred one of
+  :func:`frames`.
+
+  Raises Sorry for an incomplete symmetry, a cell that does not fit the space
+  group and for space groups other than P2_1/c and its supported supergroups.
+  """
+  return frames(crystal_symmetry)[0]

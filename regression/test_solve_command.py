@@ -423,6 +423,8 @@ def _bad_cases(tmp_path, weights_path):
     ("weights of the wrong shape", ["good.hkl", CELL, SG, "model.weights=wrong_shape.pt"], "weights"),
     ("bad parameter value", ["good.hkl", CELL, SG, "phasing.trials=abc"] + w, "trials"),
     ("zero trials", ["good.hkl", CELL, SG, "phasing.trials=0"] + w, "trials"),
+    ("zero network frames", ["good.hkl", CELL, SG, "phasing.network_frames=0"] + w,
+     "network_frames"),
     ("negative more starts", ["good.hkl", CELL, SG, "phasing.dual_space.more_starts=-1"] + w,
      "more_starts"),
     ("too many sign combinations", ["good.hkl", CELL, SG,

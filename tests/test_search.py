@@ -381,3 +381,84 @@ def test_sign_combinations_start_refined_and_flipped_runs_after_the_random_ones(
   assert search.runs_sign_combinations(settings, f_obs)
   assert not search.runs_sign_combinations(settings, f_atomic)
   assert not search.runs_sign_combinations(dataclasses.replace(settings, method="network"), f_obs)
+
+
+def test_the_network_in_other_frames_gives_candidates_on_the_main_list(monkeypatch):
+  """Trials made in another frame of the crystal (here: the true signs there,
+  in place of the network) come back as candidates in the data's group whose
+  signs on the preferred frame's list are the true ones."""
+  from phai_cctbx import phasing
+  xs = random_structure.xray_structure(
+    space_group_info=sgtbx.space_group_info("P b c a"), unit_cell=(7.1, 8.2, 9.3, 90, 90, 90),
+    elements=["C"] * 4 + ["O"] * 2, use_u_iso=True, u_iso=0.02, random_u_iso=False,
+    random_f_prime_d_min=0, min_distance=1.2)
+  fc = benchmark.structure_factors(xs, 1.2)
+  f_obs = abs(fc).set_observation_type_xray_amplitude()
+  std = symmetry.prepare(f_obs.crystal_symmetry())
+  # The three P2_1/c subgroups, each in its shortest cell; every other cell
+  # of theirs has an edge above 10.5 A (e.g. a + c, 11.7 A).
+  longest = lambda f: max(f.p21c_symmetry.unit_cell().parameters()[:3])
+  all_frames = symmetry.frames(f_obs.crystal_symmetry())
+  assert sum(longest(f) <= 10.5 for f in all_frames) == 3 < len(all_frames)
+  others = search.other_frames(std, 100)
+  assert len(others) == 2
+  assert all(o.cb_op.as_xyz() != std.cb_op.as_xyz() for o in others)
+  b_axes = sorted(round(o.p21c_symmetry.unit_cell().parameters()[1], 2) for o in others + [std])
+  assert b_axes == [7.1, 8.2, 9.3]   # each of the three 2_1 axes in its turn
+  assert len(search.other_frames(std, 1)) == 1 and search.other_frames(std, 0) == []
+  truth = benchmark.Truth(std, fc)
+  measured = benchmark.measured_on_list(std, f_obs)
+  seen = []
+
+  def true_signs_in_frame(amplitudes, measured_, model, trials, cycles, random_seed):
+    frame = others[len(seen)]
+    seen.append(random_seed)
+    values, present = frame.map_to_reflection_set(fc)
+    signs = np.where(np.asarray(values).real < 0, -1.0, 1.0)
+    flipped = signs * np.where(np.arange(signs.size) % 2 == 0, -1.0, 1.0)
+    return phasing.PhasingResult(
+      signs=np.stack([signs, flipped]), probabilities=np.ones((2, signs.size)),
+      fom=np.array([0.9, 0.1]), fom_terms={}, cycles_run=np.ones(2, int),
+      converged=np.ones(2, bool), history=None, best=0, verdict="", seconds=0.0)
+
+  monkeypatch.setattr(phasing, "phase_reflection_set", true_signs_in_frame)
+  settings = search.SearchSettings(trials=2, random_seed=5)
+  for k, frame in enumerate(others):
+    cands = search._frame_candidates(frame, k + 2, std, f_obs, None, settings)
+    assert [c.label for c in cands] == ["network frame %d trial %d" % (k + 2, t) for t in (1, 2)]
+    assert truth.r(cands[0].signs, measured) > 0.999
+    assert truth.r(cands[1].signs, measured) < 0.9
+    assert cands[0].terms["network_fom"] == 0.9
+    assert set(np.unique(cands[0].weights)) <= {0.0, 1.0}
+    fm, pm = f_obs.common_sets(cands[0].phases)
+    assert pm.size() > 0.5 * f_obs.size()
+  assert seen == [6, 7]
+
+
+def test_the_search_runs_the_network_in_as_many_frames_as_asked(monkeypatch):
+  from phai_cctbx import phasing
+  std, fc, f_obs, amplitudes = _case()
+  calls = []
+
+  def random_signs(amplitudes_, measured_, model, trials, cycles, random_seed, **kw):
+    calls.append(random_seed)
+    signs = np.random.default_rng(random_seed).choice([-1.0, 1.0], size=(trials, amplitudes_.size))
+    return phasing.PhasingResult(
+      signs=signs, probabilities=np.full(signs.shape, 0.6), fom=np.linspace(0.5, 0.1, trials),
+      fom_terms={}, cycles_run=np.ones(trials, int), converged=np.zeros(trials, bool),
+      history=None, best=0, verdict="", seconds=0.0)
+
+  monkeypatch.setattr(phasing, "phase_reflection_set", random_signs)
+  present = np.asarray(std.map_to_reflection_set(f_obs)[1], dtype=bool)
+  labels = {}
+  for frames in (1, 3):
+    calls.clear()
+    found = search.run(f_obs, std, amplitudes, present, model=object(),
+                       settings=search.SearchSettings(method="network", trials=2,
+                                                      network_frames=frames, random_seed=4))
+    labels[frames] = [c.label for c in found.candidates]
+    assert calls == [4 + k for k in range(frames)]
+  assert labels[1] == ["network trial 1", "network trial 2"]
+  assert labels[3][:2] == labels[1]
+  assert [l for l in labels[3] if "frame" in l] == [
+    "network frame %d trial %d" % (k, t) for k in (2, 3) for t in (1, 2)]

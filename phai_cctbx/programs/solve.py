@@ -196,6 +196,9 @@ All parameters with what they mean:
       value = getattr(p.phasing, name)
       if value is None or value < 1:
         raise Sorry("phasing.%s must be a positive integer (got %s)." % (name, value))
+    if p.phasing.network_frames is None or p.phasing.network_frames < 1:
+      raise Sorry("phasing.network_frames must be a positive integer (1: the "
+                  "preferred frame only; got %s)." % p.phasing.network_frames)
     if p.phasing.random_seed is None or p.phasing.random_seed < 0:
       raise Sorry("phasing.random_seed must be zero or positive.")
     if p.phasing.min_reflections is None or p.phasing.min_reflections < 1:
@@ -298,6 +301,7 @@ All parameters with what they mean:
       dual_space_cycles=p.phasing.dual_space.cycles,
       recycle=p.phasing.dual_space.recycle, time_limit=p.phasing.time_limit,
       stop_early=p.phasing.stop_early, network_check=p.phasing.network_check,
+      network_frames=p.phasing.network_frames,
       dual_space_more_starts=p.phasing.dual_space.more_starts,
       refine_network=p.phasing.dual_space.refine_network,
       network_seeds=tuple(p.phasing.dual_space.network_seeds or ()),
