@@ -75,6 +75,8 @@ class Settings:
   extend: float = 0.5            # free reflections to d_min / (1 + extend), not
                                  # beyond EXTEND_LIMIT; 0: none
   held_out_cycles: int = HELD_OUT_CYCLES  # low-density elimination cycles of held_out_cc
+  snapshots: tuple = ()          # flipping cycles after which each start's map is
+                                 # also polished and returned (see flip)
 
   # Measured at 2.0 A, dual-space phasing alone, 64 random starts (seed 0), 41
   # development structures, calculated data (``python
@@ -466,6 +468,8 @@ class FlipResult:
   skewness: np.ndarray       # (B,) skewness of the final map
   cycles_run: np.ndarray     # (B,) flipping cycles on E
   seconds: float
+  snapshots: list = dataclasses.field(default_factory=list)
+                             # (cycles, FlipResult) of each of settings.snapshots
 
 
 def flip(problem, start_phases, settings=None):
@@ -494,6 +498,8 @@ def flip(problem, start_phases, settings=None):
   cycles_run = np.zeros(b, dtype=int)
   last_r1 = np.full(b, np.inf)
   active = np.arange(b)
+  snap_at = sorted(set(int(n) for n in s.snapshots if 0 < n < s.cycles))
+  taken = {}
   for cycle in range(s.cycles):
     rho = flip_charges(problem.density(coefficients[active], f000[active]), s.delta)
     g_all, g000 = problem.structure_factors(rho)
@@ -512,15 +518,35 @@ def flip(problem, start_phases, settings=None):
     better = r1 < best_r1[active] - 1e-3
     best_r1[active] = np.where(better, r1, best_r1[active])
     since_best[active] = np.where(better, 0, since_best[active] + 1)
+    if cycle + 1 in snap_at:
+      taken[cycle + 1] = (coefficients.copy(), last_r1.copy(), cycles_run.copy())
     if cycle + 1 >= s.min_cycles:
       keep = since_best[active] < s.patience
       active = active[keep]
       if not len(active):
         break
-  # Polish: strong reflections take |E| phases so far; now flip on F, then
-  # low-density elimination on F.  Without flipping cycles (a refinement of
-  # the start alone), reflections without a starting phase keep no weight in
-  # the first map.
+  coefficients, skew, last_r1 = _polish(problem, coefficients, missing, last_r1, s)
+  snapshots = []
+  for n in snap_at:
+    # A snapshot after the last cycle any start ran is the end result itself.
+    c, r1, ran = taken.get(n, (None, None, None))
+    if c is None:
+      continue
+    c, sk, r1 = _polish(problem, c, missing, r1, s)
+    snapshots.append((n, FlipResult(coefficients=c[:, :m], r1=r1, skewness=sk,
+                                    cycles_run=ran, seconds=0.0)))
+  return FlipResult(coefficients=coefficients[:, :m], r1=last_r1, skewness=skew,
+                    cycles_run=cycles_run, seconds=time.time() - t0, snapshots=snapshots)
+
+
+def _polish(problem, coefficients, missing, r1, s):
+  """Flipping's polish of (B, m + n_free) E coefficients: strong reflections
+  take |E| phases so far; now flip on F, then low-density elimination on F.
+  Without flipping cycles (a refinement of the start alone), reflections
+  without a starting phase keep no weight in the first map.  Returns the
+  coefficients (|F_obs|), the maps' skewness and R1 (for a refinement alone,
+  R1(|F|, |G|) of one flip of the final map)."""
+  m, nf, b = problem.size, problem.n_free, coefficients.shape[0]
   coefficients = problem.with_measured_amplitudes(
     np.concatenate([coefficients[:, :m], np.zeros((b, nf), complex)], 1))
   if s.cycles == 0:
@@ -536,9 +562,8 @@ def flip(problem, start_phases, settings=None):
   skew = reflection_set.skewness(rho)
   if s.cycles == 0:
     g, _ = problem.structure_factors(flip_charges(rho, s.delta))
-    last_r1 = r1_factor(problem.f, np.abs(g[:, :m]))
-  return FlipResult(coefficients=coefficients[:, :m], r1=last_r1, skewness=skew,
-                    cycles_run=cycles_run, seconds=time.time() - t0)
+    r1 = r1_factor(problem.f, np.abs(g[:, :m]))
+  return coefficients, skew, r1
 
 
 def snap_centric(phases_deg, space_group):
@@ -603,6 +628,7 @@ class DualSpaceCandidate:
   cycles: int
   origin_cc: float
   origin_shift: tuple
+  snapshot: int = 0       # flipping cycles of a snapshot (Settings.snapshots); 0: the end
 
 
 def run(f_obs, starts, settings=None, problem=None, labels=None):
@@ -614,7 +640,9 @@ def run(f_obs, starts, settings=None, problem=None, labels=None):
       int: that many random starts.
     labels: a name per start for the candidates.
 
-  Returns a list of :class:`DualSpaceCandidate`.
+  Returns a list of :class:`DualSpaceCandidate`: one per start, then, for
+  each of ``settings.snapshots`` that the flipping reached, one per start
+  of that snapshot.
   """
   s = settings or Settings()
   if problem is None:
@@ -625,10 +653,11 @@ def run(f_obs, starts, settings=None, problem=None, labels=None):
   labels = labels or ["random"] * starts.shape[0]
   result = flip(problem, starts, s)
   out = []
-  for i in range(starts.shape[0]):
-    sym = symmetrise(f_obs, problem.p1_set, result.coefficients[i])
-    out.append(DualSpaceCandidate(
-      start=labels[i], phases=sym.phases, r1=float(result.r1[i]),
-      skewness=float(result.skewness[i]), cycles=int(result.cycles_run[i]),
-      origin_cc=sym.cc_peak, origin_shift=sym.origin_shift))
+  for snapshot, res in [(0, result)] + result.snapshots:
+    for i in range(starts.shape[0]):
+      sym = symmetrise(f_obs, problem.p1_set, res.coefficients[i])
+      out.append(DualSpaceCandidate(
+        start=labels[i], phases=sym.phases, r1=float(res.r1[i]),
+        skewness=float(res.skewness[i]), cycles=int(res.cycles_run[i]),
+        origin_cc=sym.cc_peak, origin_shift=sym.origin_shift, snapshot=snapshot))
   return out

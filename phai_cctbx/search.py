@@ -86,6 +86,7 @@ class Candidate:
   fom: float = 0.0
   count: int = 1             # starts that ended in exactly these phases
   independent: bool = False  # a random-start dual-space run
+  snapshot_of: object = None # a snapshot of a random start: that start's end point
 
   def summary(self):
     out = {"label": self.label, "method": self.method, "start": self.start,
@@ -177,11 +178,13 @@ def assess(candidates, problem, amplitudes, agreement_r=AGREEMENT_R,
   for c in candidates:
     # Independent starts other than this one that ended at the same solution
     # (duplicates of this one included).
+    # A snapshot's own start does not count (the same run, seen earlier).
+    own = c if c.independent else c.snapshot_of
     agreeing = sum(o.count for o in independent
-                   if o is not c and agreement(c, o, amplitudes) > agreement_r)
+                   if o is not own and agreement(c, o, amplitudes) > agreement_r)
     if c.independent:
       agreeing += c.count - 1
-    others = total - (1 if c.independent else 0)
+    others = total - (1 if own is not None else 0)
     c.terms["agreement"] = float(agreeing / others) if others > 0 else 0.0
     c.fom = figure_of_merit(c.terms)
 
@@ -232,6 +235,9 @@ class SearchSettings:
   network_frames: int = 1         # the network's trials in this many of the
                                   # crystal's P2_1/c frames (symmetry.frames)
   time_limit: float = 120.0       # seconds; no new stage starts after it
+  snapshots: tuple = ()           # random dual-space starts: the map after this
+                                  # many flipping cycles is also polished into a
+                                  # candidate (dual_space.Settings.snapshots)
   stop_fom: float = None          # stop after a stage whose best reaches this
   choice: str = "held_out"        # which candidate and phases: see choose()
   dual_space: dual_space_engine.Settings = dataclasses.field(
@@ -552,12 +558,21 @@ def runs_sign_combinations(settings, f_obs):
 
 
 def _dual_space_candidates(f_obs, problem, starts, labels, start_names, settings, standardisation):
+  """Candidates of dual-space runs, the snapshots of a run (labelled with
+  their flipping cycles) after all the runs' end points.  Only the end
+  point of a random start is independent: its snapshots would count its
+  own answer again as agreement."""
   runs = dual_space_engine.run(f_obs, starts, settings, problem=problem, labels=start_names)
   out = []
-  for label, r in zip(labels, runs):
+  for k, r in enumerate(runs):
+    label = labels[k % len(labels)]
+    if r.snapshot:
+      label += " after %d cycles" % r.snapshot
     cand = Candidate(label=label, method="dual_space", start=r.start, phases=r.phases,
                      signs=list_signs(standardisation, f_obs, r.phases),
-                     independent=r.start == "random")
+                     independent=r.start == "random" and not r.snapshot)
+    if r.snapshot and r.start == "random":
+      cand.snapshot_of = out[k % len(labels)]
     cand.terms["flip_r1"] = r.r1
     cand.terms["origin_cc"] = r.origin_cc
     out.append(cand)
@@ -582,6 +597,7 @@ def run(f_obs, standardisation, set_amplitudes, set_measured, model, settings=No
                                  s.dual_space.weak_fraction, s.dual_space.extend)
   weights = np.where(set_measured, set_amplitudes, 0.0)
   candidates, stages, network = [], [], None
+  random_engine = dataclasses.replace(s.dual_space, snapshots=tuple(s.snapshots))
   rng = np.random.default_rng(s.random_seed)
 
   def done():
@@ -600,7 +616,7 @@ def run(f_obs, standardisation, set_amplitudes, set_measured, model, settings=No
     candidates += _dual_space_candidates(
       f_obs, problem, starts,
       ["dual-space random %d" % (i + 1) for i in range(s.starts)],
-      ["random"] * s.starts, s.dual_space, standardisation)
+      ["random"] * s.starts, random_engine, standardisation)
     stages.append("dual-space from random phases")
     stop = done()
   if runs_sign_combinations(s, f_obs) and not stop:
@@ -688,7 +704,7 @@ def run(f_obs, standardisation, set_amplitudes, set_measured, model, settings=No
       candidates += _dual_space_candidates(
         f_obs, problem, problem.random_phases(n, rng),
         ["dual-space random %d" % (first + i + 1) for i in range(n)],
-        ["random"] * n, s.dual_space, standardisation)
+        ["random"] * n, random_engine, standardisation)
       added += n
       stages.append("dual-space from %d more random phases" % added)
       stop = done()

@@ -6,6 +6,7 @@ side (a benchmark, not a test).
         [--network-seeds F [F ...]] [--cycles N] [--patience N] [--delta D]
         [--held-out-cycles N] [--extend X] [--first-seed N]
         [--sign-combinations K] [--sign-modes refine flip]
+        [--network-frames N] [--snapshots N [N ...]]
 
 For every structure CIF in the folders and every resolution: |F| calculated
 with cctbx, the search of phai.solve run once per random seed (default
@@ -72,6 +73,11 @@ def main():
                  help="phasing.dual_space.sign_combinations")
   p.add_argument("--sign-modes", nargs="+", default=list(search.SearchSettings().sign_modes),
                  choices=("refine", "flip"))
+  p.add_argument("--network-frames", type=int, default=search.SearchSettings().network_frames,
+                 help="phasing.network_frames (method auto)")
+  p.add_argument("--snapshots", type=int, nargs="*",
+                 default=list(search.SearchSettings().snapshots),
+                 help="flipping cycles after which random starts' maps are also candidates")
   engine = dual_space.Settings()
   p.add_argument("--cycles", type=int, default=engine.cycles)
   p.add_argument("--patience", type=int, default=engine.patience)
@@ -104,6 +110,8 @@ def main():
                                          network_seeds=tuple(a.network_seeds),
                                          sign_combinations=a.sign_combinations,
                                          sign_modes=tuple(a.sign_modes),
+                                         network_frames=a.network_frames,
+                                         snapshots=tuple(a.snapshots),
                                          dual_space=engine)
         try:
           found = search.run(case["f_obs"], case["std"], case["amplitudes"],

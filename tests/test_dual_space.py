@@ -1,4 +1,5 @@
 """Tests of the dual-space engine (phai_cctbx.dual_space)."""
+import dataclasses
 import math
 
 import numpy as np
@@ -304,3 +305,28 @@ def test_too_few_centric_reflections_give_no_sign_combinations():
   _, f_obs = _data(xs, 3.5)
   problem = dual_space.P1Problem(f_obs)
   assert dual_space.sign_combination_starts(problem, 40).shape == (0, problem.size)
+
+
+def test_a_snapshot_is_the_run_stopped_after_that_many_cycles():
+  """Settings.snapshots: the map after n flipping cycles, polished as an end
+  point is, is what a run of exactly n cycles gives; snapshots after the
+  last cycle run are left out; run() lists them after the end points."""
+  xs = _structure(*P21C)
+  fc, f_obs = _data(xs, 1.6)
+  problem = dual_space.P1Problem(f_obs)
+  starts = problem.random_phases(3, np.random.default_rng(2))
+  base = dual_space.Settings(cycles=60, min_cycles=30, patience=10 ** 6)
+  result = dual_space.flip(problem, starts, dataclasses.replace(base, snapshots=(40, 5, 500)))
+  assert [n for n, _ in result.snapshots] == [5, 40]
+  plain = dual_space.flip(problem, starts, base)
+  assert np.allclose(result.coefficients, plain.coefficients)
+  for n, snap in result.snapshots:
+    stopped = dual_space.flip(problem, starts, dataclasses.replace(base, cycles=n, min_cycles=n))
+    assert np.allclose(snap.coefficients, stopped.coefficients)
+    assert np.allclose(snap.skewness, stopped.skewness)
+    assert (snap.cycles_run == n).all()
+  assert not np.allclose(result.snapshots[0][1].coefficients, result.coefficients)
+  runs = dual_space.run(f_obs, starts, dataclasses.replace(base, snapshots=(5,)),
+                        problem=problem, labels=["a", "b", "c"])
+  assert [(c.start, c.snapshot) for c in runs] == [
+    ("a", 0), ("b", 0), ("c", 0), ("a", 5), ("b", 5), ("c", 5)]

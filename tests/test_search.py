@@ -462,3 +462,29 @@ def test_the_search_runs_the_network_in_as_many_frames_as_asked(monkeypatch):
   assert labels[3][:2] == labels[1]
   assert [l for l in labels[3] if "frame" in l] == [
     "network frame %d trial %d" % (k, t) for k in (2, 3) for t in (1, 2)]
+
+
+def test_snapshots_of_random_starts_are_candidates_but_not_independent():
+  std, fc, f_obs, amplitudes = _case()
+  present = np.asarray(std.map_to_reflection_set(f_obs)[1], dtype=bool)
+  engine = dual_space.Settings(cycles=40, min_cycles=20, polish_cycles=20)
+  found = search.run(f_obs, std, amplitudes, present, model=None, settings=search.SearchSettings(
+    method="dual_space", starts=2, more_starts=0, sign_combinations=0, snapshots=(5, 10),
+    dual_space=engine))
+  runs = [c for c in found.candidates if not c.label.startswith("consensus")]
+  assert [c.label for c in runs] == [
+    "dual-space random 1", "dual-space random 2",
+    "dual-space random 1 after 5 cycles", "dual-space random 2 after 5 cycles",
+    "dual-space random 1 after 10 cycles", "dual-space random 2 after 10 cycles"]
+  assert [c.independent for c in runs] == [True, True, False, False, False, False]
+  assert all(c.start == "random" for c in runs)
+  assert [c.snapshot_of for c in runs[2:]] == [runs[0], runs[1], runs[0], runs[1]]
+  # The agreement counts the other independent starts only: one end point.
+  assert all(c.terms["agreement"] in (0.0, 1.0) for c in runs)
+  for c in runs[2:]:
+    other = runs[1] if c.snapshot_of is runs[0] else runs[0]
+    assert c.terms["agreement"] == float(search.agreement(c, other, amplitudes) > search.AGREEMENT_R)
+  none = search.run(f_obs, std, amplitudes, present, model=None, settings=search.SearchSettings(
+    method="dual_space", starts=2, more_starts=0, sign_combinations=0, snapshots=(),
+    dual_space=engine))
+  assert len([c for c in none.candidates if not c.label.startswith("consensus")]) == 2
