@@ -401,8 +401,9 @@ class BackTransform(object):
     return self.n_disagreeing / self.n_with_equivalents
 
 
-def frames(crystal_symmetry):
-  """Every way of describing the crystal in the network's frame, preferred first.
+def frames(crystal_symmetry, count=None):
+  """Every way of describing the crystal in the network's frame, preferred
+  first (the first ``count`` of them, if given).
 
   Each P2_1/c subgroup (the group itself for No. 14) and each of its
   P 1 21/c 1 cells (:func:`_p21c_cell_choices`) gives one
@@ -442,6 +443,8 @@ def frames(crystal_symmetry):
       continue
     seen.add(cell)
     out.append(Standardisation(crystal_symmetry, cb, sub))
+    if count is not None and len(out) >= count:
+      break
   return out
 
 
@@ -452,4 +455,4 @@ def prepare(crystal_symmetry):
   Raises Sorry for an incomplete symmetry, a cell that does not fit the space
   group and for space groups other than P2_1/c and its supported supergroups.
   """
-  return frames(crystal_symmetry)[0]
+  return frames(crystal_symmetry, count=1)[0]

@@ -148,6 +148,8 @@ def test_every_frame_carries_the_data_there_and_back(symbol, cell):
   frames = symmetry.frames(cs)
   first = symmetry.prepare(cs)
   assert frames[0].cb_op.as_xyz() == first.cb_op.as_xyz()
+  assert [f.cb_op.as_xyz() for f in symmetry.frames(cs, count=2)] == \
+    [f.cb_op.as_xyz() for f in frames[:2]]
   cells = [tuple(round(x, 2) for x in f.p21c_symmetry.unit_cell().parameters()) for f in frames]
   assert len(set(cells)) == len(cells) > 1
   keys = [symmetry._cell_key(f.p21c_symmetry.unit_cell()) for f in frames]
