@@ -94,11 +94,6 @@ def _p21c_cell_choices(unit_cell):
   return out
 
 
-def _reduce_p21c(unit_cell):
-  """The change of basis among P 1 21/c 1 settings giving the preferred cell."""
-  return _p21c_cell_choices(unit_cell)[0][1]
-
-
 def _p21c_subgroups(group):
   """The distinct subgroups of ``group`` of type P2_1/c (No. 14).
 
@@ -428,8 +423,9 @@ def frames(crystal_symmetry, count=None):
     for i, (_, cb_red) in enumerate(_p21c_cell_choices(unit_cell.change_basis(cb_ref))):
       cb = (cb_red * cb_ref).new_denominators(cb_ref)
       assert sub.change_basis(cb) == P21C.group()
-      key = (_cell_key(unit_cell.change_basis(cb)), _cb_complexity(cb))
-      choices.append((key, cb, sub))
+      cell = unit_cell.change_basis(cb)
+      key = (_cell_key(cell), _cb_complexity(cb))
+      choices.append((key, cb, sub, tuple(round(x, 2) for x in cell.parameters())))
       if i == 0 and (preferred is None or key < preferred[0]):
         preferred = choices[-1]
   if preferred is None:  # pragma: no cover - every supported group has one
@@ -437,8 +433,7 @@ def frames(crystal_symmetry, count=None):
   choices.sort(key=lambda c: c[0])
   choices.insert(0, preferred)
   out, seen = [], set()
-  for _, cb, sub in choices:
-    cell = tuple(round(x, 2) for x in unit_cell.change_basis(cb).parameters())
+  for _, cb, sub, cell in choices:
     if cell in seen:
       continue
     seen.add(cell)
