@@ -52,6 +52,9 @@ HELD_OUT_CYCLES = 5
 #: Disjoint sets of :func:`held_out_cc` (each held out in turn).
 HELD_OUT_FOLDS = 20
 
+#: Iterations of :func:`omit_refinement`.
+OMIT_ITERATIONS = 10
+
 #: :func:`sign_combination_starts` run only for data whose d_min is above this
 #: (A): at atomic resolution random starts reach the solution (all 41
 #: development structures at 1.0 A), and there the 512 more starts only cost
@@ -435,16 +438,30 @@ def held_out_cc(problem, p1_phases, folds=HELD_OUT_FOLDS, min_held_out=600,
   Returns zeros when there are fewer than 6 reflections.
   """
   p1_phases = np.atleast_2d(p1_phases)
+  predicted, used = _held_out_predictions(problem, p1_phases, folds, min_held_out, cycles, seed)
+  if used is None:
+    return np.zeros(p1_phases.shape[0])
+  g = np.abs(predicted[:, used])
+  g = g - g.mean(1, keepdims=True)
+  f = problem.f[used] - problem.f[used].mean()
+  return (g * f[None, :]).sum(1) / np.maximum(np.sqrt((g * g).sum(1) * (f * f).sum()), 1e-30)
+
+
+def _held_out_predictions(problem, p1_phases, folds, min_held_out, cycles, seed):
+  """The held-out structure factors of :func:`held_out_cc`: (B, m) complex
+  (zero for reflections never held out) and the (m,) bool mask of those held
+  out, or (None, None) for fewer than 6 reflections.  ``min_held_out=None``
+  holds out every reflection once."""
   b, m = p1_phases.shape[0], problem.size
   folds = min(folds, m // 3)
   if folds < 2:
-    return np.zeros(b)
+    return None, None
   known = ~np.isnan(p1_phases)
   order = np.random.default_rng(seed).permutation(m)
-  predicted = np.zeros((b, m))
+  predicted = np.zeros((b, m), complex)
   used = np.zeros(m, dtype=bool)
   for k in range(folds):
-    if used.sum() >= min_held_out:
+    if min_held_out is not None and used.sum() >= min_held_out:
       break
     test = np.zeros(m, dtype=bool)
     test[order[k::folds]] = True
@@ -452,11 +469,45 @@ def held_out_cc(problem, p1_phases, folds=HELD_OUT_FOLDS, min_held_out=600,
     coefficients[:, :m] = np.where(known & ~test[None, :], problem.f[None, :], 0.0) \
       * np.exp(1j * np.where(known, p1_phases, 0.0))
     out = low_density_elimination(problem, coefficients, cycles, held_out=test)
-    predicted[:, test] = np.abs(out[:, :m][:, test])
+    predicted[:, test] = out[:, :m][:, test]
     used |= test
-  g = predicted[:, used] - predicted[:, used].mean(1, keepdims=True)
-  f = problem.f[used] - problem.f[used].mean()
-  return (g * f[None, :]).sum(1) / np.maximum(np.sqrt((g * g).sum(1) * (f * f).sum()), 1e-30)
+  return predicted, used
+
+
+def omit_refinement(problem, p1_phases, iterations=OMIT_ITERATIONS, folds=HELD_OUT_FOLDS,
+                    cycles=HELD_OUT_CYCLES, seed=0):
+  """Phases refined by omit maps: (B, m) complex coefficients, |F_obs| with
+  the new phases.
+
+  Each iteration gives every reflection the phase that the map of all the
+  others predicts for it: the measured reflections are split into
+  ``folds`` sets as in :func:`held_out_cc` (the same sets for the same
+  ``seed``), and for each set ``cycles`` of low-density elimination on the
+  others (their |F_obs| imposed) predict the set's structure factors.  Unlike
+  low-density elimination or flipping, no reflection's phase feeds back
+  into its own estimate, so a near-solution whose wrong strong signs hold
+  each other in place, a fixed point of both, can still move.
+
+  At 1.6 A, on the candidates of phai.solve's search (41 development
+  structures, calculated data, random seed 0), 10 iterations turned the
+  best candidates of Scorzalite (r 0.93) and Celadonite (r 0.93) into
+  r 0.96, each then with the best held-out correlation; true phases stay
+  at r > 0.95.  At 2.0 A (30-70 reflections in P 1) the omit maps are too
+  poor: right phases lose their way, but their held-out correlation falls
+  with them, so the choice does not take them.
+
+  Args:
+    p1_phases: (B, m) radians, NaN where a candidate gives no phase (no
+      weight in the first maps).
+  """
+  p1_phases = np.array(np.atleast_2d(p1_phases), dtype=float)
+  for _ in range(iterations):
+    predicted, used = _held_out_predictions(problem, p1_phases, folds, None, cycles, seed)
+    if used is None:
+      break
+    p1_phases = np.where(used[None, :], np.angle(predicted), p1_phases)
+  p1_phases = np.where(np.isnan(p1_phases), 0.0, p1_phases)
+  return problem.f[None, :] * np.exp(1j * p1_phases)
 
 
 @dataclasses.dataclass

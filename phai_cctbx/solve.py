@@ -242,7 +242,7 @@ def solve(miller_array, model=None, weights=None, trials=8, cycles=16,
           method="auto", dual_space_starts=16, dual_space_cycles=200,
           recycle=4, time_limit=120.0, stop_early=True, dual_space_more_starts=48,
           refine_network=False, network_seeds=(), sign_combinations=8,
-          network_check=True, network_frames=1):
+          network_check=True, network_frames=1, omit_refinement=4):
   """Phase amplitudes or intensities (a cctbx miller array with crystal symmetry).
 
   Args:
@@ -280,6 +280,10 @@ def solve(miller_array, model=None, weights=None, trials=8, cycles=16,
       P2_1/c frames (other cells, other P2_1/c subgroups of a supergroup;
       :func:`phai_cctbx.search.other_frames`): each lays the same data out
       differently on the network's list, and the network makes other guesses.
+    omit_refinement: below atomic resolution, when nothing is called
+      solved at the end of the search, this many of the best distinct
+      candidates refined by omit maps
+      (:func:`phai_cctbx.dual_space.omit_refinement`); 0: none.
 
   Returns a :class:`SolveResult`.  Raises Sorry on unusable input.
   """
@@ -367,7 +371,7 @@ def solve(miller_array, model=None, weights=None, trials=8, cycles=16,
     refine_network=refine_network, network_seeds=tuple(network_seeds),
     sign_combinations=sign_combinations,
     recycle=recycle, network_check=network_check, time_limit=time_limit,
-    network_frames=network_frames,
+    network_frames=network_frames, omit_refinement=omit_refinement,
     stop_fom=SOLVED_FOM if stop_early else None,
     dual_space=dual_space.Settings(cycles=dual_space_cycles))
   _print(log)
@@ -377,6 +381,8 @@ def solve(miller_array, model=None, weights=None, trials=8, cycles=16,
            "reflections" % sign_combinations
            if search_module.runs_sign_combinations(settings, f_obs) else "")
   frames = (" in each of up to %d frames" % network_frames) if network_frames > 1 else ""
+  if omit_refinement and search_module.below_atomic_resolution(f_obs):
+    more += "; then, while unsolved, omit-map refinement of the %d best" % omit_refinement
   _print(log, "Phasing (method %s): %s" % (method, {
     "auto": "dual-space from %d random starts%s; then the network (%d trials of up to "
             "%d cycles%s) and dual-space from its trials, the network again on %d "

@@ -213,6 +213,9 @@ All parameters with what they mean:
       raise Sorry("phasing.dual_space.recycle must be zero or positive.")
     if ds.more_starts is None or ds.more_starts < 0:
       raise Sorry("phasing.dual_space.more_starts must be zero or positive.")
+    if ds.omit_refinement is None or ds.omit_refinement < 0:
+      raise Sorry("phasing.dual_space.omit_refinement must be zero or positive "
+                  "(0: no omit-map refinement; got %s)." % ds.omit_refinement)
     if ds.sign_combinations is None or not 0 <= ds.sign_combinations <= 12:
       raise Sorry("phasing.dual_space.sign_combinations must be from 0 to 12 "
                   "(2 x 2^N starts; got %s)." % ds.sign_combinations)
@@ -305,7 +308,8 @@ All parameters with what they mean:
       dual_space_more_starts=p.phasing.dual_space.more_starts,
       refine_network=p.phasing.dual_space.refine_network,
       network_seeds=tuple(p.phasing.dual_space.network_seeds or ()),
-      sign_combinations=p.phasing.dual_space.sign_combinations)
+      sign_combinations=p.phasing.dual_space.sign_combinations,
+      omit_refinement=p.phasing.dual_space.omit_refinement)
     t2 = time.time()
     steps.append(("phasing", t2 - t_solve))
     phasing_steps = [(k, float(v)) for k, v in sorted(
