@@ -13,9 +13,10 @@ choice of the low-density-elimination polish (``--polish-cycles 5`` gives the
 engine as it was before).
 
 ``--from-truth`` also starts the engine from the true phases, once as it
-runs from random starts (charge flipping, then the polish) and once with
+runs from random starts (charge flipping, then the polish), once with
 low-density elimination alone (``Settings(cycles=0)``, as sign-combination
-starts are refined), and prints the r each ends at and the held-out
+starts are refined) and once by omit maps (``dual_space.omit_refinement``,
+as the search's last stage refines its best candidates), and prints the r each ends at and the held-out
 correlation (``dual_space.held_out_cc``) of the true phases and of each end
 point: whether the solution is a fixed point of the engine at all, and
 whether the choice would know it.  ``--starts 0`` runs no random starts.
@@ -57,7 +58,7 @@ def main():
   files = sorted(f for folder in a.structures for f in glob.glob(os.path.join(folder, "*.cif")))
   if not files:
     raise SystemExit("no .cif files in %s" % " ".join(a.structures))
-  kept = {"flip": 0, "refine": 0}
+  kept = {"flip": 0, "refine": 0, "omit": 0}
   n_right = n_structures = 0
   seconds = 0.0
   for path in files:
@@ -100,10 +101,16 @@ def main():
         end = dual_space.run(f_obs, true_p1[None], engine, problem=problem)[0].phases
         ends[mode] = (r_of(end), problem.phases_from(end))
         kept[mode] += ends[mode][0] > 0.95
+      omitted = dual_space.omit_refinement(problem, true_p1[None])[0]
+      end = dual_space.symmetrise(f_obs, problem.p1_set, omitted).phases
+      ends["omit"] = (r_of(end), problem.phases_from(end))
+      kept["omit"] += ends["omit"][0] > 0.95
       cc = dual_space.held_out_cc(problem, np.stack(
-        [true_p1, ends["flip"][1], ends["refine"][1]]), cycles=settings.held_out_cycles)
-      line += " | from the truth (held-out cc %.3f): flipping r %.3f (%.3f), refinement r %.3f (%.3f)" % (
-        cc[0], ends["flip"][0], cc[1], ends["refine"][0], cc[2])
+        [true_p1, ends["flip"][1], ends["refine"][1], ends["omit"][1]]),
+        cycles=settings.held_out_cycles)
+      line += (" | from the truth (held-out cc %.3f): flipping r %.3f (%.3f), refinement "
+               "r %.3f (%.3f), omit maps r %.3f (%.3f)") % (
+        cc[0], ends["flip"][0], cc[1], ends["refine"][0], cc[2], ends["omit"][0], cc[3])
     print(line, flush=True)
   print("d_min %.2f A, polish %d cycles (tolerance %g rad): %d starts with r > 0.95; "
         "%d of %d structures with at least one; %.0f s"
@@ -114,7 +121,8 @@ def main():
             "right for %d" % (name, right, chosen))
   if a.from_truth:
     print("from the true phases: flipping ends at r > 0.95 for %d of %d structures, "
-          "refinement alone for %d" % (kept["flip"], len(files), kept["refine"]))
+          "refinement alone for %d, omit maps for %d"
+          % (kept["flip"], len(files), kept["refine"], kept["omit"]))
 
 
 if __name__ == "__main__":
