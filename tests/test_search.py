@@ -243,6 +243,21 @@ STRONTIANITE = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "da
 
 
 @pytest.mark.skipif(not os.path.isfile(STRONTIANITE), reason="development structures not present")
+def _calculated(path, d_min):
+  """Amplitudes calculated from a structure CIF at ``d_min``, and a function
+  that gives the paper's r of a :func:`phai_cctbx.solve.solve` result."""
+  xs = benchmark.read_structure(path)
+  f_calc = benchmark.structure_factors(xs, d_min)
+  f_obs = f_calc.as_amplitude_array()
+
+  def r_of(result):
+    std = result.standardisation
+    truth = benchmark.Truth(std, f_calc)
+    return truth.r(search.list_signs(std, result.f_obs, result.phases),
+                   benchmark.measured_on_list(std, f_obs))
+  return f_obs, r_of
+
+
 def test_strontianite_at_2_angstrom_is_solved_past_its_inverted_map(monkeypatch):
   """Real data where the rule decides: dual-space phasing of Strontianite's
   calculated 2.0 A amplitudes (Pmcn, phased as its P2_1/c subgroup) has a
@@ -251,16 +266,7 @@ def test_strontianite_at_2_angstrom_is_solved_past_its_inverted_map(monkeypatch)
   is chosen, and called solved."""
   import io
   from phai_cctbx import solve
-  xs = benchmark.read_structure(STRONTIANITE)
-  f_calc = benchmark.structure_factors(xs, 2.0)
-  f_obs = f_calc.as_amplitude_array()
-
-  def r_of(result):
-    std = result.standardisation
-    truth = benchmark.Truth(std, f_calc)
-    return truth.r(search.list_signs(std, result.f_obs, result.phases),
-                   benchmark.measured_on_list(std, f_obs))
-
+  f_obs, r_of = _calculated(STRONTIANITE, 2.0)
   result = solve.solve(f_obs, method="dual_space", log=io.StringIO())
   assert r_of(result) > 0.95 and result.chosen.terms["skewness"] > 0
   assert result.verdict in ("solved", "probably solved")
@@ -562,16 +568,7 @@ def test_scorzalite_at_1_6_angstrom_is_solved_by_omit_maps():
   and chosen."""
   import io
   from phai_cctbx import solve
-  xs = benchmark.read_structure(SCORZALITE)
-  f_calc = benchmark.structure_factors(xs, 1.6)
-  f_obs = f_calc.as_amplitude_array()
-
-  def r_of(result):
-    std = result.standardisation
-    truth = benchmark.Truth(std, f_calc)
-    return truth.r(search.list_signs(std, result.f_obs, result.phases),
-                   benchmark.measured_on_list(std, f_obs))
-
+  f_obs, r_of = _calculated(SCORZALITE, 1.6)
   with_omit = solve.solve(f_obs, log=io.StringIO())
   # Picked by an omit-refined candidate (its phases: the consensus of the
   # runs that agree with it).
