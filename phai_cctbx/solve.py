@@ -205,15 +205,15 @@ def _candidate_lines(candidates, best, shown=20):
   the solution) first; the first ``shown`` and the chosen one (the JSON
   lists them all)."""
   names = ["held_out_cc", "r1", "agreement", "skewness"]
-  lines = ["  %-44s %7s  %s" % ("candidate", "FOM", "  ".join("%11s" % n for n in names))]
+  lines = ["  %-52s %7s  %s" % ("candidate", "FOM", "  ".join("%11s" % n for n in names))]
   order = sorted(range(len(candidates)), key=lambda i: (
     -candidates[i].terms.get("held_out_cc", -1.0), -candidates[i].fom))
   for rank, i in enumerate(order):
     if rank >= shown and i != best:
       continue
     c = candidates[i]
-    lines.append("  %-44s %7.3f  %s%s" % (
-      c.label[:44], c.fom, "  ".join("%11.3f" % c.terms.get(n, float("nan")) for n in names),
+    lines.append("  %-52s %7.3f  %s%s" % (
+      c.label[:52], c.fom, "  ".join("%11.3f" % c.terms.get(n, float("nan")) for n in names),
       "  <- chosen" if i == best else ""))
   if len(order) > len(lines) - 1:
     lines.append("  ... and %d more (all in the JSON file)" % (len(order) - len(lines) + 1))
