@@ -593,7 +593,8 @@ def _omit_candidates(f_obs, problem, sources, standardisation):
   (Scorzalite r 0.72 -> 0.96, Celadonite 0.90 -> 0.96), none lost; at 2.0 A
   23 as before (there the refined candidates predict held-out amplitudes
   worse than those they came from, and are seldom chosen); no wrong
-  "solved" call at either.
+  "solved" call at either.  On the six measured data sets it solved CpNa
+  at 2.0 A (r 0.93 -> 0.967), and no other set changed sides.
   """
   p1 = np.stack([problem.phases_from(c.phases) for c in sources])
   refined = dual_space_engine.omit_refinement(problem, p1)
