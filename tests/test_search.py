@@ -242,7 +242,6 @@ STRONTIANITE = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "da
                             "supergroups", "BobHanson_Strontianite.cif")
 
 
-@pytest.mark.skipif(not os.path.isfile(STRONTIANITE), reason="development structures not present")
 def _calculated(path, d_min):
   """Amplitudes calculated from a structure CIF at ``d_min``, and a function
   that gives the paper's r of a :func:`phai_cctbx.solve.solve` result."""
@@ -258,6 +257,7 @@ def _calculated(path, d_min):
   return f_obs, r_of
 
 
+@pytest.mark.skipif(not os.path.isfile(STRONTIANITE), reason="development structures not present")
 def test_strontianite_at_2_angstrom_is_solved_past_its_inverted_map(monkeypatch):
   """Real data where the rule decides: dual-space phasing of Strontianite's
   calculated 2.0 A amplitudes (Pmcn, phased as its P2_1/c subgroup) has a
