@@ -264,11 +264,12 @@ class SearchResult:
     return self.candidates[self.best]
 
 
-def distinct(candidates, amplitudes, n, same_r=0.95):
-  """Up to ``n`` candidates, best figure of merit first, none of which is the
-  same solution as one before it (sign correlation > ``same_r``)."""
+def distinct(candidates, amplitudes, n, same_r=0.95, key=lambda c: c.fom):
+  """Up to ``n`` candidates, the highest ``key`` (figure of merit) first,
+  none of which is the same solution as one before it (sign correlation >
+  ``same_r``)."""
   out = []
-  for c in sorted(candidates, key=lambda c: -c.fom):
+  for c in sorted(candidates, key=key, reverse=True):
     if len(out) == n:
       break
     if all(agreement(c, o, amplitudes) <= same_r for o in out):
@@ -568,15 +569,8 @@ def best_distinct(candidates, amplitudes, n, same_r=AGREEMENT_R):
   (skewed maps before the others, as :func:`top_candidate` ranks them), none
   of which is the same solution as one before it (sign correlation >
   ``same_r``)."""
-  ranked = sorted((c for c in candidates if "held_out_cc" in c.terms),
-                  key=lambda c: (skewed(c), c.terms["held_out_cc"], c.fom), reverse=True)
-  out = []
-  for c in ranked:
-    if len(out) == n:
-      break
-    if all(agreement(c, o, amplitudes) <= same_r for o in out):
-      out.append(c)
-  return out
+  return distinct([c for c in candidates if "held_out_cc" in c.terms], amplitudes, n, same_r,
+                  key=lambda c: (skewed(c), c.terms["held_out_cc"], c.fom))
 
 
 def _omit_candidates(f_obs, problem, sources, standardisation):
@@ -606,6 +600,14 @@ def _omit_candidates(f_obs, problem, sources, standardisation):
     cand.terms["origin_cc"] = sym.cc_peak
     out.append(cand)
   return out
+
+
+def runs_omit_refinement(settings, f_obs):
+  """Whether the search with ``settings`` ends, while nothing is called
+  solved, with omit-map refinement for ``f_obs`` (only
+  :func:`below_atomic_resolution`)."""
+  return settings.method in ("auto", "dual_space") and settings.omit_refinement > 0 \
+    and below_atomic_resolution(f_obs)
 
 
 def _dual_space_candidates(f_obs, problem, starts, labels, start_names, settings, standardisation):
@@ -759,8 +761,7 @@ def run(f_obs, standardisation, set_amplitudes, set_measured, model, settings=No
       added += n
       stages.append("dual-space from %d more random phases" % added)
       stop = done()
-  if s.method in ("auto", "dual_space") and s.omit_refinement > 0 and not stop \
-      and below_atomic_resolution(f_obs):
+  if runs_omit_refinement(s, f_obs) and not stop:
     sources = best_distinct(candidates, weights, s.omit_refinement)
     if sources:
       candidates += _omit_candidates(f_obs, problem, sources, standardisation)

@@ -381,7 +381,7 @@ def solve(miller_array, model=None, weights=None, trials=8, cycles=16,
            "reflections" % sign_combinations
            if search_module.runs_sign_combinations(settings, f_obs) else "")
   frames = (" in each of up to %d frames" % network_frames) if network_frames > 1 else ""
-  if omit_refinement and search_module.below_atomic_resolution(f_obs):
+  if search_module.runs_omit_refinement(settings, f_obs):
     more += "; then, while unsolved, omit-map refinement of the %d best" % omit_refinement
   _print(log, "Phasing (method %s): %s" % (method, {
     "auto": "dual-space from %d random starts%s; then the network (%d trials of up to "

@@ -16,10 +16,10 @@ engine as it was before).
 runs from random starts (charge flipping, then the polish), once with
 low-density elimination alone (``Settings(cycles=0)``, as sign-combination
 starts are refined) and once by omit maps (``dual_space.omit_refinement``,
-as the search's last stage refines its best candidates), and prints the r each ends at and the held-out
-correlation (``dual_space.held_out_cc``) of the true phases and of each end
-point: whether the solution is a fixed point of the engine at all, and
-whether the choice would know it.  ``--starts 0`` runs no random starts.
+as the search's last stage refines its best candidates), and prints the r
+each ends at and the held-out correlation (``dual_space.held_out_cc``) of
+the true phases and of each end point: whether the solution is a fixed
+point of the engine at all, and whether the choice would know it.  ``--starts 0`` runs no random starts.
 
 ``--snapshots N ...`` also polishes each start's map after N flipping cycles
 (``dual_space.Settings.snapshots``) and prints, beside the end points, the

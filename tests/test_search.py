@@ -38,6 +38,15 @@ def _candidate(std, f_obs, phases, label, method, fom, origin_cc=None):
   return c
 
 
+def _at(f_obs, std, d_min):
+  """``f_obs`` cut to ``d_min``, its amplitudes on the network's list and
+  which of them are measured."""
+  f = f_obs.resolution_filter(d_min=d_min)
+  values, present = std.map_to_reflection_set(f)
+  present = np.asarray(present, dtype=bool)
+  return f, np.where(present, np.maximum(np.asarray(values).real, 0), 0.0), present
+
+
 def _shifted(phases, every):
   """Phases with every ``every``-th one moved by 180 degrees."""
   shift = flex.double([180.0 if i % every == 0 else 0.0 for i in range(phases.size())])
@@ -360,10 +369,8 @@ def test_sign_combinations_start_refined_and_flipped_runs_after_the_random_ones(
   """With sign_combinations=k, when the random starts are not called solved,
   2^k starts from the strongest signs run twice (low-density elimination
   alone, and charge flipping), none of them counted as independent."""
-  std, fc, f_obs, amplitudes = _case()
-  f_obs = f_obs.resolution_filter(d_min=1.6)
-  values, present = std.map_to_reflection_set(f_obs)
-  amplitudes = np.where(present, np.maximum(np.asarray(values).real, 0), 0.0)
+  std, fc, f_atomic, _ = _case()
+  f_obs, amplitudes, present = _at(f_atomic, std, 1.6)
   settings = search.SearchSettings(method="dual_space", starts=2, more_starts=0,
                                    sign_combinations=3, stop_fom=1.1, omit_refinement=0,
                                    dual_space=dual_space.Settings(cycles=5, min_cycles=1))
@@ -496,12 +503,6 @@ def test_snapshots_of_random_starts_are_candidates_but_not_independent():
   assert len([c for c in none.candidates if not c.label.startswith("consensus")]) == 2
 
 
-def _at(f_obs, std, d_min):
-  f = f_obs.resolution_filter(d_min=d_min)
-  values, present = std.map_to_reflection_set(f)
-  return f, np.where(present, np.maximum(np.asarray(values).real, 0), 0.0)
-
-
 def test_the_best_distinct_candidates_by_held_out_correlation():
   """Omit-map refinement's sources: the best held-out correlation first,
   one candidate per solution (the same phases at another origin is the same
@@ -533,8 +534,7 @@ def test_omit_refinement_runs_last_below_atomic_resolution_while_unsolved():
   counted as independent; none when a stage called the data solved, at
   atomic resolution, or with omit_refinement=0."""
   std, fc, f_atomic, _ = _case()
-  f_obs, amplitudes = _at(f_atomic, std, 1.6)
-  present = amplitudes > 0
+  f_obs, amplitudes, present = _at(f_atomic, std, 1.6)
   settings = search.SearchSettings(method="dual_space", starts=3, more_starts=0,
                                    sign_combinations=0, stop_fom=1.1, omit_refinement=2,
                                    dual_space=dual_space.Settings(cycles=5, min_cycles=1,
@@ -554,6 +554,10 @@ def test_omit_refinement_runs_last_below_atomic_resolution_while_unsolved():
     assert not any("omit" in stage for stage in other.stages), changed
   atomic = search.run(f_atomic, std, amplitudes, present, None, settings)
   assert not any("omit" in stage for stage in atomic.stages)
+  assert search.runs_omit_refinement(settings, f_obs)
+  assert not search.runs_omit_refinement(settings, f_atomic)
+  assert not search.runs_omit_refinement(dataclasses.replace(settings, omit_refinement=0), f_obs)
+  assert not search.runs_omit_refinement(dataclasses.replace(settings, method="network"), f_obs)
 
 
 SCORZALITE = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "structures",
