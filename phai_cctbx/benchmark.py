@@ -128,6 +128,7 @@ class Settings:
   supergroups: str = "expand"      # or "skip"
   random_seed: int = 0
   solved_r: float = SOLVED_R
+  composition: bool = True         # the structure's composition to the search
 
 
 # --- structures ------------------------------------------------------------------
@@ -294,13 +295,24 @@ def score_charge_flipping(cf, standardisation, truth, measured, settings):
 
 # --- one structure ---------------------------------------------------------------
 
-def _phase_with(f_obs, model, settings, seed, method="network"):
+def cell_composition(xs, f_obs):
+  """Element -> atoms per unit cell of ``f_obs``'s cell, from the structure
+  ``xs`` (what SFAC/UNIT of a SHELX .ins gives phai.solve)."""
+  scale = f_obs.unit_cell().volume() / xs.unit_cell().volume()
+  out = {}
+  for e, n in xs.unit_cell_content().items():
+    out[_neutral(e)] = out.get(_neutral(e), 0.0) + n * scale
+  return out
+
+
+def _phase_with(f_obs, model, settings, seed, method="network", composition=None):
   from phai_cctbx import solve as solve_module
   t0 = time.time()
   result = solve_module.solve(f_obs, model=model, trials=settings.trials,
                               cycles=settings.cycles, random_seed=seed,
                               min_reflections=settings.min_reflections,
                               method=method, dual_space_starts=settings.dual_space_starts,
+                              composition=composition if settings.composition else None,
                               log=io.StringIO())
   return result, time.time() - t0
 
@@ -321,8 +333,9 @@ def score_search(result, truth, measured, settings, prefix):
   return row, extra
 
 
-def _phase_one(f_obs, standardisation, truth, settings, model, seed):
-  """Phase one set of amplitudes by both methods; row columns and extras."""
+def _phase_one(f_obs, standardisation, truth, settings, model, seed, composition=None):
+  """Phase one set of amplitudes by both methods; row columns and extras.
+  ``composition``: per cell, for methods auto and dual_space."""
   row, extra, notes = {}, {}, []
   measured = measured_on_list(standardisation, f_obs)
   row["n_reflections"] = int(f_obs.size())
@@ -344,7 +357,7 @@ def _phase_one(f_obs, standardisation, truth, settings, model, seed):
     if not wanted:
       continue
     try:
-      result, seconds = _phase_with(f_obs, model, settings, seed, method)
+      result, seconds = _phase_with(f_obs, model, settings, seed, method, composition)
       cols, more = score_search(result, truth, measured, settings, prefix)
       row.update(cols)
       row[prefix + "_seconds"] = seconds
@@ -411,7 +424,8 @@ def benchmark_structure(path, settings, model=None):
       row = _base_row(name, xs, std)
       row["d_min"] = float(d_min)
       row["completeness"] = float(f_obs.completeness())
-      cols, extra, notes = _phase_one(f_obs, std, truth, settings, model, seed)
+      cols, extra, notes = _phase_one(f_obs, std, truth, settings, model, seed,
+                                      cell_composition(xs, f_obs))
       row.update(cols)
       row.update(extra)
       row["note"] = "; ".join(notes)
@@ -474,7 +488,8 @@ def benchmark_experimental(reflections, structure, settings, model=None,
       row["completeness"] = float(f_obs.completeness())
       row["r_fobs_fcalc"] = amplitude_correlation(f_obs, f_calc)
       row["data_class"] = classify_data(row["completeness"], row["r_fobs_fcalc"])
-      cols, extra, notes = _phase_one(f_obs, std, truth, settings, model, seed)
+      cols, extra, notes = _phase_one(f_obs, std, truth, settings, model, seed,
+                                      cell_composition(xs, f_obs))
       if d_use > d_min + 1e-6:
         notes.insert(0, "data reach %.2f A only" % d_data)
       row.update(cols)

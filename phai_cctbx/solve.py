@@ -242,7 +242,8 @@ def solve(miller_array, model=None, weights=None, trials=8, cycles=16,
           method="auto", dual_space_starts=16, dual_space_cycles=200,
           recycle=4, time_limit=120.0, stop_early=True, dual_space_more_starts=48,
           refine_network=False, network_seeds=(), sign_combinations=8,
-          network_check=True, network_frames=1, omit_refinement=4):
+          network_check=True, network_frames=1, omit_refinement=4,
+          composition=None, atom_search=True, atom_restarts=2048):
   """Phase amplitudes or intensities (a cctbx miller array with crystal symmetry).
 
   Args:
@@ -284,6 +285,13 @@ def solve(miller_array, model=None, weights=None, trials=8, cycles=16,
       solved at the end of the search, this many of the best distinct
       candidates refined by omit maps
       (:func:`phai_cctbx.dual_space.omit_refinement`); 0: none.
+    composition: element -> atoms per unit cell (the data's cell), e.g. from
+      SHELX SFAC/UNIT; with ``atom_search``, methods auto and dual_space
+      place that many point atoms to fit the amplitudes while nothing is
+      solved after the first random starts (:mod:`phai_cctbx.atom_search`,
+      from ``atom_restarts`` random placements; at most
+      :data:`phai_cctbx.atom_search.MAX_ATOMS` atoms heavier than hydrogen
+      in the asymmetric unit).
 
   Returns a :class:`SolveResult`.  Raises Sorry on unusable input.
   """
@@ -372,6 +380,7 @@ def solve(miller_array, model=None, weights=None, trials=8, cycles=16,
     sign_combinations=sign_combinations,
     recycle=recycle, network_check=network_check, time_limit=time_limit,
     network_frames=network_frames, omit_refinement=omit_refinement,
+    atom_search=atom_search, atom_restarts=atom_restarts,
     stop_fom=SOLVED_FOM if stop_early else None,
     dual_space=dual_space.Settings(cycles=dual_space_cycles))
   _print(log)
@@ -383,6 +392,10 @@ def solve(miller_array, model=None, weights=None, trials=8, cycles=16,
   frames = (" in each of up to %d frames" % network_frames) if network_frames > 1 else ""
   if search_module.runs_omit_refinement(settings, f_obs):
     more += "; then, while unsolved, omit-map refinement of the %d best" % omit_refinement
+  atoms = search_module.atom_search_atoms(settings, f_obs, composition)
+  if atoms is not None:
+    signs = ("; then, while unsolved, an atom search (%d atoms: %s; %d random placements)"
+             % (len(atoms[0]), " ".join(atoms[0]), atom_restarts)) + signs
   _print(log, "Phasing (method %s): %s" % (method, {
     "auto": "dual-space from %d random starts%s; then the network (%d trials of up to "
             "%d cycles%s) and dual-space from its trials, the network again on %d "
@@ -398,7 +411,7 @@ def solve(miller_array, model=None, weights=None, trials=8, cycles=16,
       name + ":", len(candidates), best.label, best.fom, time.time() - t2))
 
   found = search_module.run(f_obs, std, set_amplitudes, present, network, settings,
-                            log_stage=stage)
+                            log_stage=stage, composition=composition)
   weights_source = getattr(loaded["model"], "source", None)
   timings["model"] = loaded["seconds"]
   timings["phasing"] = time.time() - t2 - loaded["seconds"]

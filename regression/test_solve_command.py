@@ -430,6 +430,8 @@ def _bad_cases(tmp_path, weights_path):
     ("negative omit refinement", ["good.hkl", CELL, SG,
                                   "phasing.dual_space.omit_refinement=-2"] + w,
      "omit_refinement"),
+    ("zero atom-search restarts", ["good.hkl", CELL, SG, "phasing.atom_search.restarts=0"] + w,
+     "atom_search.restarts"),
     ("too many sign combinations", ["good.hkl", CELL, SG,
                                     "phasing.dual_space.sign_combinations=20"] + w,
      "sign_combinations"),

@@ -213,6 +213,10 @@ All parameters with what they mean:
       raise Sorry("phasing.dual_space.recycle must be zero or positive.")
     if ds.more_starts is None or ds.more_starts < 0:
       raise Sorry("phasing.dual_space.more_starts must be zero or positive.")
+    if p.phasing.atom_search.restarts is None or p.phasing.atom_search.restarts < 1:
+      raise Sorry("phasing.atom_search.restarts must be at least 1 (got %s); "
+                  "phasing.atom_search.enabled=False turns the atom search off."
+                  % p.phasing.atom_search.restarts)
     if ds.omit_refinement is None or ds.omit_refinement < 0:
       raise Sorry("phasing.dual_space.omit_refinement must be zero or positive "
                   "(0: no omit-map refinement; got %s)." % ds.omit_refinement)
@@ -261,6 +265,21 @@ All parameters with what they mean:
           % HEAVY_MARGIN, file=log)
     return None
 
+  def _cell_counts(self, composition, data, log):
+    """Atoms per unit cell for the atom search (None: it does not run)."""
+    from phai_cctbx import atom_search
+    p = self.params.phasing
+    if not p.atom_search.enabled or p.method == "network":
+      return None
+    counts, how = atom_search.cell_counts(
+      composition, data.facts.z, data.miller_array.space_group())
+    if counts is None:
+      print("Atom search: not run (%s; give elements= with counts per unit cell, "
+            "e.g. elements=\"C24 H20 N4 O8\", or a .ins with SFAC/UNIT)" % how, file=log)
+    else:
+      print("Atom search: atoms per unit cell from %s" % how, file=log)
+    return counts
+
   def run(self):
     from phai_cctbx import data_input, outputs, starting_model
     from phai_cctbx.solve import solve
@@ -293,6 +312,8 @@ All parameters with what they mean:
     if p.phasing.method != "dual_space" and p.model.weights is not None:
       from phai_cctbx.weights import load_model   # imports torch
       model = load_model(p.model.weights)
+    composition = self._composition(data, log)
+    counts = self._cell_counts(composition, data, log)
     t_solve = time.time()
     steps.append(("network", t_solve - t1))
     self.result = solve(
@@ -309,7 +330,9 @@ All parameters with what they mean:
       refine_network=p.phasing.dual_space.refine_network,
       network_seeds=tuple(p.phasing.dual_space.network_seeds or ()),
       sign_combinations=p.phasing.dual_space.sign_combinations,
-      omit_refinement=p.phasing.dual_space.omit_refinement)
+      omit_refinement=p.phasing.dual_space.omit_refinement,
+      composition=counts, atom_search=p.phasing.atom_search.enabled,
+      atom_restarts=p.phasing.atom_search.restarts)
     t2 = time.time()
     steps.append(("phasing", t2 - t_solve))
     phasing_steps = [(k, float(v)) for k, v in sorted(
@@ -321,7 +344,6 @@ All parameters with what they mean:
     verdict = getattr(self.result, "verdict", None)
     if mb.build_model and verdict in starting_model.MODEL_VERDICTS:
       print("", file=log)
-      composition = self._composition(data, log)
       # The merged amplitudes and the phases in the data's own group and
       # setting; the .hkl gets the data as read (intensities stay intensities).
       facts = data.facts
