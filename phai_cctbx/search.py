@@ -13,7 +13,8 @@ run in any case:
    than hydrogen: the atom search (:mod:`phai_cctbx.atom_search`), point
    atoms placed to fit |F_obs|; a model that stands out
    (:func:`phai_cctbx.atom_search.decisive`) is the solution, called solved
-   (:data:`DECISIVE_ATOM_FOM`);
+   (:data:`DECISIVE_ATOM_FOM`) when its cross-validated R1 confirms it,
+   else probably solved;
 1b. with ``sign_combinations`` > 0 and data below atomic resolution
    (d_min above :data:`~phai_cctbx.dual_space.SIGN_COMBINATIONS_D_MIN`),
    dual-space runs from every combination of the signs of the strongest
@@ -198,7 +199,8 @@ def assess(candidates, problem, amplitudes, agreement_r=AGREEMENT_R,
     c.terms["agreement"] = float(agreeing / others) if others > 0 else 0.0
     c.fom = figure_of_merit(c.terms)
     if c.terms.get("decisive"):
-      c.fom = max(c.fom, DECISIVE_ATOM_FOM)
+      c.fom = max(c.fom, DECISIVE_ATOM_FOM if atom_search_engine.confirmed(
+        c.terms["model_r1"], c.terms["model_free_r1"]) else PROBABLE_ATOM_FOM)
 
 
 #: Weights of the figure of merit (a logistic model of "r > 0.95"): bias,
@@ -622,8 +624,11 @@ def _omit_candidates(f_obs, problem, sources, standardisation):
 
 
 #: Figure of merit at least of an atom model that stands out
-#: (:func:`phai_cctbx.atom_search.decisive`).
+#: (:func:`phai_cctbx.atom_search.decisive`): "solved" when its
+#: cross-validated R1 confirms it (:func:`phai_cctbx.atom_search.confirmed`),
+#: else "probably solved" (it is chosen either way).
 DECISIVE_ATOM_FOM = 0.8
+PROBABLE_ATOM_FOM = 0.5
 #: Best atom models turned into candidates (then one per distinct solution).
 ATOM_MODELS = 32
 #: Distinct solutions of the atom search that become candidates.
@@ -658,7 +663,10 @@ def _atom_candidates(f_obs, composition, standardisation, weights, s):
   for i, c in enumerate(kept):
     c.label = "atom model %d (R1 %.3f)" % (i + 1, c.terms["model_r1"])
   if atom_search_engine.decisive([c.terms["model_r1"] for c in kept]):
-    kept[0].terms["decisive"] = 1.0
+    best = kept[0]
+    best.terms["decisive"] = 1.0
+    best.terms["model_free_r1"] = atom_search_engine.model_free_r1(
+      f_obs, models[candidates.index(best)])
   return kept
 
 

@@ -92,6 +92,39 @@ def test_too_few_restarts_find_no_model_that_stands_out():
   assert not atom_search.decisive(sorted(m.r1 for m in models))
 
 
+def test_cross_validated_r1_confirms_a_right_model_and_not_a_wrong_one():
+  xs = _structure()
+  f_obs = abs(_f_obs(xs, 1.6))
+  mult = [s.multiplicity() / 4.0 for s in xs.scatterers()]
+  engine = atom_search.AtomSearch(f_obs, [s.scattering_type for s in xs.scatterers()], mult)
+  right = np.array([[list(s.site) for s in xs.scatterers()]])
+  b = np.array([8 * np.pi ** 2 * 0.01])
+  free = engine.free_r1(right, b)[0]
+  assert free < 0.02
+  import torch
+  r1 = float(engine.r1(torch.tensor(right, dtype=torch.float32),
+                       torch.tensor(b, dtype=torch.float32))[0])
+  assert atom_search.confirmed(r1, free)
+  # Random sites predict reflections left out no better after refinement
+  # against the others.
+  free_wrong = engine.free_r1(np.random.default_rng(0).random((3, 4, 3)), np.repeat(b, 3))
+  assert (free_wrong > 0.25).all()
+  assert atom_search.confirmed(0.05, 0.12) and not atom_search.confirmed(0.04, 0.17)
+
+
+def test_a_model_that_stands_out_is_solved_only_when_confirmed():
+  """Its figure of merit: the "solved" level with a cross-validated R1
+  that confirms it, "probably solved" without."""
+  fc = _f_obs(_structure(), 2.0)
+  for free, fom in ((0.08, search.DECISIVE_ATOM_FOM), (0.2, search.PROBABLE_ATOM_FOM)):
+    c = search.Candidate(label="atom model 1", method="atom_search", start="random atoms",
+                         phases=fc.phases(deg=True), signs=np.zeros(1205),
+                         terms={"r1": 0.9, "skewness": 0.0, "held_out_cc": 0.0,
+                                "model_r1": 0.05, "model_free_r1": free, "decisive": 1.0})
+    search.assess([c], problem=None, amplitudes=np.ones(1205))
+    assert c.fom == fom
+
+
 def test_decisive():
   assert atom_search.decisive([0.02])
   assert atom_search.decisive([0.02, 0.06])
