@@ -103,7 +103,6 @@ class AtomSearch(object):
   def __init__(self, f_obs, elements, occupancies, device="cpu"):
     import torch
     self.torch = torch
-    self.f_obs = f_obs
     self.elements = tuple(elements)
     self.occupancies = np.asarray(occupancies, dtype=float)
     space_group = f_obs.space_group()
@@ -157,6 +156,20 @@ class AtomSearch(object):
       diff, f = diff * score[None], f * score[None]
     return diff.sum(1) / f.sum(1).clamp(min=1e-12)
 
+  def _descend(self, sites, b, steps, lr, fit=None):
+    """``sites`` (R, N, 3) and ``b`` (R,) after ``steps`` of Adam on the sum
+    of R1 over the reflections ``fit`` (None: all); detached tensors."""
+    torch = self.torch
+    x = sites.clone().requires_grad_(True)
+    bb = b.clone().requires_grad_(True)
+    opt = torch.optim.Adam([x, bb], lr=lr)
+    for _ in range(steps):
+      loss = self.r1(x, bb, fit=fit, score=fit).sum()
+      opt.zero_grad()
+      loss.backward()
+      opt.step()
+    return x.detach(), bb.detach()
+
   def free_r1(self, sites, b, folds=FREE_FOLDS, steps=FREE_STEPS, lr=0.002, seed=0):
     """(R,) cross-validated R1 of models (numpy ``sites`` (R, N, 3), ``b``):
     the reflections split at random into ``folds`` sets; for each set the
@@ -177,14 +190,10 @@ class AtomSearch(object):
       test[order[k::folds]] = True
       held = torch.tensor(test, dtype=torch.float32, device=self.device)
       work = 1.0 - held
-      x = torch.tensor(np.asarray(sites), dtype=torch.float32, device=self.device).requires_grad_(True)
-      bb = torch.tensor(np.asarray(b), dtype=torch.float32, device=self.device).requires_grad_(True)
-      opt = torch.optim.Adam([x, bb], lr=lr)
-      for _ in range(steps):
-        loss = self.r1(x, bb, fit=work, score=work).sum()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+      x, bb = self._descend(
+        torch.tensor(np.asarray(sites), dtype=torch.float32, device=self.device),
+        torch.tensor(np.asarray(b), dtype=torch.float32, device=self.device),
+        steps, lr, work)
       with torch.no_grad():
         r = self.r1(x, bb, fit=work, score=held).cpu()
       f_held = float(self._f[held > 0].sum())
@@ -205,17 +214,10 @@ class AtomSearch(object):
     sites = torch.rand(restarts, n, 3, generator=g)
     b = torch.full((restarts,), 1.5)
     for round_ in range(rounds):
-      x = sites.to(self.device).clone().requires_grad_(True)
-      bb = b.to(self.device).clone().requires_grad_(True)
-      opt = torch.optim.Adam([x, bb], lr=lr)
-      for _ in range(steps):
-        loss = self.r1(x, bb).sum()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+      x, bb = self._descend(sites.to(self.device), b.to(self.device), steps, lr)
       with torch.no_grad():
         r1 = self.r1(x, bb).cpu()
-        sites, b = x.detach().cpu() % 1.0, bb.detach().cpu()
+        sites, b = x.cpu() % 1.0, bb.cpu()
       if round_ == rounds - 1:
         break
       keep = torch.argsort(r1)[: max(restarts // 4, 1)]
