@@ -11,10 +11,13 @@ direct space): many random placements of the atoms, each moved by gradient
 descent (torch, all in one batch) on R1 between |F_obs| and the scaled
 |F_calc| of point atoms (cctbx's scattering factors, one overall B refined
 with them), in rounds that keep the best quarter and perturb it.  Each
-element's count per cell (``composition``) is laid out as full atoms in
-general positions and, for a remainder, one atom of partial occupancy, which
-lands on a special position (an inversion centre, a mirror) where its
-symmetry copies coincide.  Hydrogen is left out.
+element's count per cell (``composition``) is laid out as atoms in general
+positions and, for a remainder, atoms on special positions (inversion
+centres, mirrors, 2-fold axes: cctbx's Wyckoff table), which the search
+keeps there; each placement draws its own layout (which special positions;
+in groups with mirrors, also general atoms split into two on mirrors), the
+first atom on a special position only one of each set of positions that a
+shift of the origin relates.  Hydrogen is left out.
 
 The models give phases (those of F_calc) that compete with the other
 candidates of :mod:`phai_cctbx.search`.  The right model is the deepest
@@ -69,31 +72,204 @@ class AtomModel:
   b: float               # overall isotropic B (A^2)
   r1: float              # R1(|F_obs|, k |F_calc|)
   phases: object         # miller array of phases (degrees), like f_obs
+  rot: np.ndarray = None    # (N, 3, 3) and (N, 3): each atom's special
+  trans: np.ndarray = None  # position (rot x + trans; identity: general)
+
+
+def _scattering_weight(element):
+  return xray_scattering.wk1995(element, True).fetch().at_stol_sq(0.0)
+
+
+def special_positions(space_group):
+  """Multiplicity -> [(rot (3, 3), trans (3,), free coordinates, origin
+  class)] of the special positions of ``space_group`` (its own setting): a
+  site x on the position is rot x + trans (cctbx's Wyckoff table, its
+  special operators, which are projections).  Positions that a permissible
+  shift of the origin (half a cell edge that leaves the group as it is)
+  turns into each other share their origin class, the index of the first
+  of them."""
+  import itertools
+  from cctbx import sgtbx
+  info = sgtbx.space_group_info(group=space_group)
+  table = sgtbx.wyckoff_table(info.type())
+  cell = info.any_compatible_unit_cell(volume=1000)
+  shifts = [v for v in itertools.product((0, 1), repeat=3)
+            if space_group.change_basis(sgtbx.change_of_basis_op(
+              "x+%d/2,y+%d/2,z+%d/2" % v)) == space_group]
+  order = space_group.order_z()
+  probe = np.array([0.1234, 0.2345, 0.3456])
+  out, letters = {}, {}
+  for i in range(table.size()):
+    position = table.position(i)
+    if position.multiplicity() == order:
+      continue
+    op = position.special_op()
+    rot = np.array(op.r().as_double()).reshape(3, 3)
+    trans = np.array(op.t().as_double())
+    site = rot @ probe + trans
+    reached = set(table.mapping(sgtbx.site_symmetry(
+      cell, space_group, tuple(site + 0.5 * np.array(v)))).position().letter() for v in shifts)
+    entries = out.setdefault(position.multiplicity(), [])
+    cls = min([letters[l] for l in reached if l in letters], default=len(entries))
+    letters[position.letter()] = cls
+    entries.append((rot, trans, int(np.linalg.matrix_rank(rot)), cls))
+  return out
+
+
+def _fewest_specials(count, multiplicities):
+  """The fewest multiplicities (largest first) that add up to ``count``, or
+  None."""
+  best = {0: ()}
+  for n in range(1, count + 1):
+    options = [best[n - m] + (m,) for m in multiplicities if n - m in best]
+    if options:
+      best[n] = min(options, key=len)
+  return tuple(sorted(best[count], reverse=True)) if count in best else None
+
+
+@dataclasses.dataclass
+class ElementLayout:
+  """How one element's atoms per cell are laid out: ``general`` atoms in
+  general positions, one on a special position of each multiplicity in
+  ``special``, and ``partial`` (occupancy) of one more general atom for
+  what no special position takes (a non-integral count)."""
+  general: int
+  special: tuple
+  partial: float = 0.0
+
+  def atoms(self):
+    return self.general + len(self.special) + (self.partial > 1e-3)
+
+
+def element_layouts(count, order, specials):
+  """The layouts of ``count`` atoms per cell of one element in a group of
+  ``order`` with ``specials`` (:func:`special_positions`): first the one of
+  fewest atoms (as many in general positions as fit, the rest on the fewest
+  special positions); then, where the group has special positions with
+  free coordinates (mirrors, 2-fold axes) of multiplicity ``order`` / 2,
+  those with one general atom, and with all of them, split into two on such
+  positions (two K on different mirrors of K2SO4 in Pnma instead of one in
+  a general position; a planar molecule on a mirror)."""
+  whole = int(round(count))
+  if abs(count - whole) > 1e-2:
+    full = int(math.floor(count / order + 1e-6))
+    return [ElementLayout(full, (), count / order - full)]
+  general, rest = divmod(whole, order)
+  special = _fewest_specials(rest, sorted(specials))
+  if special is None:
+    return [ElementLayout(general, (), rest / order)]
+  out = [ElementLayout(general, special)]
+  half = specials.get(order // 2, []) if order % 2 == 0 else []
+  if general >= 1 and any(p[2] > 0 for p in half):
+    for split in sorted({1, general}):
+      out.append(ElementLayout(general - split, special + (order // 2,) * (2 * split)))
+  return out
+
+
+def _heaviest_first(counts):
+  return sorted((e for e, c in counts.items() if e not in ("H", "D") and c > 0),
+                key=lambda e: -_scattering_weight(e))
 
 
 def asymmetric_unit_atoms(counts, space_group, max_atoms=None):
   """(elements, occupancies) of the atoms to place, heaviest first, from
-  ``counts`` (element -> atoms per unit cell); hydrogen is left out.
+  ``counts`` (element -> atoms per unit cell) in their layout of fewest
+  atoms (:func:`element_layouts`); hydrogen is left out.
 
-  An element whose count is not a multiple of the group's order gets, beside
-  its full atoms, one of partial occupancy (count / order left over): on a
-  special position of that multiplicity its copies add up to full atoms.
+  An atom on a special position of multiplicity m has occupancy m / order:
+  summed over the group's operations its copies add up to m full atoms.
   Returns None when there is no atom, or more than ``max_atoms``."""
-  n = space_group.order_z()
+  order = space_group.order_z()
+  specials = special_positions(space_group)
   elements, occupancies = [], []
-  def weight(e):
-    return xray_scattering.wk1995(e, True).fetch().at_stol_sq(0.0)
-  for e in sorted((e for e, c in counts.items() if e not in ("H", "D") and c > 0),
-                  key=lambda e: -weight(e)):
-    per_asu = counts[e] / n
-    full = int(math.floor(per_asu + 1e-6))
-    rest = per_asu - full
-    for q in [1.0] * full + ([rest] if rest > 1e-3 else []):
+  for e in _heaviest_first(counts):
+    layout = element_layouts(counts[e], order, specials)[0]
+    for q in [1.0] * layout.general + [m / order for m in layout.special] + (
+        [layout.partial] if layout.partial > 1e-3 else []):
       elements.append(e)
       occupancies.append(q)
   if not elements or (max_atoms is not None and len(elements) > max_atoms):
     return None
   return tuple(elements), np.array(occupancies)
+
+
+@dataclasses.dataclass
+class Layouts:
+  """The layout of each placement: atom k (of ``elements``) of placement r
+  has occupancy ``occupancies[r, k]`` (0: not used by that placement) and
+  lies at ``rot[r, k] x + trans[r, k]`` for free coordinates x."""
+  elements: tuple
+  occupancies: np.ndarray  # (R, N)
+  rot: np.ndarray          # (R, N, 3, 3)
+  trans: np.ndarray        # (R, N, 3)
+
+  def take(self, index):
+    return Layouts(self.elements, self.occupancies[index], self.rot[index], self.trans[index])
+
+  def used(self, r):
+    """(elements, occupancies, rot, trans) of the atoms placement r uses."""
+    k = self.occupancies[r] > 0
+    return (tuple(e for e, u in zip(self.elements, k) if u), self.occupancies[r][k],
+            self.rot[r][k], self.trans[r][k])
+
+
+#: Shares of the placements whose elements all take the layout of fewest
+#: atoms, each one of its layouts at random, and each its most split layout
+#: (:func:`element_layouts`).
+LAYOUT_MODES = (0.5, 0.3, 0.2)
+
+#: The odds of the kinds of special position (points, axes, planes) are
+#: drawn for each placement from a Dirichlet distribution of this
+#: concentration: below 1, many placements favour one kind (every atom on
+#: a mirror, as in layer structures; metal atoms on inversion centres).
+KIND_CONCENTRATION = 0.5
+
+
+def sample_layouts(counts, space_group, restarts, seed=0, max_atoms=None):
+  """:class:`Layouts` of ``restarts`` placements of ``counts`` (element ->
+  atoms per unit cell), or None as :func:`asymmetric_unit_atoms`.
+
+  Each special position is drawn from those of its multiplicity: first its
+  kind (points, axes, planes: 0, 1 or 2 free coordinates), at odds drawn
+  for each placement (:data:`KIND_CONCENTRATION`), then one of that kind.
+  An atom does not take a point another has taken, and the first atom on a
+  special position takes one of each origin class only (shifting the
+  origin moves it onto the others)."""
+  if asymmetric_unit_atoms(counts, space_group, max_atoms) is None:
+    return None
+  rng = np.random.default_rng(seed)
+  order = space_group.order_z()
+  specials = special_positions(space_group)
+  options = [(e, element_layouts(counts[e], order, specials)) for e in _heaviest_first(counts)]
+  elements = tuple(e for e, opts in options for _ in range(max(o.atoms() for o in opts)))
+  n = len(elements)
+  occ = np.zeros((restarts, n))
+  rot = np.tile(np.eye(3), (restarts, n, 1, 1))
+  trans = np.zeros((restarts, n, 3))
+  for r in range(restarts):
+    mode = rng.choice(len(LAYOUT_MODES), p=LAYOUT_MODES)
+    kinds = rng.dirichlet([KIND_CONCENTRATION] * 3)
+    taken = set()
+    k = 0
+    for e, opts in options:
+      pick = opts[(0, rng.integers(len(opts)), -1)[mode]]
+      j = k
+      occ[r, j:j + pick.general] = 1.0
+      j += pick.general
+      for m in pick.special:
+        free = [i for i, p in enumerate(specials[m])
+                if (p[2] > 0 or (m, i) not in taken) and (taken or p[3] == i)]
+        free = free or list(range(len(specials[m])))
+        dof = np.array([specials[m][i][2] for i in free])
+        w = kinds[dof] / np.bincount(dof, minlength=3)[dof]
+        i = free[rng.choice(len(free), p=w / w.sum())]
+        taken.add((m, i))
+        occ[r, j], rot[r, j], trans[r, j] = m / order, specials[m][i][0], specials[m][i][1]
+        j += 1
+      if pick.partial > 1e-3:
+        occ[r, j] = pick.partial
+      k += max(o.atoms() for o in opts)
+  return Layouts(elements, occ, rot, trans)
 
 
 class AtomSearch(object):
@@ -123,30 +299,49 @@ class AtomSearch(object):
     self._hr = as_t(np.einsum("oij,ri->ojr", r, hkl))  # (O, 3, n): R^T h
     self._ht = as_t(hkl @ t.T).T                        # (O, n): h.t
     self._stol_sq = as_t(stol_sq)
-    self._weight = as_t(self.occupancies[:, None] * fj)  # (N, n)
+    self._fj = as_t(fj)                                  # (N, n)
+    self._occupancies = as_t(self.occupancies)[None]     # (1, N)
     self._f = as_t(f_obs.data().as_numpy_array())
 
-  def structure_factors(self, sites, b):
+  def as_tensors(self, layouts):
+    """(occupancies, rot, trans) tensors of :class:`Layouts` (None: the
+    engine's occupancies, no special position)."""
+    if layouts is None:
+      return None
+    t = lambda a: self.torch.tensor(np.asarray(a), dtype=self.torch.float32, device=self.device)
+    return t(layouts.occupancies), t(layouts.rot), t(layouts.trans)
+
+  def placed(self, x, layout=None):
+    """Sites (R, N, 3) of free coordinates ``x`` under a layout of
+    :meth:`as_tensors` (its special positions)."""
+    if layout is None:
+      return x
+    return self.torch.einsum("bnij,bnj->bni", layout[1], x) + layout[2]
+
+  def structure_factors(self, sites, b, layout=None):
     """(A, B): real and imaginary parts (R, n) of F_calc of ``sites`` (R, N, 3)
-    with overall B ``b`` (R,)."""
+    with overall B ``b`` (R,); occupancies from ``layout`` (:meth:`as_tensors`)
+    or the engine's."""
     torch = self.torch
+    occupancies = self._occupancies if layout is None else layout[0]
     angle = 2 * math.pi * (torch.einsum("bnk,okr->bnor", sites, self._hr) + self._ht[None, None])
     damp = torch.exp(-b.clamp(min=0.0)[:, None] * self._stol_sq[None])  # (R, n)
-    a = torch.einsum("bnr,nr->br", torch.cos(angle).sum(2), self._weight) * damp
+    weight = occupancies[:, :, None] * self._fj[None]                     # (R|1, N, n)
+    a = (torch.cos(angle).sum(2) * weight).sum(1) * damp
     if self.centric:
       return 2 * a, torch.zeros_like(a)
-    s = torch.einsum("bnr,nr->br", torch.sin(angle).sum(2), self._weight) * damp
+    s = (torch.sin(angle).sum(2) * weight).sum(1) * damp
     return a, s
 
   def work(self):
     """Atom-reflection terms of one placement's structure factors."""
     return len(self.elements) * self._hr.shape[0] * self._hr.shape[2]
 
-  def r1(self, sites, b, fit=None, score=None):
+  def r1(self, sites, b, fit=None, score=None, layout=None):
     """(R,) R1 between |F_obs| and the least-squares scaled |F_calc|: the
     scale from the reflections ``fit``, R1 over ``score`` ((n,) bool
     tensors; None: all)."""
-    a, s = self.structure_factors(sites, b)
+    a, s = self.structure_factors(sites, b, layout)
     fc = (a * a + s * s + 1e-12).sqrt()
     f = self._f[None].expand_as(fc)
     wf = fc if fit is None else fc * fit[None]
@@ -156,30 +351,34 @@ class AtomSearch(object):
       diff, f = diff * score[None], f * score[None]
     return diff.sum(1) / f.sum(1).clamp(min=1e-12)
 
-  def _descend(self, sites, b, steps, lr, fit=None):
+  def _descend(self, sites, b, steps, lr, fit=None, layout=None):
     """``sites`` (R, N, 3) and ``b`` (R,) after ``steps`` of Adam on the sum
-    of R1 over the reflections ``fit`` (None: all); detached tensors."""
+    of R1 over the reflections ``fit`` (None: all), atoms kept on their
+    special positions (``layout``, :meth:`as_tensors`); detached tensors."""
     torch = self.torch
     x = sites.clone().requires_grad_(True)
     bb = b.clone().requires_grad_(True)
     opt = torch.optim.Adam([x, bb], lr=lr)
     for _ in range(steps):
-      loss = self.r1(x, bb, fit=fit, score=fit).sum()
+      loss = self.r1(self.placed(x, layout), bb, fit=fit, score=fit, layout=layout).sum()
       opt.zero_grad()
       loss.backward()
       opt.step()
-    return x.detach(), bb.detach()
+    return self.placed(x, layout).detach(), bb.detach()
 
-  def free_r1(self, sites, b, folds=FREE_FOLDS, steps=FREE_STEPS, lr=0.002, seed=0):
+  def free_r1(self, sites, b, folds=FREE_FOLDS, steps=FREE_STEPS, lr=0.002, seed=0,
+              layouts=None):
     """(R,) cross-validated R1 of models (numpy ``sites`` (R, N, 3), ``b``):
     the reflections split at random into ``folds`` sets; for each set the
     models are refined from where they are against the others
     (``steps`` of gradient descent) and R1 is taken over the set left out,
-    pooled over the sets.  A right model stays where the data put it and
+    pooled over the sets; atoms stay on the special positions of
+    ``layouts`` (:class:`Layouts`, one per model; None: none).  A right model stays where the data put it and
     predicts what it was not refined against; a wrong model that fitted
     every reflection by bending to each (few reflections per coordinate)
     moves when some are left out, and predicts them poorly."""
     torch = self.torch
+    layout = self.as_tensors(layouts)
     n = self._f.shape[0]
     folds = max(2, min(folds, n // 4))
     order = np.random.default_rng(seed).permutation(n)
@@ -193,17 +392,21 @@ class AtomSearch(object):
       x, bb = self._descend(
         torch.tensor(np.asarray(sites), dtype=torch.float32, device=self.device),
         torch.tensor(np.asarray(b), dtype=torch.float32, device=self.device),
-        steps, lr, work)
+        steps, lr, work, layout)
       with torch.no_grad():
-        r = self.r1(x, bb, fit=work, score=held).cpu()
+        r = self.r1(x, bb, fit=work, score=held, layout=layout).cpu()
       f_held = float(self._f[held > 0].sum())
       num += r * f_held
       den += f_held
     return (num / max(den, 1e-12)).numpy()
 
-  def fit(self, restarts=2048, rounds=5, steps=200, seed=0, lr=0.01, shake=0.05):
+  def fit(self, restarts=2048, rounds=5, steps=200, seed=0, lr=0.01, shake=0.05,
+          layouts=None):
     """Random placements refined by gradient descent: (sites (R, N, 3),
-    b (R,), r1 (R,)) of the last round, as numpy arrays.
+    b (R,), r1 (R,), layouts) of the last round, numpy arrays and the
+    :class:`Layouts` of the placements (None where ``layouts`` is None:
+    the engine's occupancies, no special position; else one layout per
+    placement, ``restarts`` of them).
 
     After each round but the last, the best quarter is kept and each kept
     placement also starts three more, its sites shifted at random
@@ -211,12 +414,15 @@ class AtomSearch(object):
     torch = self.torch
     g = torch.Generator(device="cpu").manual_seed(int(seed))
     n = len(self.elements)
+    if layouts is not None:
+      restarts = len(layouts.occupancies)
     sites = torch.rand(restarts, n, 3, generator=g)
     b = torch.full((restarts,), 1.5)
     for round_ in range(rounds):
-      x, bb = self._descend(sites.to(self.device), b.to(self.device), steps, lr)
+      x, bb = self._descend(sites.to(self.device), b.to(self.device), steps, lr,
+                            layout=self.as_tensors(layouts))
       with torch.no_grad():
-        r1 = self.r1(x, bb).cpu()
+        r1 = self.r1(x, bb, layout=self.as_tensors(layouts)).cpu()
         sites, b = x.cpu() % 1.0, bb.cpu()
       if round_ == rounds - 1:
         break
@@ -226,15 +432,20 @@ class AtomSearch(object):
         3 * len(keep), n, 3, generator=g)
       sites = torch.cat([kept_sites, shaken])[:restarts]
       b = torch.cat([kept_b, kept_b.repeat(3)])[:restarts]
-    return sites.numpy(), b.numpy(), r1.numpy()
+      if layouts is not None:
+        index = np.concatenate([keep.numpy()] * 4)[:restarts]
+        layouts = layouts.take(index)
+    return sites.numpy(), b.numpy(), r1.numpy(), layouts
 
-  def phases(self, sites, b):
-    """(R, n) phases (degrees) of F_calc of numpy ``sites`` (R, N, 3)."""
+  def phases(self, sites, b, layouts=None):
+    """(R, n) phases (degrees) of F_calc of numpy ``sites`` (R, N, 3)
+    (occupancies from ``layouts``, one per model, or the engine's)."""
     torch = self.torch
     with torch.no_grad():
       a, s = self.structure_factors(
         torch.tensor(np.asarray(sites), dtype=torch.float32, device=self.device),
-        torch.tensor(np.asarray(b), dtype=torch.float32, device=self.device))
+        torch.tensor(np.asarray(b), dtype=torch.float32, device=self.device),
+        self.as_tensors(layouts))
     return np.degrees(np.arctan2(s.cpu().numpy(), a.cpu().numpy()))
 
 
@@ -293,30 +504,41 @@ def confirmed(r1, free_r1):
 
 
 def model_free_r1(f_obs, model):
-  """:meth:`AtomSearch.free_r1` of one :class:`AtomModel`."""
+  """:meth:`AtomSearch.free_r1` of one :class:`AtomModel` (its atoms kept on
+  their special positions)."""
   engine = AtomSearch(f_obs, model.elements, model.occupancies)
-  return float(engine.free_r1(model.sites[None], np.array([model.b]))[0])
+  layouts = Layouts(model.elements, model.occupancies[None], model.rot[None],
+                    model.trans[None])
+  return float(engine.free_r1(model.sites[None], np.array([model.b]), layouts=layouts)[0])
 
 
 def run(f_obs, counts, restarts=2048, rounds=5, steps=200, seed=0, keep=16,
         max_atoms=MAX_ATOMS, max_work=MAX_WORK):
   """The ``keep`` best models (lowest R1 first) of an atom search for
   ``f_obs`` with ``counts`` (element -> atoms per unit cell), or [] when
-  the composition gives no atom or more than ``max_atoms``.  Fewer than
-  ``restarts`` placements are made where they would cost more than
-  ``max_work`` atom-reflection terms in all (many atoms, many reflections)."""
-  atoms = asymmetric_unit_atoms(counts, f_obs.space_group(), max_atoms)
-  if atoms is None:
+  the composition gives no atom or more than ``max_atoms``.  Each placement
+  has its own layout (:func:`sample_layouts`).  Fewer than ``restarts``
+  placements are made where they would cost more than ``max_work``
+  atom-reflection terms in all (many atoms, many reflections)."""
+  space_group = f_obs.space_group()
+  layouts = sample_layouts(counts, space_group, 1, seed, max_atoms)
+  if layouts is None:
     return []
-  elements, occupancies = atoms
-  engine = AtomSearch(f_obs, elements, occupancies)
+  engine = AtomSearch(f_obs, layouts.elements, layouts.occupancies[0])
   restarts = int(max(16, min(restarts, max_work // (engine.work() * steps * rounds))))
-  sites, b, r1 = engine.fit(restarts=restarts, rounds=rounds, steps=steps, seed=seed)
+  layouts = sample_layouts(counts, space_group, restarts, seed, max_atoms)
+  sites, b, r1, layouts = engine.fit(rounds=rounds, steps=steps, seed=seed, layouts=layouts)
   best = np.argsort(r1)[:keep]
-  phases = engine.phases(sites[best], b[best])
+  phases = engine.phases(sites[best], b[best], layouts.take(best))
   from phai_cctbx.dual_space import snap_centric
-  return [AtomModel(elements=elements, occupancies=occupancies, sites=sites[i],
-                    b=float(b[i]), r1=float(r1[i]),
-                    phases=snap_centric(f_obs.customized_copy(data=flex.double(np.ascontiguousarray(p, dtype=float)), sigmas=None),
-                                        f_obs.space_group()))
-          for i, p in zip(best, phases)]
+  out = []
+  for i, p in zip(best, phases):
+    elements, occupancies, rot, trans = layouts.used(i)
+    used = layouts.occupancies[i] > 0
+    out.append(AtomModel(
+      elements=elements, occupancies=occupancies, sites=sites[i][used], b=float(b[i]),
+      r1=float(r1[i]), rot=rot, trans=trans,
+      phases=snap_centric(f_obs.customized_copy(
+        data=flex.double(np.ascontiguousarray(p, dtype=float)), sigmas=None),
+        f_obs.space_group())))
+  return out

@@ -45,6 +45,88 @@ def test_atoms_of_the_asymmetric_unit_split_counts_onto_special_positions():
   assert atom_search.asymmetric_unit_atoms({"H": 8}, p21c) is None
 
 
+def test_special_positions_and_their_origin_classes():
+  # P2_1/c: four pairs of inversion centres, one origin class (any of them
+  # can be the origin).
+  p21c = atom_search.special_positions(sgtbx.space_group_info("P 1 21/c 1").group())
+  assert list(p21c) == [2] and len(p21c[2]) == 4
+  assert {cls for _, _, dof, cls in p21c[2]} == {0}
+  assert all(dof == 0 for _, _, dof, _ in p21c[2])
+  # C2/m: the mirror, the two kinds of 2-fold axis (one class), the two
+  # kinds of inversion centre of multiplicity 4 (one class).
+  c2m = atom_search.special_positions(sgtbx.space_group_info("C 1 2/m 1").group())
+  four = [(dof, cls) for _, _, dof, cls in c2m[4]]
+  assert sorted(d for d, _ in four) == [0, 0, 1, 1, 2]
+  classes = {}
+  for dof, cls in four:
+    classes.setdefault(dof, set()).add(cls)
+  assert all(len(c) == 1 for c in classes.values()) and len(set().union(*classes.values())) == 3
+  # The operators are projections: a projected site stays where it is.
+  for rot, trans, _, _ in c2m[4] + c2m[2]:
+    site = rot @ np.array([0.31, 0.17, 0.42]) + trans
+    assert np.allclose(rot @ site + trans, site)
+
+
+def test_layouts_of_an_element():
+  pnma = sgtbx.space_group_info("P n m a").group()
+  specials = atom_search.special_positions(pnma)
+  # 8 K in Pnma: one general atom, or two on special positions (two mirrors).
+  layouts = atom_search.element_layouts(8, 8, specials)
+  assert [(l.general, l.special) for l in layouts] == [(1, ()), (0, (4, 4))]
+  # 24 O: three general atoms, one of them split, or all six on mirrors.
+  layouts = atom_search.element_layouts(24, 8, specials)
+  assert [(l.general, l.special) for l in layouts] == [(3, ()), (2, (4, 4)), (0, (4,) * 6)]
+  # Remainders on the fewest special positions; none in P2_1/c are split.
+  p21c = atom_search.special_positions(sgtbx.space_group_info("P 1 21/c 1").group())
+  assert [(l.general, l.special) for l in atom_search.element_layouts(6, 4, p21c)] == [(1, (2,))]
+  # A count no special position takes: a partial general atom.
+  assert atom_search.element_layouts(6.5, 4, p21c)[0].partial == pytest.approx(0.625)
+
+
+def test_sampled_layouts_hold_the_composition():
+  group = sgtbx.space_group_info("P n a m").group()
+  counts = {"K": 8, "Cr": 4, "O": 16}
+  layouts = atom_search.sample_layouts(counts, group, 400, seed=3)
+  specials = atom_search.special_positions(group)
+  points = {tuple(np.round(t % 1, 3)) for _, t, dof, _ in specials[4] if dof == 0}
+  kinds = set()
+  for r in range(400):
+    elements, occ, rot, trans = layouts.used(r)
+    for e, n in counts.items():
+      assert sum(q for x, q in zip(elements, occ) if x == e) * 8 == pytest.approx(n)
+    taken = [tuple(np.round(t % 1, 3)) for x, t in zip(rot, trans) if not x.any()]
+    assert len(taken) == len(set(taken)) and set(taken) <= points
+    first = next((k for k, q in enumerate(occ) if q < 1), None)
+    if first is not None and not rot[first].any():
+      # The first atom on a point: the representative of its origin class.
+      assert tuple(np.round(trans[first] % 1, 3)) == tuple(
+        np.round(next(t for _, t, dof, _ in specials[4] if dof == 0) % 1, 3))
+    kinds.add(tuple(np.round(occ, 2)))
+  # Both the layout of fewest atoms and split ones are tried.
+  assert (0.5, 1.0, 1.0, 1.0) in kinds and any(len(k) > 4 for k in kinds)
+
+
+def test_the_search_keeps_atoms_on_their_special_positions():
+  """A mirror structure in Pnma, 2.0 A: the search puts the atoms of half
+  occupancy on mirrors (or points) and finds the structure."""
+  cs = xray.structure(crystal_symmetry=crystal.symmetry(
+    unit_cell=(7.6, 5.9, 10.1, 90, 90, 90), space_group_symbol="P n m a"))
+  for label, site in (("K1", (0.17, 0.25, 0.09)), ("S1", (0.42, 0.25, 0.31)),
+                      ("O1", (0.31, 0.25, 0.44)), ("O2", (0.38, 0.03, 0.24))):
+    cs.add_scatterer(xray.scatterer(label=label, site=site, u=0.01))
+  fc = _f_obs(cs, 2.0)
+  f_obs = abs(fc).set_observation_type_xray_amplitude()
+  models = atom_search.run(f_obs, {"K": 4, "S": 4, "O": 12}, restarts=512, rounds=3, seed=0)
+  best = models[0]
+  assert best.r1 < 0.03
+  for site, rot, trans in zip(best.sites, best.rot, best.trans):
+    assert np.allclose((rot @ site + trans - site + 0.5) % 1 - 0.5, 0, atol=1e-5)
+  std = symmetry.prepare(f_obs.crystal_symmetry())
+  assert benchmark.Truth(std, fc).r(search.list_signs(std, f_obs, best.phases),
+                                    benchmark.measured_on_list(std, f_obs)) > 0.95
+  assert np.isfinite(atom_search.model_free_r1(f_obs, best))
+
+
 def test_structure_factors_agree_with_cctbx():
   xs = _structure()
   fc = _f_obs(xs, 1.2)
