@@ -17,7 +17,10 @@ centres, mirrors, 2-fold axes: cctbx's Wyckoff table), which the search
 keeps there; each placement draws its own layout (which special positions;
 in groups with mirrors, also general atoms split into two on mirrors), the
 first atom on a special position only one of each set of positions that a
-shift of the origin relates.  Hydrogen is left out.
+shift of the origin relates.  Hydrogen is left out.  In cells of heavy and
+light atoms (K, Si, Al beside O) a search that ends without a close fit is
+followed by a completion: the heavy atoms of its best models kept, the
+light ones placed anew (:func:`run`).
 
 The models give phases (those of F_calc) that compete with the other
 candidates of :mod:`phai_cctbx.search`.  The right model is the deepest
@@ -147,7 +150,7 @@ def element_layouts(count, order, specials):
   fewest atoms (as many in general positions as fit, the rest on the fewest
   special positions); then, where the group has special positions with
   free coordinates (mirrors, 2-fold axes) of multiplicity ``order`` / 2,
-  those with one general atom, and with all of them, split into two on such
+  those with one, two, ... or all general atoms split into two on such
   positions (two K on different mirrors of K2SO4 in Pnma instead of one in
   a general position; a planar molecule on a mirror)."""
   whole = int(round(count))
@@ -161,7 +164,7 @@ def element_layouts(count, order, specials):
   out = [ElementLayout(general, special)]
   half = specials.get(order // 2, []) if order % 2 == 0 else []
   if general >= 1 and any(p[2] > 0 for p in half):
-    for split in sorted({1, general}):
+    for split in range(1, general + 1):
       out.append(ElementLayout(general - split, special + (order // 2,) * (2 * split)))
   return out
 
@@ -206,6 +209,11 @@ class Layouts:
   def take(self, index):
     return Layouts(self.elements, self.occupancies[index], self.rot[index], self.trans[index])
 
+  def join(self, other):
+    return Layouts(self.elements, *(np.concatenate([a, b]) for a, b in (
+      (self.occupancies, other.occupancies), (self.rot, other.rot),
+      (self.trans, other.trans))))
+
   def used(self, r):
     """(elements, occupancies, rot, trans) of the atoms placement r uses."""
     k = self.occupancies[r] > 0
@@ -225,7 +233,7 @@ LAYOUT_MODES = (0.5, 0.3, 0.2)
 KIND_CONCENTRATION = 0.5
 
 
-def sample_layouts(counts, space_group, restarts, seed=0, max_atoms=None):
+def sample_layouts(counts, space_group, restarts, seed=0, max_atoms=None, fix_origin=True):
   """:class:`Layouts` of ``restarts`` placements of ``counts`` (element ->
   atoms per unit cell), or None as :func:`asymmetric_unit_atoms`.
 
@@ -234,7 +242,7 @@ def sample_layouts(counts, space_group, restarts, seed=0, max_atoms=None):
   for each placement (:data:`KIND_CONCENTRATION`), then one of that kind.
   An atom does not take a point another has taken, and the first atom on a
   special position takes one of each origin class only (shifting the
-  origin moves it onto the others)."""
+  origin moves it onto the others) where ``fix_origin``."""
   if asymmetric_unit_atoms(counts, space_group, max_atoms) is None:
     return None
   rng = np.random.default_rng(seed)
@@ -258,7 +266,8 @@ def sample_layouts(counts, space_group, restarts, seed=0, max_atoms=None):
       j += pick.general
       for m in pick.special:
         free = [i for i, p in enumerate(specials[m])
-                if (p[2] > 0 or (m, i) not in taken) and (taken or p[3] == i)]
+                if (p[2] > 0 or (m, i) not in taken)
+                and (taken or not fix_origin or p[3] == i)]
         free = free or list(range(len(specials[m])))
         dof = np.array([specials[m][i][2] for i in free])
         w = kinds[dof] / np.bincount(dof, minlength=3)[dof]
@@ -401,12 +410,13 @@ class AtomSearch(object):
     return (num / max(den, 1e-12)).numpy()
 
   def fit(self, restarts=2048, rounds=5, steps=200, seed=0, lr=0.01, shake=0.05,
-          layouts=None):
+          layouts=None, start=None):
     """Random placements refined by gradient descent: (sites (R, N, 3),
     b (R,), r1 (R,), layouts) of the last round, numpy arrays and the
     :class:`Layouts` of the placements (None where ``layouts`` is None:
     the engine's occupancies, no special position; else one layout per
-    placement, ``restarts`` of them).
+    placement, ``restarts`` of them).  ``start`` (R, N, 3), where given,
+    holds starting sites, NaN where they are drawn at random.
 
     After each round but the last, the best quarter is kept and each kept
     placement also starts three more, its sites shifted at random
@@ -417,6 +427,9 @@ class AtomSearch(object):
     if layouts is not None:
       restarts = len(layouts.occupancies)
     sites = torch.rand(restarts, n, 3, generator=g)
+    if start is not None:
+      start = torch.tensor(np.asarray(start), dtype=sites.dtype)
+      sites = torch.where(torch.isnan(start), sites, start)
     b = torch.full((restarts,), 1.5)
     for round_ in range(rounds):
       x, bb = self._descend(sites.to(self.device), b.to(self.device), steps, lr,
@@ -512,14 +525,69 @@ def model_free_r1(f_obs, model):
   return float(engine.free_r1(model.sites[None], np.array([model.b]), layouts=layouts)[0])
 
 
+#: Elements that scatter at least this many times as strongly as the
+#: lightest one (heavier than hydrogen) are the heavy atoms of a cell
+#: (:func:`heavy_atoms`): K, Si, Al beside O; not N, O beside C.
+HEAVY_RATIO = 1.5
+
+#: A search whose best model has an R1 above this is followed by a
+#: completion (:func:`run`): right inorganic models reach 0.004-0.03.
+COMPLETE_ABOVE_R1 = 0.04
+
+#: Models whose heavy atoms a completion keeps.
+COMPLETION_MODELS = 8
+
+
+def heavy_atoms(elements):
+  """Of the atoms ``elements`` (heaviest first, :class:`Layouts`), how many
+  lead the list as heavy atoms (:data:`HEAVY_RATIO`); 0 where every element
+  counts as heavy or none does."""
+  weight = [_scattering_weight(e) for e in elements]
+  heavy = [w >= HEAVY_RATIO * min(weight) for w in weight]
+  return sum(heavy) if 0 < sum(heavy) < len(heavy) else 0
+
+
+def _completion(engine, sites, b, r1, layouts, counts, space_group, restarts, seed, rounds,
+                steps):
+  """A second search that keeps the heavy atoms of the best distinct models
+  of the first (sites and special positions) and places the light atoms
+  anew: where the heavy atoms are right but the light ones (O among K, Si,
+  Al) settled wrong, or two of nearly equal weight took each other's
+  places.  Returns (sites, b, r1, layouts) as :meth:`AtomSearch.fit`, or
+  None where the atoms do not fall into heavy and light."""
+  heavy = heavy_atoms(layouts.elements)
+  if not heavy:
+    return None
+  order = np.argsort(r1)
+  chosen, seen = [], set()
+  for i in order:
+    key = round(float(r1[i]), 3)
+    if key not in seen:
+      seen.add(key)
+      chosen.append(i)
+    if len(chosen) == COMPLETION_MODELS:
+      break
+  parent = np.resize(np.array(chosen), restarts)
+  fresh = sample_layouts(counts, space_group, restarts, seed + 1, fix_origin=False)
+  for a, b_ in ((fresh.occupancies, layouts.occupancies), (fresh.rot, layouts.rot),
+                (fresh.trans, layouts.trans)):
+    a[:, :heavy] = b_[parent, :heavy]
+  start = np.full(fresh.trans.shape, np.nan)
+  start[:, :heavy] = sites[parent, :heavy]
+  return engine.fit(rounds=rounds, steps=steps, seed=seed + 1, layouts=fresh, start=start)
+
+
 def run(f_obs, counts, restarts=2048, rounds=5, steps=200, seed=0, keep=16,
-        max_atoms=MAX_ATOMS, max_work=MAX_WORK):
+        max_atoms=MAX_ATOMS, max_work=MAX_WORK, complete=True):
   """The ``keep`` best models (lowest R1 first) of an atom search for
   ``f_obs`` with ``counts`` (element -> atoms per unit cell), or [] when
   the composition gives no atom or more than ``max_atoms``.  Each placement
   has its own layout (:func:`sample_layouts`).  Fewer than ``restarts``
   placements are made where they would cost more than ``max_work``
-  atom-reflection terms in all (many atoms, many reflections)."""
+  atom-reflection terms in all (many atoms, many reflections).  Where the
+  best model's R1 is above :data:`COMPLETE_ABOVE_R1` and the cell has heavy
+  and light atoms, a completion (``complete``) follows at the same cost:
+  the heavy atoms of the best models kept, the light ones placed anew."""
   space_group = f_obs.space_group()
   layouts = sample_layouts(counts, space_group, 1, seed, max_atoms)
   if layouts is None:
@@ -528,6 +596,12 @@ def run(f_obs, counts, restarts=2048, rounds=5, steps=200, seed=0, keep=16,
   restarts = int(max(16, min(restarts, max_work // (engine.work() * steps * rounds))))
   layouts = sample_layouts(counts, space_group, restarts, seed, max_atoms)
   sites, b, r1, layouts = engine.fit(rounds=rounds, steps=steps, seed=seed, layouts=layouts)
+  if complete and r1.min() > COMPLETE_ABOVE_R1:
+    more = _completion(engine, sites, b, r1, layouts, counts, space_group, restarts, seed,
+                       rounds, steps)
+    if more is not None:
+      sites, b, r1 = (np.concatenate([x, y]) for x, y in zip((sites, b, r1), more[:3]))
+      layouts = layouts.join(more[3])
   best = np.argsort(r1)[:keep]
   phases = engine.phases(sites[best], b[best], layouts.take(best))
   from phai_cctbx.dual_space import snap_centric

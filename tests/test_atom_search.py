@@ -73,9 +73,10 @@ def test_layouts_of_an_element():
   # 8 K in Pnma: one general atom, or two on special positions (two mirrors).
   layouts = atom_search.element_layouts(8, 8, specials)
   assert [(l.general, l.special) for l in layouts] == [(1, ()), (0, (4, 4))]
-  # 24 O: three general atoms, one of them split, or all six on mirrors.
+  # 24 O: three general atoms, one, two or all of them split onto mirrors.
   layouts = atom_search.element_layouts(24, 8, specials)
-  assert [(l.general, l.special) for l in layouts] == [(3, ()), (2, (4, 4)), (0, (4,) * 6)]
+  assert [(l.general, l.special) for l in layouts] == [
+    (3, ()), (2, (4, 4)), (1, (4,) * 4), (0, (4,) * 6)]
   # Remainders on the fewest special positions; none in P2_1/c are split.
   p21c = atom_search.special_positions(sgtbx.space_group_info("P 1 21/c 1").group())
   assert [(l.general, l.special) for l in atom_search.element_layouts(6, 4, p21c)] == [(1, (2,))]
@@ -125,6 +126,43 @@ def test_the_search_keeps_atoms_on_their_special_positions():
   assert benchmark.Truth(std, fc).r(search.list_signs(std, f_obs, best.phases),
                                     benchmark.measured_on_list(std, f_obs)) > 0.95
   assert np.isfinite(atom_search.model_free_r1(f_obs, best))
+
+
+def test_heavy_atoms_lead_the_layout():
+  assert atom_search.heavy_atoms(("K", "Si", "Al", "O", "O", "O")) == 3
+  assert atom_search.heavy_atoms(("Na", "C", "O", "O")) == 1
+  # Organic cells (N, O beside C) and one element: no heavy atoms.
+  assert atom_search.heavy_atoms(("O", "N", "C", "C")) == 0
+  assert atom_search.heavy_atoms(("Fe", "Fe")) == 0
+
+
+def test_fit_starts_from_given_sites_and_a_completion_keeps_heavy_atoms():
+  xs = _structure()
+  f_obs = abs(_f_obs(xs, 2.0))
+  counts = {"Ca": 2, "S": 4, "O": 8}
+  group = f_obs.space_group()
+  layouts = atom_search.sample_layouts(counts, group, 32, seed=0)
+  engine = atom_search.AtomSearch(f_obs, layouts.elements, layouts.occupancies[0])
+  assert not layouts.rot[:, 0].any()  # Ca on an inversion centre: the origin
+  layouts.trans[:, 0] = 0.0
+  # Starting at the right sites with no step: R1 of the right structure.
+  right = np.array([list(s.site) for s in xs.scatterers()])
+  start = np.repeat(right[None], 32, 0)
+  start[1:, 2:] = np.nan
+  sites, b, r1, _ = engine.fit(rounds=1, steps=0, layouts=layouts, start=start)
+  assert np.allclose(sites[1:, :2], right[:2], atol=1e-6)
+  assert not np.allclose(sites[1:, 2:], right[2:], atol=1e-2)
+  assert r1[0] < r1[1:].min()
+  # The completion keeps the heavy atoms (Ca, S) of the best models, with
+  # their special positions, and places O anew.
+  sites, b, r1, layouts = engine.fit(rounds=2, steps=20, layouts=layouts, seed=2)
+  more = atom_search._completion(engine, sites, b, r1, layouts, counts, group, 64, 0, 1, 0)
+  new_sites, _, _, new_layouts = more
+  assert atom_search.heavy_atoms(layouts.elements) == 2
+  parents = np.argsort(r1)[:atom_search.COMPLETION_MODELS]
+  for r in range(64):
+    match = [p for p in parents if np.allclose(new_sites[r, :2], sites[p, :2] % 1.0, atol=1e-5)]
+    assert match and np.allclose(new_layouts.trans[r, :2], layouts.trans[match[0], :2])
 
 
 def test_structure_factors_agree_with_cctbx():
