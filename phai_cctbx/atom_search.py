@@ -550,11 +550,12 @@ def heavy_atoms(elements):
 def _completion(engine, sites, b, r1, layouts, counts, space_group, restarts, seed, rounds,
                 steps):
   """A second search that keeps the heavy atoms of the best distinct models
-  of the first (sites and special positions) and places the light atoms
-  anew: where the heavy atoms are right but the light ones (O among K, Si,
-  Al) settled wrong, or two of nearly equal weight took each other's
-  places.  Returns (sites, b, r1, layouts) as :meth:`AtomSearch.fit`, or
-  None where the atoms do not fall into heavy and light."""
+  of the first (:data:`COMPLETION_MODELS` of them, distinct in R1 to the
+  third decimal; sites and special positions) and places the light atoms
+  anew: for where the heavy atoms are right but the light ones (O among K,
+  Si, Al) settled wrong.  Returns (sites, b, r1, layouts) as
+  :meth:`AtomSearch.fit`, or None where the atoms do not fall into heavy
+  and light."""
   heavy = heavy_atoms(layouts.elements)
   if not heavy:
     return None
