@@ -17,7 +17,11 @@ centres, mirrors, 2-fold axes: cctbx's Wyckoff table), which the search
 keeps there; each placement draws its own layout (which special positions;
 in groups with mirrors, also general atoms split into two on mirrors), the
 first atom on a special position only one of each set of positions that a
-shift of the origin relates.  Hydrogen is left out.  In cells of heavy and
+shift of the origin relates.  Hydrogen is left out.  In molecular crystals
+(carbon and other non-metals) most placements are kept molecular as they
+descend: every atom within a bond length of another, none closer than
+1.15 A (:meth:`AtomSearch.bond_penalty`), which narrows the search to
+chemically possible arrangements; the rest stay free atoms.  In cells of heavy and
 light atoms (K, Si, Al beside O) a search that ends without a close fit is
 followed by a completion: the heavy atoms of its best models kept, the
 light ones placed anew (:func:`run`).
@@ -40,7 +44,22 @@ from cctbx.array_family import flex
 from cctbx.eltbx import xray_scattering
 
 #: Most atoms (heavier than hydrogen, asymmetric unit) searched for.
-MAX_ATOMS = 12
+MAX_ATOMS = 16
+
+#: Element -> the longest bond (A) to its nearest neighbour heavier than
+#: hydrogen in a molecular crystal.  Where every element of the composition
+#: is one of these and carbon is among them, a share
+#: (:data:`BONDED_SHARE`) of the placements is kept molecular during the
+#: descent (:meth:`AtomSearch.bond_penalty`): every atom has a neighbour
+#: within its limit, and no two atoms are closer than :data:`CLASH_DISTANCE`.
+#: The others are searched as free atoms, so that a water molecule or an
+#: ion with no bond to the rest is still found.
+BOND_LIMITS = {"B": 1.65, "C": 1.6, "N": 1.6, "O": 1.6, "F": 1.6, "Si": 1.95, "P": 1.95,
+               "S": 1.95, "Cl": 1.95, "Br": 2.2, "I": 2.4}
+CLASH_DISTANCE = 1.15
+BONDED_SHARE = 0.75
+#: Weight of the bond penalty (A^-2, per atom) beside R1 in the descent.
+BOND_WEIGHT = 0.3
 
 #: The most atom-reflection terms (placements x atoms x proper symmetry
 #: operations x reflections x gradient steps) an atom search computes, about
@@ -205,14 +224,20 @@ class Layouts:
   occupancies: np.ndarray  # (R, N)
   rot: np.ndarray          # (R, N, 3, 3)
   trans: np.ndarray        # (R, N, 3)
+  bonded: np.ndarray = None  # (R,) bool: placements kept molecular (:data:`BOND_LIMITS`)
+
+  def __post_init__(self):
+    if self.bonded is None:
+      self.bonded = np.zeros(len(self.occupancies), dtype=bool)
 
   def take(self, index):
-    return Layouts(self.elements, self.occupancies[index], self.rot[index], self.trans[index])
+    return Layouts(self.elements, self.occupancies[index], self.rot[index], self.trans[index],
+                   self.bonded[index])
 
   def join(self, other):
     return Layouts(self.elements, *(np.concatenate([a, b]) for a, b in (
       (self.occupancies, other.occupancies), (self.rot, other.rot),
-      (self.trans, other.trans))))
+      (self.trans, other.trans), (self.bonded, other.bonded))))
 
   def used(self, r):
     """(elements, occupancies, rot, trans) of the atoms placement r uses."""
@@ -242,7 +267,9 @@ def sample_layouts(counts, space_group, restarts, seed=0, max_atoms=None, fix_or
   for each placement (:data:`KIND_CONCENTRATION`), then one of that kind.
   An atom does not take a point another has taken, and the first atom on a
   special position takes one of each origin class only (shifting the
-  origin moves it onto the others) where ``fix_origin``."""
+  origin moves it onto the others) where ``fix_origin``.  In a
+  :func:`molecular` composition a share (:data:`BONDED_SHARE`) of the
+  placements is marked ``bonded``."""
   if asymmetric_unit_atoms(counts, space_group, max_atoms) is None:
     return None
   rng = np.random.default_rng(seed)
@@ -278,7 +305,16 @@ def sample_layouts(counts, space_group, restarts, seed=0, max_atoms=None, fix_or
       if pick.partial > 1e-3:
         occ[r, j] = pick.partial
       k += max(o.atoms() for o in opts)
-  return Layouts(elements, occ, rot, trans)
+  bonded = rng.random(restarts) < (BONDED_SHARE if molecular(counts) else 0.0)
+  return Layouts(elements, occ, rot, trans, bonded)
+
+
+def molecular(counts):
+  """Whether ``counts`` (element -> atoms) is that of a molecular crystal
+  whose placements the search keeps molecular in part: carbon, and no
+  element without a :data:`BOND_LIMITS` entry (no metal), hydrogen aside."""
+  elements = {e for e, c in counts.items() if c > 0 and e not in ("H", "D")}
+  return "C" in elements and elements <= set(BOND_LIMITS)
 
 
 class AtomSearch(object):
@@ -311,6 +347,11 @@ class AtomSearch(object):
     self._fj = as_t(fj)                                  # (N, n)
     self._occupancies = as_t(self.occupancies)[None]     # (1, N)
     self._f = as_t(f_obs.data().as_numpy_array())
+    every = list(space_group.all_ops())
+    self._all_r = as_t(np.array([op.r().as_double() for op in every]).reshape(-1, 3, 3))
+    self._all_t = as_t(np.array([op.t().as_double() for op in every]))
+    self._orth = as_t(np.array(f_obs.unit_cell().orthogonalization_matrix()).reshape(3, 3))
+    self._bond_limit = as_t([BOND_LIMITS.get(e, 9.0) for e in self.elements])
 
   def as_tensors(self, layouts):
     """(occupancies, rot, trans) tensors of :class:`Layouts` (None: the
@@ -318,7 +359,33 @@ class AtomSearch(object):
     if layouts is None:
       return None
     t = lambda a: self.torch.tensor(np.asarray(a), dtype=self.torch.float32, device=self.device)
-    return t(layouts.occupancies), t(layouts.rot), t(layouts.trans)
+    return (t(layouts.occupancies), t(layouts.rot), t(layouts.trans),
+            self.torch.tensor(np.asarray(layouts.bonded), dtype=self.torch.bool,
+                              device=self.device))
+
+  def bond_penalty(self, sites, occupancies):
+    """(R,) how far placements (``sites`` (R, N, 3), atoms of occupancy 0
+    not used) are from a molecular crystal: the mean over the atoms of the
+    squared excess of the distance to the nearest other atom (any symmetry
+    copy) over the element's :data:`BOND_LIMITS`, plus the squared
+    shortfall of every distance below :data:`CLASH_DISTANCE` per atom.  An
+    atom's own copy closer than 0.5 A (an atom on a special position) does
+    not count."""
+    torch = self.torch
+    copies = torch.einsum("sij,rnj->rsni", self._all_r, sites) + self._all_t[None, :, None]
+    d = sites[:, None, :, None, :] - copies[:, :, None, :, :]   # (R, S, i, j, 3)
+    d = d - torch.round(d)
+    dist = (torch.einsum("ij,rsabj->rsabi", self._orth, d).pow(2).sum(-1) + 1e-9).sqrt()
+    n = sites.shape[1]
+    used = occupancies > 0                                        # (R, N)
+    same = torch.eye(n, dtype=torch.bool, device=sites.device)[None, None] & (dist < 0.5)
+    absent = ~(used[:, None, :, None] & used[:, None, None, :])
+    dist = dist.masked_fill(same | absent, 99.0)
+    nearest = dist.min(3).values.min(1).values                    # (R, N)
+    count = used.sum(1).clamp(min=1)
+    bond = (torch.relu(nearest - self._bond_limit[None]).pow(2) * used).sum(1) / count
+    clash = torch.relu(CLASH_DISTANCE - dist).pow(2).sum((1, 2, 3)) / count
+    return bond + clash
 
   def placed(self, x, layout=None):
     """Sites (R, N, 3) of free coordinates ``x`` under a layout of
@@ -368,8 +435,14 @@ class AtomSearch(object):
     x = sites.clone().requires_grad_(True)
     bb = b.clone().requires_grad_(True)
     opt = torch.optim.Adam([x, bb], lr=lr)
+    bonded = None
+    if layout is not None and bool(layout[3].any()):
+      bonded = layout[3].nonzero()[:, 0]
     for _ in range(steps):
-      loss = self.r1(self.placed(x, layout), bb, fit=fit, score=fit, layout=layout).sum()
+      placed = self.placed(x, layout)
+      loss = self.r1(placed, bb, fit=fit, score=fit, layout=layout).sum()
+      if bonded is not None:
+        loss = loss + BOND_WEIGHT * self.bond_penalty(placed[bonded], layout[0][bonded]).sum()
       opt.zero_grad()
       loss.backward()
       opt.step()

@@ -449,6 +449,11 @@ def choose(candidates, amplitudes, f_obs=None, standardisation=None,
     return top
   if rule == "most_symmetric" or len(same) == 1:
     chosen = max(same, key=lambda i: candidates[i].terms["origin_cc"])
+    if rule == "held_out" and best.method == "atom_search" and \
+       candidates[chosen].terms.get("held_out_cc", -1.0) < best.terms.get("held_out_cc", -1.0):
+      # An atom model's phases are complete; a run that agrees with it but
+      # predicts held-out amplitudes worse does not stand for it.
+      return top
     candidates[chosen].fom = max(candidates[chosen].fom, best.fom)
     return chosen
   members = sorted((candidates[i] for i in same), key=lambda c: (c is not best, -c.fom))

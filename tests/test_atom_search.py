@@ -128,6 +128,107 @@ def test_the_search_keeps_atoms_on_their_special_positions():
   assert np.isfinite(atom_search.model_free_r1(f_obs, best))
 
 
+def _brute_force_nearest(unit_cell, group, sites, i):
+  """Distance from atom i to the nearest other atom or copy (not its own
+  copy within 0.5 A), over every operation and neighbouring cell."""
+  best = 99.0
+  for j, xj in enumerate(sites):
+    for op in group.all_ops():
+      copy = np.array(op * tuple(xj))
+      for shift in np.ndindex(5, 5, 5):
+        d = unit_cell.distance(tuple(sites[i]), tuple(copy + np.array(shift) - 2))
+        if i == j and d < 0.5:
+          continue
+        best = min(best, d)
+  return best
+
+
+def test_bond_penalty_measures_distances_under_symmetry():
+  """The penalty's nearest neighbours agree with a brute-force search over
+  symmetry copies and cells; bonded atoms, an atom on an inversion centre
+  and unused atoms cost nothing; a stray atom and a clash cost what the
+  definition says."""
+  import torch
+  cs = crystal.symmetry(unit_cell=(6.3, 7.1, 8.2, 90, 104, 90), space_group_symbol="P 1 21/c 1")
+  f_obs = abs(_f_obs(xray.structure(crystal_symmetry=cs, scatterers=flex.xray_scatterer(
+    [xray.scatterer("C1", (0.1, 0.2, 0.3))])), 2.0))
+  uc, group = cs.unit_cell(), cs.space_group()
+  orth = np.array(uc.orthogonalization_matrix()).reshape(3, 3)
+  frac = np.linalg.inv(orth)
+  # A chain C-C-C-O of 1.5 A bonds, a C on the inversion centre at 1/2,0,0
+  # bonded to nothing, and an unused atom.
+  chain = [np.array([1.0, 1.2, 1.4])]
+  for step in ([1.5, 0, 0], [0, 1.5, 0], [0, 0, 1.5]):
+    chain.append(chain[-1] + np.array(step))
+  centres = [np.array(v) / 2.0 for v in np.ndindex(2, 2, 2)]
+  for centre in centres:
+    sites = np.array([frac @ c for c in chain] + [centre, [0.3, 0.3, 0.3]])
+    nearest = [_brute_force_nearest(uc, group, sites[:5], i) for i in range(5)]
+    if nearest[4] > 2.0:
+      break
+  assert nearest[4] > 2.0
+  elements = ("C", "C", "C", "O", "C", "C")
+  occupancies = np.array([1, 1, 1, 1, 0.5, 0.0])
+  engine = atom_search.AtomSearch(f_obs, elements, occupancies)
+  t = lambda a: torch.tensor(np.asarray(a), dtype=torch.float32)
+  assert max(nearest[:4]) == pytest.approx(1.5, abs=1e-6)
+  expected = (nearest[4] - atom_search.BOND_LIMITS["C"]) ** 2 / 5
+  got = float(engine.bond_penalty(t(sites[None]), t(occupancies[None]))[0])
+  assert got == pytest.approx(expected, rel=1e-3)
+  # Random placements: the penalty's nearest-neighbour term against brute
+  # force (clashes are rare at these densities; those placements skipped).
+  rng = np.random.default_rng(4)
+  for _ in range(5):
+    x = rng.random((6, 3))
+    near = np.array([_brute_force_nearest(uc, group, x, i) for i in range(6)])
+    if near.min() < atom_search.CLASH_DISTANCE:
+      continue
+    limits = np.array([atom_search.BOND_LIMITS[e] for e in elements])
+    bond = np.sum(np.maximum(near - limits, 0) ** 2) / 6
+    got = float(engine.bond_penalty(t(x[None]), t(np.ones((1, 6))))[0])
+    assert got == pytest.approx(bond, rel=1e-3)
+  # Two atoms 0.8 A apart: each counts the other's shortfall.
+  pair = np.array([frac @ np.array([2.0, 2.0, 2.0]), frac @ np.array([2.8, 2.0, 2.0])])
+  pair = np.concatenate([pair, np.zeros((4, 3))])
+  got = float(engine.bond_penalty(t(pair[None]), t([[1, 1, 0, 0, 0, 0]]))[0])
+  assert got == pytest.approx(2 * (atom_search.CLASH_DISTANCE - 0.8) ** 2 / 2, rel=1e-3)
+
+
+def test_bonded_placements_descend_to_a_molecule():
+  """A molecular composition marks a share of the placements bonded; their
+  descent pulls a stray atom back to a bond, free placements are left to
+  R1 alone."""
+  assert atom_search.molecular({"C": 32, "H": 36, "O": 16})
+  assert not atom_search.molecular({"C": 8, "Fe": 4, "O": 16})
+  assert not atom_search.molecular({"Na": 4, "S": 4, "O": 16})
+  p21c = sgtbx.space_group_info("P 1 21/c 1").group()
+  layouts = atom_search.sample_layouts({"C": 24, "O": 8}, p21c, 400, seed=1)
+  assert abs(layouts.bonded.mean() - atom_search.BONDED_SHARE) < 0.08
+  assert not atom_search.sample_layouts({"Na": 4, "Cl": 4}, p21c, 50).bonded.any()
+  kept = layouts.take(np.arange(10)).join(layouts.take(np.arange(10, 20)))
+  assert list(kept.bonded) == list(layouts.bonded[:20])
+  import torch
+  xs = _structure()
+  f_obs = abs(_f_obs(xs, 2.0))
+  engine = atom_search.AtomSearch(f_obs, ("C", "C", "C"), np.ones(3))
+  orth = np.array(f_obs.unit_cell().orthogonalization_matrix()).reshape(3, 3)
+  frac = np.linalg.inv(orth)
+  t = lambda a: torch.tensor(np.asarray(a), dtype=torch.float32)
+  # A bonded pair and a third atom where it is farthest from any copy.
+  pair = [frac @ np.array(c) for c in ([1, 1, 1], [2.5, 1, 1])]
+  trials = np.array([pair + [x] for x in np.random.default_rng(0).random((200, 3))])
+  sites = trials[int(np.argmax(engine.bond_penalty(t(trials), t(np.ones((200, 3))))))]
+  two = atom_search.Layouts(("C", "C", "C"), np.ones((2, 3)), np.tile(np.eye(3), (2, 3, 1, 1)),
+                            np.zeros((2, 3, 3)), np.array([True, False]))
+  before = engine.bond_penalty(t(np.stack([sites, sites])), t(two.occupancies))
+  x, _ = engine._descend(t(np.stack([sites, sites])), t([1.5, 1.5]), 300, 0.002,
+                         layout=engine.as_tensors(two))
+  after = engine.bond_penalty(x, t(two.occupancies))
+  assert float(before[0]) > 0.1
+  assert float(after[0]) < 0.1 * float(before[0])
+  assert float(after[0]) < 0.5 * float(after[1]), (before, after)
+
+
 def test_heavy_atoms_lead_the_layout():
   assert atom_search.heavy_atoms(("K", "Si", "Al", "O", "O", "O")) == 3
   assert atom_search.heavy_atoms(("Na", "C", "O", "O")) == 1

@@ -92,6 +92,24 @@ def test_the_best_is_kept_without_an_agreeing_dual_space_candidate():
     search.choose(cands, amplitudes, rule="first")
 
 
+def test_an_atom_model_is_not_replaced_by_an_agreeing_run_that_predicts_worse():
+  """A non-decisive atom model with the best held-out correlation keeps its
+  own phases when the one dual-space run that agrees with it (a few signs
+  off) predicts held-out amplitudes worse."""
+  std, fc, f_obs, amplitudes = _case()
+  true = fc.phases(deg=True)
+  model = _candidate(std, f_obs, true, "atom model 1", "atom_search", 0.05)
+  model.terms.update(held_out_cc=0.91, skewness=1.2)
+  run = _candidate(std, f_obs, _shifted(true, 40), "omit-refined atom model 1", "dual_space",
+                   0.05, origin_cc=0.98)
+  run.terms.update(held_out_cc=0.87, skewness=1.4)
+  assert search.agreement(model, run, amplitudes) > search.AGREEMENT_R
+  assert search.choose([model, run], amplitudes, f_obs, std) == 0
+  # A run that predicts better is the top itself, and chosen.
+  run.terms["held_out_cc"] = 0.95
+  assert search.choose([model, run], amplitudes, f_obs, std) == 1
+
+
 def _moved(phases, shift):
   """Phases of the structure moved by ``shift`` (fractional): phi + 360 h.t."""
   h = np.array(phases.indices(), dtype=float).reshape(-1, 3)
