@@ -9,8 +9,8 @@ run in any case:
 
 1. dual-space runs (:mod:`phai_cctbx.dual_space`) from random phases;
 1a. given the composition (``composition``, atoms per cell) of an asymmetric
-   unit of at most :data:`phai_cctbx.atom_search.MAX_ATOMS` atoms heavier
-   than hydrogen: the atom search (:mod:`phai_cctbx.atom_search`), point
+   unit of at most :func:`phai_cctbx.atom_search.atom_limit` atoms heavier
+   than hydrogen (12, or 16 in a molecular crystal): the atom search (:mod:`phai_cctbx.atom_search`), point
    atoms placed to fit |F_obs|; a model that stands out
    (:func:`phai_cctbx.atom_search.decisive`) is the solution, called solved
    (:data:`DECISIVE_ATOM_FOM`) when its cross-validated R1 confirms it,
@@ -644,12 +644,12 @@ def atom_search_atoms(settings, f_obs, composition):
   """The atoms the atom search would place ((elements, occupancies), see
   :func:`phai_cctbx.atom_search.asymmetric_unit_atoms`), or None when it does
   not run: method network, switched off, no composition per cell, or more
-  than :data:`phai_cctbx.atom_search.MAX_ATOMS` atoms."""
+  than :func:`phai_cctbx.atom_search.atom_limit` atoms."""
   if settings.method not in ("auto", "dual_space") or not settings.atom_search \
      or not composition or settings.atom_restarts <= 0:
     return None
   return atom_search_engine.asymmetric_unit_atoms(
-    composition, f_obs.space_group(), atom_search_engine.MAX_ATOMS)
+    composition, f_obs.space_group(), atom_search_engine.atom_limit(composition))
 
 
 def _atom_candidates(f_obs, composition, standardisation, weights, s):

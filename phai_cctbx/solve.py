@@ -290,8 +290,8 @@ def solve(miller_array, model=None, weights=None, trials=8, cycles=16,
       place that many point atoms to fit the amplitudes while nothing is
       solved after the first random starts (:mod:`phai_cctbx.atom_search`,
       from ``atom_restarts`` random placements; at most
-      :data:`phai_cctbx.atom_search.MAX_ATOMS` atoms heavier than hydrogen
-      in the asymmetric unit).
+      :func:`phai_cctbx.atom_search.atom_limit` atoms heavier than
+      hydrogen in the asymmetric unit).
 
   Returns a :class:`SolveResult`.  Raises Sorry on unusable input.
   """

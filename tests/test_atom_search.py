@@ -201,6 +201,14 @@ def test_bonded_placements_descend_to_a_molecule():
   assert atom_search.molecular({"C": 32, "H": 36, "O": 16})
   assert not atom_search.molecular({"C": 8, "Fe": 4, "O": 16})
   assert not atom_search.molecular({"Na": 4, "S": 4, "O": 16})
+  # Aspirin (13 atoms) is searched; 13 free atoms of an inorganic cell are not.
+  p21c = sgtbx.space_group_info("P 1 21/c 1").group()
+  aspirin = {"C": 36, "H": 32, "O": 16}
+  assert atom_search.atom_limit(aspirin) == atom_search.MAX_MOLECULAR_ATOMS
+  assert atom_search.asymmetric_unit_atoms(aspirin, p21c, atom_search.atom_limit(aspirin))
+  oxide = {"Cu": 16, "S": 4, "O": 32}
+  assert atom_search.atom_limit(oxide) == atom_search.MAX_ATOMS == 12
+  assert atom_search.asymmetric_unit_atoms(oxide, p21c, atom_search.atom_limit(oxide)) is None
   p21c = sgtbx.space_group_info("P 1 21/c 1").group()
   layouts = atom_search.sample_layouts({"C": 24, "O": 8}, p21c, 400, seed=1)
   assert abs(layouts.bonded.mean() - atom_search.BONDED_SHARE) < 0.08
