@@ -386,6 +386,14 @@ class AtomSearch(object):
     torch = self.torch
     copies = torch.einsum("sij,rnj->rsni", self._all_r, sites) + self._all_t[None, :, None]
     d = sites[:, None, :, None, :] - copies[:, :, None, :, :]   # (R, S, i, j, 3)
+    # Rounding each fractional coordinate finds the nearest lattice image of
+    # any vector shorter than half the smallest spacing of the (100), (010)
+    # and (001) planes (its fractional components are then below 1/2): all
+    # distances that the penalty counts (below 2.4 A) in cells whose
+    # spacings exceed 4.8 A.  Longer distances may come out too long, which
+    # can only overstate a bond already missing; training's `nearest_image_d2` is
+    # exact but holds for b-unique monoclinic cells only, and the search
+    # runs in the data's own setting.
     d = d - torch.round(d)
     dist = (torch.einsum("ij,rsabj->rsabi", self._orth, d).pow(2).sum(-1) + 1e-9).sqrt()
     n = sites.shape[1]
@@ -517,10 +525,10 @@ class AtomSearch(object):
       sites = torch.where(torch.isnan(start), sites, start)
     b = torch.full((restarts,), 1.5)
     for round_ in range(rounds):
-      x, bb = self._descend(sites.to(self.device), b.to(self.device), steps, lr,
-                            layout=self.as_tensors(layouts))
+      layout = self.as_tensors(layouts)
+      x, bb = self._descend(sites.to(self.device), b.to(self.device), steps, lr, layout=layout)
       with torch.no_grad():
-        r1 = self.r1(x, bb, layout=self.as_tensors(layouts)).cpu()
+        r1 = self.r1(x, bb, layout=layout).cpu()
         sites, b = x.cpu() % 1.0, bb.cpu()
       if round_ == rounds - 1:
         break

@@ -10,8 +10,8 @@ run in any case:
 1. dual-space runs (:mod:`phai_cctbx.dual_space`) from random phases;
 1a. given the composition (``composition``, atoms per cell) of an asymmetric
    unit of at most :func:`phai_cctbx.atom_search.atom_limit` atoms heavier
-   than hydrogen (12, or 16 in a molecular crystal): the atom search (:mod:`phai_cctbx.atom_search`), point
-   atoms placed to fit |F_obs|; a model that stands out
+   than hydrogen (12, or 16 in a molecular crystal): the atom search
+   (:mod:`phai_cctbx.atom_search`), point atoms placed to fit |F_obs|; a model that stands out
    (:func:`phai_cctbx.atom_search.decisive`) is the solution, called solved
    (:data:`DECISIVE_ATOM_FOM`) when its cross-validated R1 confirms it,
    else probably solved;
