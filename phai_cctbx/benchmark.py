@@ -129,6 +129,7 @@ class Settings:
   random_seed: int = 0
   solved_r: float = SOLVED_R
   composition: bool = True         # the structure's composition to the search
+  guess_composition: bool = True   # without it: phai.solve's guess
 
 
 # --- structures ------------------------------------------------------------------
@@ -313,6 +314,7 @@ def _phase_with(f_obs, model, settings, seed, method="network", composition=None
                               min_reflections=settings.min_reflections,
                               method=method, dual_space_starts=settings.dual_space_starts,
                               composition=composition if settings.composition else None,
+                              guess_composition=settings.guess_composition,
                               log=io.StringIO())
   return result, time.time() - t0
 

@@ -23,6 +23,7 @@ from cctbx.array_family import flex
 from libtbx.utils import Sorry
 
 from phai_cctbx import amplitudes as amplitudes_module
+from phai_cctbx import atom_search as atom_search_module
 from phai_cctbx import reflection_set
 from phai_cctbx import search as search_module
 from phai_cctbx import symmetry as symmetry_module
@@ -243,7 +244,8 @@ def solve(miller_array, model=None, weights=None, trials=8, cycles=16,
           recycle=4, time_limit=120.0, stop_early=True, dual_space_more_starts=48,
           refine_network=False, network_seeds=(), sign_combinations=8,
           network_check=True, network_frames=1, omit_refinement=4,
-          composition=None, atom_search=True, atom_restarts=2048):
+          composition=None, atom_search=True, atom_restarts=2048,
+          guess_composition=True, elements=None):
   """Phase amplitudes or intensities (a cctbx miller array with crystal symmetry).
 
   Args:
@@ -292,6 +294,10 @@ def solve(miller_array, model=None, weights=None, trials=8, cycles=16,
       from ``atom_restarts`` random placements; at most
       :func:`phai_cctbx.atom_search.atom_limit` atoms heavier than
       hydrogen in the asymmetric unit).
+    guess_composition: without ``composition``, the atom search places the
+      atoms of an organic crystal of this cell's volume
+      (:func:`phai_cctbx.composition_guess.guess_counts`; ``elements``, the
+      element symbols known to be present, name its heavier atoms).
 
   Returns a :class:`SolveResult`.  Raises Sorry on unusable input.
   """
@@ -392,6 +398,16 @@ def solve(miller_array, model=None, weights=None, trials=8, cycles=16,
   frames = (" in each of up to %d frames" % network_frames) if network_frames > 1 else ""
   if search_module.runs_omit_refinement(settings, f_obs):
     more += "; then, while unsolved, omit-map refinement of the %d best" % omit_refinement
+  if composition is None and atom_search and guess_composition and \
+     method in ("auto", "dual_space"):
+    from phai_cctbx import composition_guess
+    composition, how = composition_guess.guess_counts(
+      f_obs.unit_cell(), f_obs.space_group(), elements)
+    _print(log, "Atom search: %s" % how)
+    if composition is not None and \
+       search_module.atom_search_atoms(settings, f_obs, composition) is None:
+      _print(log, "Atom search: not run (more than %d atoms; give elements= with "
+             "counts per unit cell)" % atom_search_module.atom_limit(composition))
   atoms = search_module.atom_search_atoms(settings, f_obs, composition)
   if atoms is not None:
     signs = ("; then, while unsolved, an atom search (%d atoms: %s; %d random placements)"

@@ -147,7 +147,8 @@ A CIF that cannot be used is reported and skipped.
       cf_normalise=bool(p.charge_flipping.normalise),
       remove_fraction=float(p.data.remove_fraction or 0.0),
       supergroups=p.data.supergroups, random_seed=p.random_seed,
-      solved_r=p.solved_r, composition=bool(p.data.composition))
+      solved_r=p.solved_r, composition=bool(p.data.composition),
+      guess_composition=bool(p.data.guess_composition))
 
   def load_network(self):
     """(model or None, note): the network, or why its columns stay empty.

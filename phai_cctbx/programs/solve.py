@@ -273,9 +273,13 @@ All parameters with what they mean:
       return None
     counts, how = atom_search.cell_counts(
       composition, data.facts.z, data.miller_array.space_group())
-    if counts is None:
+    if counts is None and not p.atom_search.guess_composition:
       print("Atom search: not run (%s; give elements= with counts per unit cell, "
             "e.g. elements=\"C24 H20 N4 O8\", or a .ins with SFAC/UNIT)" % how, file=log)
+    elif counts is None:
+      print("Atom search: %s; guessed from the cell (give elements= with counts "
+            "per unit cell, e.g. elements=\"C24 H20 N4 O8\", or a .ins with "
+            "SFAC/UNIT)" % how, file=log)
     else:
       print("Atom search: atoms per unit cell from %s" % how, file=log)
     return counts
@@ -332,7 +336,9 @@ All parameters with what they mean:
       sign_combinations=p.phasing.dual_space.sign_combinations,
       omit_refinement=p.phasing.dual_space.omit_refinement,
       composition=counts, atom_search=p.phasing.atom_search.enabled,
-      atom_restarts=p.phasing.atom_search.restarts)
+      atom_restarts=p.phasing.atom_search.restarts,
+      guess_composition=p.phasing.atom_search.guess_composition,
+      elements=None if composition is None else composition.symbols)
     t2 = time.time()
     steps.append(("phasing", t2 - t_solve))
     phasing_steps = [(k, float(v)) for k, v in sorted(

@@ -1,0 +1,107 @@
+"""The atom search's composition when none is given
+(phai_cctbx.composition_guess)."""
+import glob
+import io
+import os
+
+import pytest
+
+from cctbx import crystal, sgtbx, uctbx, xray
+
+from phai_cctbx import atom_search, benchmark, composition_guess, solve
+
+STRUCTURES = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data",
+                          "structures")
+
+
+def _p21c():
+  return sgtbx.space_group_info("P 1 21/c 1").group()
+
+
+def test_organic_atoms_is_the_cell_volume_per_18_cubic_angstroms_rounded_up():
+  group = _p21c()
+  # 1000 A^3 / 17 / 4 = 14.7 atoms in the asymmetric unit
+  assert composition_guess.organic_atoms(uctbx.unit_cell((10, 10, 10, 90, 90, 90)), group) == 15
+  # exactly 3 atoms: 204 A^3 -> 204 / 17 / 4 = 3, not rounded up to 4
+  assert composition_guess.organic_atoms(uctbx.unit_cell((6, 6, 5.666667, 90, 90, 90)), group) == 3
+  # a centred cell counts its whole group (C2/c: order 8): 576 / 17 / 8 = 4.2
+  c2c = sgtbx.space_group_info("C 1 2/c 1").group()
+  assert composition_guess.organic_atoms(uctbx.unit_cell((12, 6, 8, 90, 90, 90)), c2c) == 5
+
+
+def test_guess_counts_names_heavier_elements_and_refuses_metals():
+  cell, group = uctbx.unit_cell((10, 10, 10, 90, 90, 90)), _p21c()
+  counts, how = composition_guess.guess_counts(cell, group)
+  assert counts == {"C": 60} and "C15" in how
+  counts, how = composition_guess.guess_counts(cell, group, ("C", "H", "N", "O", "S", "Br"))
+  assert counts == {"C": 52, "S": 4, "Br": 4}
+  assert "C13 Br S" in how
+  # what the search then places: 15 atoms, the heavy ones first, all molecular
+  elements, _ = atom_search.asymmetric_unit_atoms(counts, group)
+  assert elements[:2] == ("Br", "S") and len(elements) == 15
+  assert atom_search.molecular(counts)
+  counts, why = composition_guess.guess_counts(cell, group, ("Na", "Cl", "O"))
+  assert counts is None and "Na Cl O" in why
+
+
+def _molecular_structures():
+  out = []
+  for path in sorted(glob.glob(os.path.join(STRUCTURES, "*", "*.cif"))):
+    xs = benchmark.read_structure(path)
+    counts = benchmark.cell_composition(xs, xs)
+    if atom_search.molecular(counts):
+      out.append((os.path.basename(path), xs, counts))
+  return out
+
+
+@pytest.mark.skipif(not os.path.isdir(STRUCTURES), reason="shared structures not present")
+def test_guessed_atom_count_of_real_organic_crystals_is_close_to_the_true_one():
+  """Every molecular crystal of the development structures: the guess is
+  within two atoms of the true count of the asymmetric unit (hydrogen
+  aside), and most are the true count or one more."""
+  rows = _molecular_structures()
+  assert len(rows) >= 20
+  off = []
+  for name, xs, counts in rows:
+    group = xs.space_group()
+    true = sum(c for e, c in counts.items() if e not in ("H", "D")) / group.order_z()
+    guess = composition_guess.organic_atoms(xs.unit_cell(), group)
+    off.append(guess - true)
+    assert abs(guess - true) <= 0.2 * true + 2, (name, guess, true)
+  near = sum(1 for d in off if -0.5 <= d <= 1.5)
+  assert near >= 0.6 * len(off), off
+
+
+def test_solve_without_composition_searches_a_guessed_organic_cell():
+  """Formamide-like cell (C, N, O as given), 2.0 A, no composition: the
+  search (alone: no dual-space starts) places guessed carbon atoms and
+  phases the data."""
+  xs = xray.structure(crystal_symmetry=crystal.symmetry(
+    unit_cell=(3.69, 9.18, 6.87, 90, 82, 90), space_group_symbol="P 1 21/n 1"))
+  for label, site in (("C1", (0.1986, 0.0983, 0.0962)), ("N1", (0.0747, 0.1962, 0.2041)),
+                      ("O1", (0.4125, 0.1206, -0.0229))):
+    xs.add_scatterer(xray.scatterer(label=label, site=site, u=0.03))
+  xs.scattering_type_registry(table="wk1995")
+  f_calc = xs.structure_factors(d_min=2.0, algorithm="direct").f_calc()
+  log = io.StringIO()
+  result = solve.solve(f_calc.amplitudes(), method="dual_space", log=log,
+                       atom_restarts=256, dual_space_starts=0, sign_combinations=0,
+                       dual_space_more_starts=0, omit_refinement=0)
+  text = log.getvalue()
+  assert "an organic crystal assumed, C" in text
+  assert result.chosen.method == "atom_search"
+  r = benchmark.Truth(result.standardisation, f_calc).r(
+    *_signs_and_measured(result, f_calc))
+  assert r > 0.95
+  # without the guess no atom search runs
+  log = io.StringIO()
+  solve.solve(f_calc.amplitudes(), method="dual_space", log=log, guess_composition=False,
+              dual_space_more_starts=0, omit_refinement=0)
+  assert "atom search" not in log.getvalue()
+
+
+def _signs_and_measured(result, f_calc):
+  from phai_cctbx import search
+  std = result.standardisation
+  return (search.list_signs(std, result.f_obs, result.phases),
+          benchmark.measured_on_list(std, f_calc))
