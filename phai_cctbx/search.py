@@ -201,6 +201,9 @@ def assess(candidates, problem, amplitudes, agreement_r=AGREEMENT_R,
     if c.terms.get("decisive"):
       c.fom = max(c.fom, DECISIVE_ATOM_FOM if atom_search_engine.confirmed(
         c.terms["model_r1"], c.terms["model_free_r1"]) else PROBABLE_ATOM_FOM)
+    elif c.terms.get("stands_out") and atom_search_engine.confirmed(
+        c.terms["model_r1"], c.terms["model_free_r1"]):
+      c.fom = max(c.fom, PROBABLE_ATOM_FOM)
 
 
 #: Weights of the figure of merit (a logistic model of "r > 0.95"): bias,
@@ -253,6 +256,8 @@ class SearchSettings:
                                   # candidates refined by omit maps (0: none)
   atom_search: bool = True        # given the composition, while nothing is solved:
                                   # point atoms placed to fit |F_obs| (atom_search)
+  composition_guessed: bool = False  # the atom search's composition a guess: a model
+                                  # that stands out below GUESSED_R1 is probably solved
   atom_restarts: int = 2048       # ... from this many random placements
   time_limit: float = 120.0       # seconds; no new stage starts after it
   snapshots: tuple = ()           # random dual-space starts: the map after this
@@ -667,9 +672,13 @@ def _atom_candidates(f_obs, composition, standardisation, weights, s):
                   key=lambda c: -c.terms["model_r1"])
   for i, c in enumerate(kept):
     c.label = "atom model %d (R1 %.3f)" % (i + 1, c.terms["model_r1"])
-  if atom_search_engine.decisive([c.terms["model_r1"] for c in kept]):
+  r1 = [c.terms["model_r1"] for c in kept]
+  mark = "decisive" if atom_search_engine.decisive(r1) else \
+    "stands_out" if s.composition_guessed and atom_search_engine.decisive(
+      r1, limit=atom_search_engine.GUESSED_R1) else None
+  if mark:
     best = kept[0]
-    best.terms["decisive"] = 1.0
+    best.terms[mark] = 1.0
     best.terms["model_free_r1"] = atom_search_engine.model_free_r1(
       f_obs, models[candidates.index(best)])
   return kept

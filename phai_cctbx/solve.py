@@ -404,6 +404,7 @@ def solve(miller_array, model=None, weights=None, trials=8, cycles=16,
     composition, how = composition_guess.guess_counts(
       f_obs.unit_cell(), f_obs.space_group(), elements)
     _print(log, "Atom search: %s" % how)
+    settings.composition_guessed = composition is not None
     if composition is not None and \
        search_module.atom_search_atoms(settings, f_obs, composition) is None:
       _print(log, "Atom search: not run (more than %d atoms; give elements= with "
