@@ -93,7 +93,8 @@ DECISIVE_R1 = 0.10
 #: atoms for C, N and O) the right model fits worse: R1 0.119 for the COD
 #: 2016452 measured data (r 0.996), where all the best placements agreed.
 #: Such a model, standing out below this R1 and confirmed, is called probably
-#: solved, never solved.
+#: solved, never solved.  (With a guessed composition every model that
+#: stands out needs the confirmation, in :mod:`phai_cctbx.search`.)
 GUESSED_R1 = 0.15
 
 

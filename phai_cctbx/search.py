@@ -201,8 +201,7 @@ def assess(candidates, problem, amplitudes, agreement_r=AGREEMENT_R,
     if c.terms.get("decisive"):
       c.fom = max(c.fom, DECISIVE_ATOM_FOM if atom_search_engine.confirmed(
         c.terms["model_r1"], c.terms["model_free_r1"]) else PROBABLE_ATOM_FOM)
-    elif c.terms.get("stands_out") and atom_search_engine.confirmed(
-        c.terms["model_r1"], c.terms["model_free_r1"]):
+    elif c.terms.get("stands_out"):  # confirmed, of a guessed composition
       c.fom = max(c.fom, PROBABLE_ATOM_FOM)
 
 
@@ -673,14 +672,20 @@ def _atom_candidates(f_obs, composition, standardisation, weights, s):
   for i, c in enumerate(kept):
     c.label = "atom model %d (R1 %.3f)" % (i + 1, c.terms["model_r1"])
   r1 = [c.terms["model_r1"] for c in kept]
-  mark = "decisive" if atom_search_engine.decisive(r1) else \
-    "stands_out" if s.composition_guessed and atom_search_engine.decisive(
-      r1, limit=atom_search_engine.GUESSED_R1) else None
-  if mark:
+  decisive = atom_search_engine.decisive(r1)
+  if decisive or (s.composition_guessed and atom_search_engine.decisive(
+      r1, limit=atom_search_engine.GUESSED_R1)):
     best = kept[0]
-    best.terms[mark] = 1.0
-    best.terms["model_free_r1"] = atom_search_engine.model_free_r1(
+    free = best.terms["model_free_r1"] = atom_search_engine.model_free_r1(
       f_obs, models[candidates.index(best)])
+    if not s.composition_guessed:
+      best.terms["decisive"] = 1.0
+    elif atom_search_engine.confirmed(r1[0], free):
+      # A guessed composition is only a guess: its model stands for the
+      # solution only when the cross-validated R1 confirms it (Bridgmanite at
+      # 2.0 A, two carbon atoms for MgSiO3: a wrong model of R1 0.057 stood
+      # out, unconfirmed, and was chosen as probably solved).
+      best.terms["decisive" if decisive else "stands_out"] = 1.0
   return kept
 
 

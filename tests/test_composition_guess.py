@@ -105,3 +105,41 @@ def _signs_and_measured(result, f_calc):
   std = result.standardisation
   return (search.list_signs(std, result.f_obs, result.phases),
           benchmark.measured_on_list(std, f_calc))
+
+
+@pytest.mark.parametrize("guessed, r1, free_r1, mark", [
+  (False, 0.05, 0.25, "decisive"),    # a given composition: as it was
+  (False, 0.12, 0.15, None),          # above DECISIVE_R1
+  (True, 0.05, 0.08, "decisive"),     # guessed and confirmed: solved
+  (True, 0.05, 0.25, None),           # guessed, not confirmed (Bridgmanite)
+  (True, 0.12, 0.15, "stands_out"),   # guessed, R1 0.10-0.15, confirmed
+  (True, 0.16, 0.17, None),           # above GUESSED_R1
+])
+def test_a_guessed_composition_needs_the_cross_validated_check(monkeypatch, guessed, r1,
+                                                               free_r1, mark):
+  import numpy as np
+  from phai_cctbx import search, symmetry
+  xs = xray.structure(crystal_symmetry=crystal.symmetry(
+    unit_cell=(5.2, 6.1, 7.3, 90, 101, 90), space_group_symbol="P 1 21/c 1"))
+  for label, site in (("C1", (0.1, 0.2, 0.3)), ("O1", (0.31, 0.12, 0.05))):
+    xs.add_scatterer(xray.scatterer(label=label, site=site, u=0.02))
+  f_calc = xs.structure_factors(d_min=2.0, algorithm="direct").f_calc()
+  f_obs = f_calc.amplitudes()
+  std = symmetry.prepare(f_obs.crystal_symmetry())
+  values, present = std.map_to_reflection_set(f_obs)
+  weights = np.where(present, np.maximum(values.real, 0.0), 0.0)
+  phases = f_calc.phases(deg=True)
+  models = [atom_search.AtomModel(elements=("C",), occupancies=np.ones(1),
+                                  sites=np.zeros((1, 3)), b=2.0, r1=r1 + 0.001 * k,
+                                  rot=None, trans=None, phases=phases)
+            for k in range(3)]   # the best placements all agree: one solution
+  monkeypatch.setattr(search.atom_search_engine, "run", lambda *a, **k: models)
+  monkeypatch.setattr(search.atom_search_engine, "model_free_r1", lambda f, m: free_r1)
+  s = search.SearchSettings(composition_guessed=guessed)
+  kept = search._atom_candidates(f_obs, {"C": 8}, std, weights, s)
+  assert len(kept) == 1
+  marks = [m for m in ("decisive", "stands_out") if kept[0].terms.get(m)]
+  assert marks == ([mark] if mark else [])
+  search.assess(kept, search.dual_space_engine.P1Problem(f_obs), weights)
+  if mark == "stands_out":
+    assert search.PROBABLE_ATOM_FOM <= kept[0].fom < search.DECISIVE_ATOM_FOM
