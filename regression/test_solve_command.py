@@ -477,7 +477,9 @@ def test_existing_output_not_overwritten(phai_solve, weights, tmp_path):
   assert open(str(tmp_path / "out.json")).read() == "{}"
   assert sorted(os.listdir(str(tmp_path))) == ["good.hkl", "out.json"]
   proc = run_solve(phai_solve, ["good.hkl", CELL, SG, "output.prefix=out",
-                                "output.overwrite=True"] + w + PHASING, tmp_path)
+                                "output.overwrite=True",
+                                "phasing.atom_search.guess_composition=False"] + w + PHASING,
+                   tmp_path)
   assert proc.returncode == 0, proc.stderr[-1000:]
   assert json.load(open(str(tmp_path / "out.json")))["verdict"]
   # A model file of an earlier run stops the run too, before any work.

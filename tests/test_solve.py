@@ -141,7 +141,8 @@ def test_few_reflections_phased_with_a_warning(monkeypatch):
   xs, fc, obs = _data("P 1 21/c 1", (6.1, 7.2, 8.3, 90, 104, 90), d_min=2.0)
   monkeypatch.setattr(phasing, "phase_reflection_set", KnowsTheAnswer(_true_signs(xs)))
   log = io.StringIO()
-  res = solve_module.solve(obs, model=object(), trials=2, cycles=2, log=log,
+  res = solve_module.solve(obs, guess_composition=False,
+                           model=object(), trials=2, cycles=2, log=log,
                            dual_space_starts=4)
   assert 10 <= obs.size() < 50
   assert res.warnings and "only" in res.warnings[0]
@@ -189,7 +190,8 @@ def test_network_trials_are_refined_without_flipping(monkeypatch):
   phases the reflections beyond the trial's own."""
   xs, fc, obs = _data("P 1 21/c 1", (6.1, 7.2, 8.3, 90, 104, 90), d_min=2.0)
   monkeypatch.setattr(phasing, "phase_reflection_set", KnowsTheAnswer(_true_signs(xs)))
-  res = solve_module.solve(obs, model=object(), trials=2, cycles=2, dual_space_starts=2,
+  res = solve_module.solve(obs, guess_composition=False,
+                           model=object(), trials=2, cycles=2, dual_space_starts=2,
                            stop_early=False, recycle=0, refine_network=True,
                            sign_combinations=0)
   refined = [c for c in res.search.candidates if c.label == "refined network trial 2"]
@@ -197,7 +199,8 @@ def test_network_trials_are_refined_without_flipping(monkeypatch):
   errors, amps = _phase_errors(fc, refined[0].phases)
   assert np.average(errors, weights=amps) < 20.0
   assert refined[0].phases.size() == res.f_obs.size()
-  plain = solve_module.solve(obs, model=object(), trials=2, cycles=2, dual_space_starts=2,
+  plain = solve_module.solve(obs, guess_composition=False,
+                           model=object(), trials=2, cycles=2, dual_space_starts=2,
                              stop_early=False, recycle=0, sign_combinations=0)
   assert not any(c.label.startswith("refined network") for c in plain.search.candidates)
 
