@@ -256,7 +256,8 @@ class SearchSettings:
   atom_search: bool = True        # given the composition, while nothing is solved:
                                   # point atoms placed to fit |F_obs| (atom_search)
   composition_guessed: bool = False  # the atom search's composition a guess: a model
-                                  # that stands out below GUESSED_R1 is probably solved
+                                  # that stands out counts only when confirmed
+                                  # (up to GUESSED_R1: probably solved)
   atom_restarts: int = 2048       # ... from this many random placements
   time_limit: float = 120.0       # seconds; no new stage starts after it
   snapshots: tuple = ()           # random dual-space starts: the map after this

@@ -277,9 +277,9 @@ All parameters with what they mean:
       print("Atom search: not run (%s; give elements= with counts per unit cell, "
             "e.g. elements=\"C24 H20 N4 O8\", or a .ins with SFAC/UNIT)" % how, file=log)
     elif counts is None:
-      print("Atom search: %s; guessed from the cell (give elements= with counts "
-            "per unit cell, e.g. elements=\"C24 H20 N4 O8\", or a .ins with "
-            "SFAC/UNIT)" % how, file=log)
+      print("Atom search: %s; counts guessed from the cell where they can be (give "
+            "elements= with counts per unit cell, e.g. elements=\"C24 H20 N4 O8\", "
+            "or a .ins with SFAC/UNIT)" % how, file=log)
     else:
       print("Atom search: atoms per unit cell from %s" % how, file=log)
     return counts
