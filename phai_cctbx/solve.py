@@ -405,11 +405,10 @@ def solve(miller_array, model=None, weights=None, trials=8, cycles=16,
       f_obs.unit_cell(), f_obs.space_group(), elements)
     _print(log, "Atom search: %s" % how)
     settings.composition_guessed = composition is not None
-    if composition is not None and \
-       search_module.atom_search_atoms(settings, f_obs, composition) is None:
-      _print(log, "Atom search: not run (more than %d atoms; give elements= with "
-             "counts per unit cell)" % atom_search_module.atom_limit(composition))
   atoms = search_module.atom_search_atoms(settings, f_obs, composition)
+  if settings.composition_guessed and atoms is None:
+    _print(log, "Atom search: not run (more than %d atoms; give elements= with "
+           "counts per unit cell)" % atom_search_module.atom_limit(composition))
   if atoms is not None:
     signs = ("; then, while unsolved, an atom search (%d atoms: %s; %d random placements)"
              % (len(atoms[0]), " ".join(atoms[0]), atom_restarts)) + signs
