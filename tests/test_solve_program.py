@@ -121,6 +121,18 @@ def test_probably_solved_writes_the_model(verdict, tmp_path):
   assert [s for s in MODEL_SUFFIXES if os.path.exists(prefix + s)] == list(MODEL_SUFFIXES)
 
 
+def test_wall_times_rounded_steps_add_up_to_the_rounded_total():
+  from phai_cctbx.programs.solve import wall_times
+  # rounded one by one, six steps can miss the rounded total by up to 0.03 s
+  for each, finished, other in ((0.5349, 3.2094, 0.03), (0.536, 3.216, 0.0),
+                                (0.536, 3.3, 0.06)):
+    rows, total = wall_times(0.0, [("s%d" % i, each) for i in range(6)], finished)
+    assert abs(sum(s for n, s in rows) - total) < 1e-9
+    assert all(abs(s - round(s, 2)) < 1e-9 for n, s in rows)
+    assert rows[-1][0] == "other" and abs(rows[-1][1] - other) < 1e-9
+    assert total >= round(finished, 2)
+
+
 def test_wall_times_add_up(verdict, tmp_path):
   prefix, log, summary = _run([HKL, INS], tmp_path)
   line = [l for l in log.splitlines() if l.startswith("Timings (wall clock):")][-1]
@@ -128,9 +140,8 @@ def test_wall_times_add_up(verdict, tmp_path):
                re.findall(r"([a-z -]+) (\d+\.\d+) s", line.split(";")[0].split(":", 1)[1]))
   total = float(re.search(r"total (\d+\.\d+) s", line).group(1))
   assert {"reading", "network", "phasing", "model building", "writing"} <= set(steps)
-  assert total >= sum(steps.values()) - 0.011 * len(steps)
-  assert total <= sum(steps.values()) + 0.01 + 0.006    # "other" shown from 0.005 s
+  assert abs(total - sum(steps.values())) < 0.005   # printed steps add up exactly
   t = summary["timings_s"]
   top = [k for k in t if "/" not in k and k != "total"]
-  assert abs(sum(t[k] for k in top) - t["total"]) < 0.002 * len(top)
+  assert abs(sum(t[k] for k in top) - t["total"]) < 0.005
   assert t["phasing"] >= t["phasing/phasing"]

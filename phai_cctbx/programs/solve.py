@@ -98,13 +98,14 @@ citation {
 
 
 def wall_times(started, steps, finished):
-  """(list of (step, seconds), total): the steps in order, then "other" for
-  the time between them, so that they add up to the total exactly."""
-  total = max(finished - started, 0.0)
-  rows = [(name, max(seconds, 0.0)) for name, seconds in steps]
-  other = total - sum(s for n, s in rows)
-  if other < 0:   # clock granularity: the total is never below the steps
-    total -= other
+  """(list of (step, seconds), total), in seconds rounded to 0.01: the steps
+  in order, then "other" for the time between them, so that the printed steps
+  add up to the printed total exactly."""
+  total = round(max(finished - started, 0.0), 2)
+  rows = [(name, round(max(seconds, 0.0), 2)) for name, seconds in steps]
+  other = round(total - sum(s for n, s in rows), 2)
+  if other < 0:   # clock granularity and rounding: the total is never below the steps
+    total = round(sum(s for n, s in rows), 2)
     other = 0.0
   rows.append(("other", other))
   return rows, total
