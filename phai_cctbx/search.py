@@ -657,10 +657,11 @@ def atom_search_atoms(settings, f_obs, composition):
     composition, f_obs.space_group(), atom_search_engine.atom_limit(composition))
 
 
-def _atom_candidates(f_obs, composition, standardisation, weights, s):
+def _atom_candidates(f_obs, composition, standardisation, weights, s, guess=""):
   """Candidates of the atom search: the best model of each of up to
   :data:`ATOM_CANDIDATES` distinct solutions; the first marked ``decisive``
-  when it stands out (:func:`phai_cctbx.atom_search.decisive`)."""
+  when it stands out (:func:`phai_cctbx.atom_search.decisive`).  ``guess``:
+  the guessed composition, for the labels."""
   models = atom_search_engine.run(f_obs, composition, restarts=s.atom_restarts,
                                   seed=s.random_seed, keep=ATOM_MODELS)
   candidates = [Candidate(label="", method="atom_search", start="random atoms",
@@ -671,7 +672,8 @@ def _atom_candidates(f_obs, composition, standardisation, weights, s):
   kept = distinct(candidates, weights, ATOM_CANDIDATES, same_r=AGREEMENT_R,
                   key=lambda c: -c.terms["model_r1"])
   for i, c in enumerate(kept):
-    c.label = "atom model %d (R1 %.3f)" % (i + 1, c.terms["model_r1"])
+    c.label = "atom model %d (%sR1 %.3f)" % (i + 1, guess and guess + ", ",
+                                              c.terms["model_r1"])
   r1 = [c.terms["model_r1"] for c in kept]
   decisive = atom_search_engine.decisive(r1)
   if decisive or (s.composition_guessed and atom_search_engine.decisive(
@@ -688,6 +690,38 @@ def _atom_candidates(f_obs, composition, standardisation, weights, s):
       # out, unconfirmed, and was chosen as probably solved).
       best.terms["decisive" if decisive else "stands_out"] = 1.0
   return kept
+
+
+def _marked(candidates):
+  return any(c.terms.get("decisive") or c.terms.get("stands_out") for c in candidates)
+
+
+def _guessed_atom_candidates(f_obs, guesses, standardisation, weights, s, timed_out):
+  """The atom search for guessed compositions (``guesses``: the first guess,
+  then :func:`phai_cctbx.composition_guess.heavier_alternatives`): the
+  first guess's candidates; where none of them stands out, each further
+  guess in turn while time is left (until one's model is decisive and
+  confirmed), and the candidates of the one whose best model fits best
+  (lowest R1) beside the first's.  Returns
+  (candidates, the guesses tried)."""
+  from phai_cctbx.composition_guess import describe
+  group = f_obs.space_group()
+  first = _atom_candidates(f_obs, guesses[0], standardisation, weights, s,
+                           describe(guesses[0], group))
+  tried = [guesses[0]]
+  best = first
+  if not _marked(first):
+    for counts in guesses[1:]:
+      if timed_out() or atom_search_atoms(s, f_obs, counts) is None:
+        break
+      kept = _atom_candidates(f_obs, counts, standardisation, weights, s,
+                              describe(counts, group))
+      tried.append(counts)
+      if kept and (not best or kept[0].terms["model_r1"] < best[0].terms["model_r1"]):
+        best = kept
+        if kept[0].terms.get("decisive"):   # R1 below DECISIVE_R1, confirmed
+          break
+  return (first + best if best is not first else first), tried
 
 
 def runs_omit_refinement(settings, f_obs):
@@ -721,7 +755,7 @@ def _dual_space_candidates(f_obs, problem, starts, labels, start_names, settings
 
 
 def run(f_obs, standardisation, set_amplitudes, set_measured, model, settings=None,
-        log_stage=None, composition=None):
+        log_stage=None, composition=None, alternatives=()):
   """The hybrid search; returns a :class:`SearchResult`.
 
   Args:
@@ -733,6 +767,9 @@ def run(f_obs, standardisation, set_amplitudes, set_measured, model, settings=No
     log_stage: callable(str) told of each stage as it ends.
     composition: element -> atoms per unit cell of ``f_obs``'s cell, for
       the atom search (None: no atom search).
+    alternatives: where ``settings.composition_guessed``, further guessed
+      compositions tried when the first gives no model that stands out
+      (:func:`_guessed_atom_candidates`).
   """
   s = settings or SearchSettings()
   t0 = time.time()
@@ -764,8 +801,16 @@ def run(f_obs, standardisation, set_amplitudes, set_measured, model, settings=No
     stop = done()
   atoms = atom_search_atoms(s, f_obs, composition)
   if atoms is not None and not stop:
-    candidates += _atom_candidates(f_obs, composition, standardisation, weights, s)
-    stages.append("atom search (%d atoms)" % len(atoms[0]))
+    if s.composition_guessed:
+      from phai_cctbx.composition_guess import describe
+      found, tried = _guessed_atom_candidates(
+        f_obs, [composition] + list(alternatives), standardisation, weights, s, timed_out)
+      candidates += found
+      stages.append("atom search (%d atoms: %s)" % (len(atoms[0]), ", ".join(
+        describe(c, f_obs.space_group()) for c in tried)))
+    else:
+      candidates += _atom_candidates(f_obs, composition, standardisation, weights, s)
+      stages.append("atom search (%d atoms)" % len(atoms[0]))
     stop = done()
   if runs_sign_combinations(s, f_obs) and not stop:
     starts = dual_space_engine.sign_combination_starts(problem, s.sign_combinations)

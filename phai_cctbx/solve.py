@@ -398,13 +398,20 @@ def solve(miller_array, model=None, weights=None, trials=8, cycles=16,
   frames = (" in each of up to %d frames" % network_frames) if network_frames > 1 else ""
   if search_module.runs_omit_refinement(settings, f_obs):
     more += "; then, while unsolved, omit-map refinement of the %d best" % omit_refinement
+  alternatives = []
   if composition is None and atom_search and guess_composition and \
      method in ("auto", "dual_space"):
     from phai_cctbx import composition_guess
     composition, how = composition_guess.guess_counts(
       f_obs.unit_cell(), f_obs.space_group(), elements)
-    _print(log, "Atom search: %s" % how)
     settings.composition_guessed = composition is not None
+    if composition is not None:
+      alternatives = composition_guess.heavier_alternatives(
+        composition, f_obs.space_group(), elements)
+      if alternatives:
+        how += "; where no model stands out, then %s" % ", ".join(
+          composition_guess.describe(c, f_obs.space_group()) for c in alternatives)
+    _print(log, "Atom search: %s" % how)
   atoms = search_module.atom_search_atoms(settings, f_obs, composition)
   if settings.composition_guessed and atoms is None:
     _print(log, "Atom search: not run (more than %d atoms; give elements= with "
@@ -427,7 +434,8 @@ def solve(miller_array, model=None, weights=None, trials=8, cycles=16,
       name + ":", len(candidates), best.label, best.fom, time.time() - t2))
 
   found = search_module.run(f_obs, std, set_amplitudes, present, network, settings,
-                            log_stage=stage, composition=composition)
+                            log_stage=stage, composition=composition,
+                            alternatives=alternatives)
   weights_source = getattr(loaded["model"], "source", None)
   timings["model"] = loaded["seconds"]
   timings["phasing"] = time.time() - t2 - loaded["seconds"]

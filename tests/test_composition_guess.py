@@ -107,6 +107,31 @@ def _signs_and_measured(result, f_calc):
           benchmark.measured_on_list(std, f_calc))
 
 
+def _tiny_problem():
+  """(f_obs, standardisation, weights, phases) of a two-atom P2_1/c cell at 2.0 A."""
+  import numpy as np
+  from phai_cctbx import symmetry
+  xs = xray.structure(crystal_symmetry=crystal.symmetry(
+    unit_cell=(5.2, 6.1, 7.3, 90, 101, 90), space_group_symbol="P 1 21/c 1"))
+  for label, site in (("C1", (0.1, 0.2, 0.3)), ("O1", (0.31, 0.12, 0.05))):
+    xs.add_scatterer(xray.scatterer(label=label, site=site, u=0.02))
+  f_calc = xs.structure_factors(d_min=2.0, algorithm="direct").f_calc()
+  f_obs = f_calc.amplitudes()
+  std = symmetry.prepare(f_obs.crystal_symmetry())
+  values, present = std.map_to_reflection_set(f_obs)
+  weights = np.where(present, np.maximum(values.real, 0.0), 0.0)
+  return f_obs, std, weights, f_calc.phases(deg=True)
+
+
+def _agreeing_models(phases, r1, n=3):
+  """``n`` atom models of one solution (the best placements all agree)."""
+  import numpy as np
+  return [atom_search.AtomModel(elements=("C",), occupancies=np.ones(1),
+                                sites=np.zeros((1, 3)), b=2.0, r1=r1 + 0.001 * k,
+                                rot=None, trans=None, phases=phases)
+          for k in range(n)]
+
+
 @pytest.mark.parametrize("guessed, r1, free_r1, mark", [
   (False, 0.05, 0.25, "decisive"),    # a given composition: as it was
   (False, 0.12, 0.15, None),          # above DECISIVE_R1
@@ -117,22 +142,9 @@ def _signs_and_measured(result, f_calc):
 ])
 def test_a_guessed_composition_needs_the_cross_validated_check(monkeypatch, guessed, r1,
                                                                free_r1, mark):
-  import numpy as np
-  from phai_cctbx import search, symmetry
-  xs = xray.structure(crystal_symmetry=crystal.symmetry(
-    unit_cell=(5.2, 6.1, 7.3, 90, 101, 90), space_group_symbol="P 1 21/c 1"))
-  for label, site in (("C1", (0.1, 0.2, 0.3)), ("O1", (0.31, 0.12, 0.05))):
-    xs.add_scatterer(xray.scatterer(label=label, site=site, u=0.02))
-  f_calc = xs.structure_factors(d_min=2.0, algorithm="direct").f_calc()
-  f_obs = f_calc.amplitudes()
-  std = symmetry.prepare(f_obs.crystal_symmetry())
-  values, present = std.map_to_reflection_set(f_obs)
-  weights = np.where(present, np.maximum(values.real, 0.0), 0.0)
-  phases = f_calc.phases(deg=True)
-  models = [atom_search.AtomModel(elements=("C",), occupancies=np.ones(1),
-                                  sites=np.zeros((1, 3)), b=2.0, r1=r1 + 0.001 * k,
-                                  rot=None, trans=None, phases=phases)
-            for k in range(3)]   # the best placements all agree: one solution
+  from phai_cctbx import search
+  f_obs, std, weights, phases = _tiny_problem()
+  models = _agreeing_models(phases, r1)
   monkeypatch.setattr(search.atom_search_engine, "run", lambda *a, **k: models)
   monkeypatch.setattr(search.atom_search_engine, "model_free_r1", lambda f, m: free_r1)
   s = search.SearchSettings(composition_guessed=guessed)
@@ -143,3 +155,57 @@ def test_a_guessed_composition_needs_the_cross_validated_check(monkeypatch, gues
   search.assess(kept, search.dual_space_engine.P1Problem(f_obs), weights)
   if mark == "stands_out":
     assert search.PROBABLE_ATOM_FOM <= kept[0].fom < search.DECISIVE_ATOM_FOM
+
+
+def test_heavier_alternatives_turn_carbon_atoms_into_sulfur_or_the_named_heavy_element():
+  group = _p21c()
+  counts = {"C": 56}   # C14 per asymmetric unit
+  alternatives = composition_guess.heavier_alternatives(counts, group)
+  assert alternatives == [{"C": 52, "S": 4}, {"C": 48, "S": 8}, {"C": 44, "S": 12}]
+  assert [composition_guess.describe(c, group) for c in alternatives] == [
+    "C13 S1", "C12 S2", "C11 S3"]
+  # the heaviest element named takes the place of sulfur, added to its count
+  alternatives = composition_guess.heavier_alternatives(
+    {"C": 48, "S": 4, "Br": 4}, group, ("C", "H", "S", "Br"))
+  assert alternatives[0] == {"C": 44, "S": 4, "Br": 8}
+  assert composition_guess.describe(alternatives[0], group) == "C11 Br2 S1"
+  # only light elements named: nothing heavier to place
+  assert composition_guess.heavier_alternatives(counts, group, ("C", "H", "N", "O")) == []
+  # at least two carbon atoms kept
+  assert len(composition_guess.heavier_alternatives({"C": 16}, group)) == 2
+  assert composition_guess.heavier_alternatives({"C": 8}, group) == []
+
+
+@pytest.mark.parametrize("r1_of, timed_out, tried, chosen", [
+  # the carbon guess stands out (confirmed): nothing else is tried
+  ({0: 0.05, 1: 0.03}, False, ["C6"], "C6"),
+  # it does not: the guesses in turn until one is decisive, the best kept
+  ({0: 0.20, 1: 0.18, 2: 0.06, 3: 0.02}, False, ["C6", "C5 S1", "C4 S2"], "C4 S2"),
+  # none stands out: all tried, the lowest R1 kept beside the carbon guess
+  ({0: 0.20, 1: 0.25, 2: 0.17, 3: 0.22}, False, ["C6", "C5 S1", "C4 S2", "C3 S3"], "C4 S2"),
+  # none fits better than carbon: the carbon guess alone
+  ({0: 0.20, 1: 0.25, 2: 0.27, 3: 0.22}, False, ["C6", "C5 S1", "C4 S2", "C3 S3"], "C6"),
+  # out of time: the carbon guess alone
+  ({0: 0.20, 1: 0.03}, True, ["C6"], "C6"),
+])
+def test_guessed_compositions_are_tried_in_turn(monkeypatch, r1_of, timed_out, tried, chosen):
+  from phai_cctbx import search
+  f_obs, std, weights, phases = _tiny_problem()
+  group = f_obs.space_group()
+  first = {"C": 24}
+  guesses = [first] + composition_guess.heavier_alternatives(first, group)
+  runs = []
+
+  def fake_run(f, counts, **kwds):
+    runs.append(composition_guess.describe(counts, group))
+    return _agreeing_models(phases, r1_of[counts.get("S", 0) // 4])
+  monkeypatch.setattr(search.atom_search_engine, "run", fake_run)
+  monkeypatch.setattr(search.atom_search_engine, "model_free_r1", lambda f, m: m.r1 + 0.03)
+  s = search.SearchSettings(composition_guessed=True)
+  found, used = search._guessed_atom_candidates(f_obs, guesses, std, weights, s,
+                                                lambda: timed_out)
+  assert runs == tried
+  assert [composition_guess.describe(c, group) for c in used] == tried
+  assert found[0].label.startswith("atom model 1 (C6, R1")
+  assert found[-1].label.startswith("atom model 1 (%s, R1" % chosen)
+  assert len(found) == (1 if chosen == "C6" else 2)
