@@ -14,7 +14,9 @@ run in any case:
    (:mod:`phai_cctbx.atom_search`), point atoms placed to fit |F_obs|; a model that stands out
    (:func:`phai_cctbx.atom_search.decisive`) is the solution, called solved
    (:data:`DECISIVE_ATOM_FOM`) when its cross-validated R1 confirms it,
-   else probably solved;
+   else probably solved; a guessed composition (``composition_guessed``)
+   whose models do not stand out is followed by the ``alternatives`` (a few
+   atoms heavier), the best-fitting kept (:func:`_guessed_atom_candidates`);
 1b. with ``sign_combinations`` > 0 and data below atomic resolution
    (d_min above :data:`~phai_cctbx.dual_space.SIGN_COMBINATIONS_D_MIN`),
    dual-space runs from every combination of the signs of the strongest
@@ -787,8 +789,10 @@ def run(f_obs, standardisation, set_amplitudes, set_measured, model, settings=No
     best = candidates[top_candidate(candidates, s.choice)].fom
     return (s.stop_fom is not None and best >= s.stop_fom) or timed_out()
 
+  own_time = [0.0]   # seconds of stages with a time budget of their own
+
   def timed_out():
-    return time.time() - t0 > s.time_limit
+    return time.time() - t0 - own_time[0] > s.time_limit
 
   stop = False
   if s.method in ("auto", "dual_space") and s.starts > 0:
@@ -803,8 +807,19 @@ def run(f_obs, standardisation, set_amplitudes, set_measured, model, settings=No
   if atoms is not None and not stop:
     if s.composition_guessed:
       from phai_cctbx.composition_guess import describe
+      # The further guesses have a time budget of their own (time_limit), so
+      # that the stages after them still run where they do not decide.
+      t_first = [None]
+
+      def guesses_timed_out():
+        if t_first[0] is None:
+          t_first[0] = time.time()
+        return time.time() - t_first[0] > s.time_limit
       found, tried = _guessed_atom_candidates(
-        f_obs, [composition] + list(alternatives), standardisation, weights, s, timed_out)
+        f_obs, [composition] + list(alternatives), standardisation, weights, s,
+        guesses_timed_out)
+      if t_first[0] is not None:
+        own_time[0] += time.time() - t_first[0]
       candidates += found
       stages.append("atom search (%d atoms: %s)" % (len(atoms[0]), ", ".join(
         describe(c, f_obs.space_group()) for c in tried)))
