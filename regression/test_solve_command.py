@@ -317,22 +317,26 @@ def test_settings_of_p21c(phai_solve, weights, tmp_path, folder, name, cb):
 
 
 SUPERGROUPS = [
-  ("dkratzert_1000007-multi__1000007.cif", 15),   # C 1 2/c 1
-  ("cod-developers_2100348-benzene.cif", 61),     # P b c a
-  pytest.param("cod-developers_1010879.cif", 62,   # P b n m (Pnma)
+  ("dkratzert_1000007-multi__1000007.cif", 15, []),   # C 1 2/c 1
+  ("cod-developers_2100348-benzene.cif", 61, []),     # P b c a
+  # Unsolved without its composition: the guessed atom search and its
+  # heavier guesses would only add time (75 s) to a check of the symmetry.
+  pytest.param("cod-developers_1010879.cif", 62,       # P b n m (Pnma)
+               ["phasing.atom_search.guess_composition=False"],
                marks=pytest.mark.xfail(reason="neither the network nor dual-space "
                                        "phasing solves it from 1.0 A data (r 0.72-0.76 "
                                        "in phai.benchmark)", strict=False)),
-  ("BlueObelisk_1000193.cif", 12),                # C 1 2/m 1
+  ("BlueObelisk_1000193.cif", 12, []),                # C 1 2/m 1
 ]
 
 
-@pytest.mark.parametrize("name,number", SUPERGROUPS)
-def test_supergroups(phai_solve, weights, tmp_path, name, number):
+@pytest.mark.parametrize("name,number,extra", SUPERGROUPS)
+def test_supergroups(phai_solve, weights, tmp_path, name, number, extra):
   xs = _structure(shared_path("structures", "supergroups", name))
   assert xs.space_group_info().type().number() == number
   summary, m = _solve_and_check(phai_solve, weights, tmp_path,
-                                _calculated_hkl(xs, tmp_path), structure=xs, n_min=30)
+                                _calculated_hkl(xs, tmp_path) + extra, structure=xs,
+                                n_min=30)
   assert summary["supergroup"]
   assert m.space_group() == xs.space_group()
   log = open(str(tmp_path / "out.log")).read()
