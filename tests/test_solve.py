@@ -175,7 +175,8 @@ def test_auto_prefers_the_better_candidate(monkeypatch):
   xs, fc, obs = _data("P 1 21/c 1", (6.1, 7.2, 8.3, 90, 104, 90), d_min=1.0)
   wrong = -_true_signs(xs) * np.where(np.arange(1205) % 3 == 0, -1, 1)
   monkeypatch.setattr(phasing, "phase_reflection_set", KnowsTheAnswer(wrong))
-  res = solve_module.solve(obs, model=object(), trials=3, cycles=2, dual_space_starts=4,
+  res = solve_module.solve(obs, guess_composition=False,
+                           model=object(), trials=3, cycles=2, dual_space_starts=4,
                            stop_early=False, sign_combinations=0)
   assert res.chosen.method == "dual_space"
   labels = [c.label for c in res.search.candidates]
@@ -212,7 +213,8 @@ def test_confident_network_signs_seed_partial_dual_space_starts(monkeypatch):
   fifth of the true signs, charge flipping finds the rest."""
   xs, fc, obs = _data("P 1 21/c 1", (6.1, 7.2, 8.3, 90, 104, 90), d_min=1.0)
   monkeypatch.setattr(phasing, "phase_reflection_set", KnowsTheAnswer(_true_signs(xs)))
-  res = solve_module.solve(obs, model=object(), trials=2, cycles=2, dual_space_starts=2,
+  res = solve_module.solve(obs, guess_composition=False,
+                           model=object(), trials=2, cycles=2, dual_space_starts=2,
                            stop_early=False, recycle=0, network_seeds=(0.2,),
                            sign_combinations=0)
   seeded = [c for c in res.search.candidates if " % of network trial" in c.label]
