@@ -245,7 +245,7 @@ def solve(miller_array, model=None, weights=None, trials=8, cycles=16,
           refine_network=False, network_seeds=(), sign_combinations=8,
           network_check=True, network_frames=1, omit_refinement=4,
           composition=None, atom_search=True, atom_restarts=2048,
-          guess_composition=True, elements=None):
+          guess_composition=True, elements=None, peak_maps=4):
   """Phase amplitudes or intensities (a cctbx miller array with crystal symmetry).
 
   Args:
@@ -294,6 +294,10 @@ def solve(miller_array, model=None, weights=None, trials=8, cycles=16,
       from ``atom_restarts`` random placements; at most
       :func:`phai_cctbx.atom_search.atom_limit` atoms heavier than
       hydrogen in the asymmetric unit).
+    peak_maps: below atomic resolution, when the atom search ran and
+      nothing is called solved at the end of the search, atom searches
+      started from the peaks of this many of the best distinct maps
+      (:func:`phai_cctbx.search._peak_candidates`); 0: none.
     guess_composition: without ``composition``, the atom search places the
       atoms of an organic crystal of this cell's volume
       (:func:`phai_cctbx.composition_guess.guess_counts`; ``elements``, the
@@ -386,7 +390,7 @@ def solve(miller_array, model=None, weights=None, trials=8, cycles=16,
     sign_combinations=sign_combinations,
     recycle=recycle, network_check=network_check, time_limit=time_limit,
     network_frames=network_frames, omit_refinement=omit_refinement,
-    atom_search=atom_search, atom_restarts=atom_restarts,
+    atom_search=atom_search, atom_restarts=atom_restarts, peak_maps=peak_maps,
     stop_fom=SOLVED_FOM if stop_early else None,
     dual_space=dual_space.Settings(cycles=dual_space_cycles))
   _print(log)
@@ -419,6 +423,9 @@ def solve(miller_array, model=None, weights=None, trials=8, cycles=16,
   if atoms is not None:
     signs = ("; then, while unsolved, an atom search (%d atoms: %s; %d random placements)"
              % (len(atoms[0]), " ".join(atoms[0]), atom_restarts)) + signs
+    if search_module.runs_peak_search(settings, f_obs):
+      more += "; then, while unsolved, atom searches from the peaks of the %s" % (
+        "%d best maps" % peak_maps if peak_maps > 1 else "best map")
   _print(log, "Phasing (method %s): %s" % (method, {
     "auto": "dual-space from %d random starts%s; then the network (%d trials of up to "
             "%d cycles%s) and dual-space from its trials, the network again on %d "

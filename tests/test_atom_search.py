@@ -417,3 +417,105 @@ def test_nahcolite_at_2_angstrom_is_solved_by_the_atom_search():
   # does not solve it.
   assert r_of(solve.solve(f_obs, method="dual_space", log=io.StringIO(),
                           guess_composition=False)) < 0.95
+
+
+XULDUD01 = os.path.join(os.path.dirname(NAHCOLITE), "MaterSim_test_XULDUD01.cif")
+
+
+def test_peak_starts_take_the_highest_peaks_and_leave_some_to_chance():
+  rng = np.random.default_rng(0)
+  peaks = rng.random((10, 3))
+  start = atom_search.peak_starts(peaks, 6, 200, rng)
+  assert start.shape == (200, 6, 3)
+  assert np.array_equal(start[0], peaks[:6])   # the first: the six highest as they are
+  rest = start[1:]
+  drawn = ~np.isnan(rest[..., 0])
+  # The others: shifted peaks among the highest 6 + 3, a share left to chance.
+  for r, a in zip(*np.nonzero(drawn)):
+    d = np.abs(peaks[:9] - rest[r, a])
+    assert d.max(1).min() < 6 * atom_search.PEAK_SHIFT
+  assert 0.05 < 1 - drawn.mean() < 0.3
+  # Fewer peaks than atoms: the rest at random.
+  few = atom_search.peak_starts(peaks[:4], 6, 8, rng)
+  assert np.isnan(few[0, 4:]).all() and not np.isnan(few[0, :4]).any()
+
+
+@pytest.mark.skipif(not os.path.isfile(XULDUD01), reason="shared structures not present")
+def test_a_search_from_map_peaks_finishes_a_partial_model():
+  """XULDUD01 (C6 O per asymmetric unit, P2_1/c) at 2.0 A: started from its
+  seven atoms (heaviest first, each about 0.3 A off) followed by three
+  spurious peaks, the search refines the right model; the random search of
+  the same size does not find it."""
+  xs = benchmark.read_structure(XULDUD01)
+  f_calc = benchmark.structure_factors(xs, 2.0)
+  f_obs = f_calc.as_amplitude_array()
+  counts = benchmark.cell_composition(xs, f_obs)
+  std = symmetry.prepare(f_obs.crystal_symmetry())
+  truth = benchmark.Truth(std, f_calc)
+
+  def r_of(phases):
+    return truth.r(search.list_signs(std, f_obs, phases), benchmark.measured_on_list(std, f_obs))
+
+  atoms = sorted((s for s in xs.scatterers() if s.scattering_type != "H"),
+                 key=lambda s: -atom_search._scattering_weight(s.scattering_type))
+  rng = np.random.default_rng(0)
+  right = np.array([s.site for s in atoms])
+  peaks = np.concatenate([right + rng.normal(0.0, 0.03, right.shape), rng.random((3, 3))])
+  models = atom_search.from_peaks(f_obs, counts, [peaks], restarts=32, rounds=2, seed=0)
+  assert len(models) == 16 and [m.r1 for m in models] == sorted(m.r1 for m in models)
+  assert r_of(models[0].phases) > 0.95
+  assert r_of(atom_search.run(f_obs, counts, restarts=32, rounds=2, seed=0)[0].phases) < 0.95
+  # Nothing to start from, or no atom to place: no model.
+  assert atom_search.from_peaks(f_obs, counts, []) == []
+  assert atom_search.from_peaks(f_obs, {"H": 8}, [peaks]) == []
+
+
+@pytest.mark.skipif(not os.path.isfile(XULDUD01), reason="shared structures not present")
+def test_the_peak_stage_turns_maps_into_atom_model_candidates():
+  """search._peak_candidates: the peaks of the true map give models that are
+  candidates like those of the random search, the best right; the stage
+  runs below atomic resolution only, and not when switched off."""
+  xs = benchmark.read_structure(XULDUD01)
+  f_calc = benchmark.structure_factors(xs, 2.0)
+  f_obs = f_calc.as_amplitude_array()
+  counts = benchmark.cell_composition(xs, f_obs)
+  std = symmetry.prepare(f_obs.crystal_symmetry())
+  weights = np.ones(1205)
+  source = search.Candidate(label="dual-space random 1", method="dual_space", start="random",
+                            phases=f_calc.phases(deg=True),
+                            signs=search.list_signs(std, f_obs, f_calc.phases(deg=True)))
+  peaks = search.peak_sites(f_obs, source.phases, 14)
+  assert 7 <= len(peaks) <= 14
+  s = search.SearchSettings()
+  found = search._peak_candidates(f_obs, counts, [source], std, weights, s)
+  assert found and all(c.method == "atom_search" and c.start == "map peaks" for c in found)
+  assert found[0].label.startswith("peak atom model 1 (R1")
+  assert [c.terms["model_r1"] for c in found] == sorted(c.terms["model_r1"] for c in found)
+  truth = benchmark.Truth(std, f_calc)
+  assert truth.r(found[0].signs, benchmark.measured_on_list(std, f_obs)) > 0.95
+  assert search.runs_peak_search(s, f_obs)
+  assert not search.runs_peak_search(search.SearchSettings(peak_maps=0), f_obs)
+  assert not search.runs_peak_search(search.SearchSettings(method="network"), f_obs)
+  assert not search.runs_peak_search(s, benchmark.structure_factors(xs, 1.0).as_amplitude_array())
+
+
+@pytest.mark.skipif(not os.path.isfile(XULDUD01), reason="shared structures not present")
+def test_the_refinement_stages_run_past_the_time_limit_while_nothing_is_solved():
+  """With the composition given and the time limit spent after the first
+  stage, nothing called solved: omit maps and the atom search from map
+  peaks still end the search, each switched off by its own setting."""
+  from phai_cctbx import solve
+  xs = benchmark.read_structure(XULDUD01)
+  f_obs = benchmark.structure_factors(xs, 2.0).as_amplitude_array()
+  counts = benchmark.cell_composition(xs, f_obs)
+  log = io.StringIO()
+  result = solve.solve(f_obs, method="dual_space", composition=counts, time_limit=1e-3,
+                       dual_space_starts=4, peak_maps=1, omit_refinement=1, log=log)
+  stages = result.search.stages
+  assert stages[0] == "dual-space from random phases" and "atom search (7 atoms)" not in stages
+  assert stages[-2:] == ["omit-map refinement (1)", "atom search from the peaks of 1 map"]
+  assert "atom searches from the peaks of the best map" in log.getvalue()
+  assert any(c.label.startswith("peak atom model 1") for c in result.search.candidates)
+  none = solve.solve(f_obs, method="dual_space", composition=counts, time_limit=1e-3,
+                     dual_space_starts=4, peak_maps=0, omit_refinement=1, log=io.StringIO())
+  assert none.search.stages[-1] == "omit-map refinement (1)"

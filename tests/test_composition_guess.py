@@ -157,6 +157,31 @@ def test_a_guessed_composition_needs_the_cross_validated_check(monkeypatch, gues
     assert search.PROBABLE_ATOM_FOM <= kept[0].fom < search.DECISIVE_ATOM_FOM
 
 
+@pytest.mark.parametrize("free_r1, mark", [(0.25, None), (0.08, "decisive")])
+def test_a_model_from_map_peaks_needs_the_cross_validated_check(monkeypatch, free_r1, mark):
+  """Placements started at one map's peaks agree whether right or wrong: even
+  with a given composition their model stands out only when confirmed."""
+  from phai_cctbx import search
+  f_obs, std, weights, phases = _tiny_problem()
+  models = _agreeing_models(phases, 0.05)
+  calls = []
+
+  def from_peaks(f, counts, peak_sets, **kw):
+    calls.append(len(peak_sets))
+    return models
+  monkeypatch.setattr(search.atom_search_engine, "from_peaks", from_peaks)
+  monkeypatch.setattr(search.atom_search_engine, "model_free_r1", lambda f, m: free_r1)
+  source = search.Candidate(label="dual-space random 1", method="dual_space",
+                            start="random", phases=phases,
+                            signs=search.list_signs(std, f_obs, phases))
+  kept = search._peak_candidates(f_obs, {"C": 4, "O": 4}, [source], std, weights,
+                                 search.SearchSettings())
+  assert calls == [1] and len(kept) == 1
+  assert kept[0].label.startswith("peak atom model 1 (R1 0.050")
+  assert [m for m in ("decisive", "stands_out") if kept[0].terms.get(m)] == \
+    ([mark] if mark else [])
+
+
 def test_heavier_alternatives_turn_carbon_atoms_into_sulfur_or_the_named_heavy_element():
   group = _p21c()
   counts = {"C": 56}   # C14 per asymmetric unit
@@ -201,11 +226,13 @@ def test_guessed_compositions_are_tried_in_turn(monkeypatch, r1_of, timed_out, t
     return _agreeing_models(phases, r1_of[counts.get("S", 0) // 4])
   monkeypatch.setattr(search.atom_search_engine, "run", fake_run)
   monkeypatch.setattr(search.atom_search_engine, "model_free_r1", lambda f, m: m.r1 + 0.03)
-  s = search.SearchSettings(composition_guessed=True)
-  found, used = search._guessed_atom_candidates(f_obs, guesses, std, weights, s,
-                                                lambda: timed_out)
+  # Out of time: a budget of its own the first further guess already exceeds.
+  s = search.SearchSettings(composition_guessed=True, time_limit=-1.0 if timed_out else 120.0)
+  found, used, best, seconds = search._guessed_atom_candidates(f_obs, guesses, std, weights, s)
   assert runs == tried
   assert [composition_guess.describe(c, group) for c in used] == tried
   assert found[0].label.startswith("atom model 1 (C6, R1")
   assert found[-1].label.startswith("atom model 1 (%s, R1" % chosen)
   assert len(found) == (1 if chosen == "C6" else 2)
+  assert composition_guess.describe(best, group) == chosen
+  assert seconds >= 0.0

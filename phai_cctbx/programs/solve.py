@@ -218,6 +218,10 @@ All parameters with what they mean:
       raise Sorry("phasing.atom_search.restarts must be at least 1 (got %s); "
                   "phasing.atom_search.enabled=False turns the atom search off."
                   % p.phasing.atom_search.restarts)
+    if p.phasing.atom_search.peak_maps is None or p.phasing.atom_search.peak_maps < 0:
+      raise Sorry("phasing.atom_search.peak_maps must be zero or positive "
+                  "(0: no atom search from map peaks; got %s)."
+                  % p.phasing.atom_search.peak_maps)
     if ds.omit_refinement is None or ds.omit_refinement < 0:
       raise Sorry("phasing.dual_space.omit_refinement must be zero or positive "
                   "(0: no omit-map refinement; got %s)." % ds.omit_refinement)
@@ -338,6 +342,7 @@ All parameters with what they mean:
       omit_refinement=p.phasing.dual_space.omit_refinement,
       composition=counts, atom_search=p.phasing.atom_search.enabled,
       atom_restarts=p.phasing.atom_search.restarts,
+      peak_maps=p.phasing.atom_search.peak_maps,
       guess_composition=p.phasing.atom_search.guess_composition,
       elements=None if composition is None else composition.symbols)
     t2 = time.time()
