@@ -31,7 +31,13 @@ run in any case:
    dual-space results (recycling through both engines);
 5. more random dual-space starts, in rounds;
 6. below atomic resolution, the best distinct candidates refined by omit
-   maps (:func:`phai_cctbx.dual_space.omit_refinement`).
+   maps (:func:`phai_cctbx.dual_space.omit_refinement`);
+7. below atomic resolution, where the atom search ran (1a), the atoms placed
+   again from the E-map peaks of the best distinct candidates
+   (:func:`_peak_candidates`).
+
+Stages 6 and 7 end the search while nothing is called solved, after the
+time limit too.
 
 All candidates are judged by one figure of merit that needs no true phases
 (:func:`assess`), whatever made them, and the best is the solution; its
