@@ -32,7 +32,8 @@ run in any case:
 5. more random dual-space starts, in rounds;
 6. below atomic resolution, the best distinct candidates refined by omit
    maps (:func:`phai_cctbx.dual_space.omit_refinement`);
-7. below atomic resolution, where the atom search ran (1a), the atoms placed
+7. below atomic resolution, where the atom search has atoms to place (1a,
+   even if the time limit skipped its stage), the atoms placed
    again from the E-map peaks of the best distinct candidates
    (:func:`_peak_candidates`).
 
@@ -757,7 +758,8 @@ def runs_omit_refinement(settings, f_obs):
 
 def runs_peak_search(settings, f_obs):
   """Whether the search with ``settings`` ends, while nothing is called
-  solved and the atom search ran, with atom searches from the peaks of the
+  solved and the atom search has atoms to place (even where the time limit
+  skipped its stage), with atom searches from the peaks of the
   best maps (:func:`_peak_candidates`; only :func:`below_atomic_resolution`)."""
   return settings.method in ("auto", "dual_space") and settings.peak_maps > 0 \
     and below_atomic_resolution(f_obs)

@@ -294,7 +294,8 @@ def solve(miller_array, model=None, weights=None, trials=8, cycles=16,
       from ``atom_restarts`` random placements; at most
       :func:`phai_cctbx.atom_search.atom_limit` atoms heavier than
       hydrogen in the asymmetric unit).
-    peak_maps: below atomic resolution, when the atom search ran and
+    peak_maps: below atomic resolution, when the atom search has atoms to
+      place (whether or not its own stage ran before the time limit) and
       nothing is called solved at the end of the search, atom searches
       started from the peaks of this many of the best distinct maps
       (:func:`phai_cctbx.search._peak_candidates`); 0: none.
