@@ -272,6 +272,9 @@ class SearchSettings:
                                   # solved, after the atom search: atom searches
                                   # from the peaks of this many of the best
                                   # distinct maps (0: none)
+  peak_rounds: int = 2            # ... and again from the maps of the best
+                                  # models of the round before, this many
+                                  # rounds in all while nothing is solved
   time_limit: float = 120.0       # seconds; no new stage starts after it
   snapshots: tuple = ()           # random dual-space starts: the map after this
                                   # many flipping cycles is also polished into a
@@ -775,7 +778,7 @@ def peak_sites(f_obs, phases, n):
   return np.array([p[0] for p in peaks], dtype=float).reshape(-1, 3)
 
 
-def _peak_candidates(f_obs, counts, sources, standardisation, weights, s):
+def _peak_candidates(f_obs, counts, sources, standardisation, weights, s, round_no=1):
   """Candidates of atom searches of ``counts`` started at the peaks of each
   of ``sources``' E-maps (:func:`phai_cctbx.atom_search.from_peaks`, twice
   as many peaks as atoms kept), marked as those of the random search
@@ -783,7 +786,8 @@ def _peak_candidates(f_obs, counts, sources, standardisation, weights, s):
   any case.  Measured on calculated data at 2.0 A (the
   composition given): aspirin ACSALA20 and ACSALA04, whose random searches
   ended at r 0.91 and 0.76 and stood unsolved, gave models of R1 0.112 and
-  0.167, r 1.00 and 0.98."""
+  0.167, r 1.00 and 0.98.  ``round_no``: the round of the search (in the
+  labels after the first)."""
   atoms = atom_search_atoms(s, f_obs, counts)
   if atoms is None or not sources:
     return []
@@ -794,6 +798,8 @@ def _peak_candidates(f_obs, counts, sources, standardisation, weights, s):
   if s.composition_guessed:
     from phai_cctbx.composition_guess import describe
     guess = describe(counts, f_obs.space_group())
+  if round_no > 1:
+    guess = "round %d" % round_no + (guess and ", " + guess)
   # Placements that start at one map's peaks agree with each other whether
   # right or wrong, so that their agreement says less than that of random
   # placements: a model that stands out counts only when confirmed.
@@ -989,13 +995,21 @@ def run(f_obs, standardisation, set_amplitudes, set_measured, model, settings=No
       stages.append("omit-map refinement (%d)" % len(sources))
       done()
   if runs_peak_search(s, f_obs) and peak_counts is not None and final:
-    sources = best_distinct(candidates, weights, s.peak_maps)
-    found = _peak_candidates(f_obs, peak_counts, sources, standardisation, weights, s)
-    if found:
+    pool = candidates
+    for k in range(max(1, s.peak_rounds)):
+      sources = best_distinct(pool, weights, s.peak_maps)
+      found = _peak_candidates(f_obs, peak_counts, sources, standardisation, weights, s,
+                               round_no=k + 1)
+      if not found:
+        break
       candidates += found
-      stages.append("atom search from the peaks of %d map%s"
-                    % (len(sources), "s" if len(sources) > 1 else ""))
+      stages.append("atom search from the peaks of %d map%s%s"
+                    % (len(sources), "s" if len(sources) > 1 else "",
+                       "" if k == 0 else " of peak models (round %d)" % (k + 1)))
       done()
+      if reached[0]:
+        break
+      pool = found
   best = choose(candidates, weights, f_obs, standardisation, rule=s.choice, problem=problem,
                 held_out_cycles=s.dual_space.held_out_cycles)
   chosen = candidates[best]

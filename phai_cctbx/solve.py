@@ -245,7 +245,8 @@ def solve(miller_array, model=None, weights=None, trials=8, cycles=16,
           refine_network=False, network_seeds=(), sign_combinations=8,
           network_check=True, network_frames=1, omit_refinement=4,
           composition=None, atom_search=True, atom_restarts=2048,
-          guess_composition=True, elements=None, peak_maps=4):
+          guess_composition=True, elements=None, peak_maps=4,
+          peak_rounds=2):
   """Phase amplitudes or intensities (a cctbx miller array with crystal symmetry).
 
   Args:
@@ -299,6 +300,9 @@ def solve(miller_array, model=None, weights=None, trials=8, cycles=16,
       nothing is called solved at the end of the search, atom searches
       started from the peaks of this many of the best distinct maps
       (:func:`phai_cctbx.search._peak_candidates`); 0: none.
+    peak_rounds: rounds of that search; each after the first, while
+      nothing is called solved, starts from the maps of the best distinct
+      models of the round before.
     guess_composition: without ``composition``, the atom search places the
       atoms of an organic crystal of this cell's volume
       (:func:`phai_cctbx.composition_guess.guess_counts`; ``elements``, the
@@ -392,6 +396,7 @@ def solve(miller_array, model=None, weights=None, trials=8, cycles=16,
     recycle=recycle, network_check=network_check, time_limit=time_limit,
     network_frames=network_frames, omit_refinement=omit_refinement,
     atom_search=atom_search, atom_restarts=atom_restarts, peak_maps=peak_maps,
+    peak_rounds=peak_rounds,
     stop_fom=SOLVED_FOM if stop_early else None,
     dual_space=dual_space.Settings(cycles=dual_space_cycles))
   _print(log)
@@ -425,8 +430,9 @@ def solve(miller_array, model=None, weights=None, trials=8, cycles=16,
     signs = ("; then, while unsolved, an atom search (%d atoms: %s; %d random placements)"
              % (len(atoms[0]), " ".join(atoms[0]), atom_restarts)) + signs
     if search_module.runs_peak_search(settings, f_obs):
-      more += "; then, while unsolved, atom searches from the peaks of the %s" % (
-        "%d best maps" % peak_maps if peak_maps > 1 else "best map")
+      more += "; then, while unsolved, atom searches from the peaks of the %s%s" % (
+        "%d best maps" % peak_maps if peak_maps > 1 else "best map",
+        " (%d rounds)" % peak_rounds if peak_rounds > 1 else "")
   _print(log, "Phasing (method %s): %s" % (method, {
     "auto": "dual-space from %d random starts%s; then the network (%d trials of up to "
             "%d cycles%s) and dual-space from its trials, the network again on %d "

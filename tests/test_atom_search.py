@@ -503,14 +503,16 @@ def test_the_peak_stage_turns_maps_into_atom_model_candidates():
 def test_the_refinement_stages_run_past_the_time_limit_while_nothing_is_solved():
   """With the composition given and the time limit spent after the first
   stage, nothing called solved: omit maps and the atom search from map
-  peaks still end the search, each switched off by its own setting."""
+  peaks still end the search, each switched off by its own setting; the
+  peak search's second round starts from the models of its first."""
   from phai_cctbx import solve
   xs = benchmark.read_structure(XULDUD01)
   f_obs = benchmark.structure_factors(xs, 2.0).as_amplitude_array()
   counts = benchmark.cell_composition(xs, f_obs)
   log = io.StringIO()
   result = solve.solve(f_obs, method="dual_space", composition=counts, time_limit=1e-3,
-                       dual_space_starts=4, peak_maps=1, omit_refinement=1, log=log)
+                       dual_space_starts=4, peak_maps=1, peak_rounds=1, omit_refinement=1,
+                       log=log)
   stages = result.search.stages
   assert stages[0] == "dual-space from random phases" and "atom search (7 atoms)" not in stages
   assert stages[-2:] == ["omit-map refinement (1)", "atom search from the peaks of 1 map"]
@@ -519,3 +521,15 @@ def test_the_refinement_stages_run_past_the_time_limit_while_nothing_is_solved()
   none = solve.solve(f_obs, method="dual_space", composition=counts, time_limit=1e-3,
                      dual_space_starts=4, peak_maps=0, omit_refinement=1, log=io.StringIO())
   assert none.search.stages[-1] == "omit-map refinement (1)"
+  # Not allowed to stop early, the search runs both rounds; the second's
+  # models are labelled with their round.
+  log = io.StringIO()
+  two = solve.solve(f_obs, method="dual_space", composition=counts, time_limit=1e-3,
+                    dual_space_starts=4, peak_maps=1, peak_rounds=2, omit_refinement=0,
+                    stop_early=False, log=log)
+  assert two.search.stages[-2:] == ["atom search from the peaks of 1 map",
+                                    "atom search from the peaks of 1 map of peak models (round 2)"]
+  assert "the best map (2 rounds)" in log.getvalue()
+  labels = [c.label for c in two.search.candidates]
+  assert any(l.startswith("peak atom model 1 (R1") for l in labels)
+  assert any(l.startswith("peak atom model 1 (round 2, R1") for l in labels)

@@ -222,6 +222,10 @@ All parameters with what they mean:
       raise Sorry("phasing.atom_search.peak_maps must be zero or positive "
                   "(0: no atom search from map peaks; got %s)."
                   % p.phasing.atom_search.peak_maps)
+    if p.phasing.atom_search.peak_rounds is None or p.phasing.atom_search.peak_rounds < 1:
+      raise Sorry("phasing.atom_search.peak_rounds must be at least 1 "
+                  "(phasing.atom_search.peak_maps=0 turns the stage off; got %s)."
+                  % p.phasing.atom_search.peak_rounds)
     if ds.omit_refinement is None or ds.omit_refinement < 0:
       raise Sorry("phasing.dual_space.omit_refinement must be zero or positive "
                   "(0: no omit-map refinement; got %s)." % ds.omit_refinement)
@@ -343,6 +347,7 @@ All parameters with what they mean:
       composition=counts, atom_search=p.phasing.atom_search.enabled,
       atom_restarts=p.phasing.atom_search.restarts,
       peak_maps=p.phasing.atom_search.peak_maps,
+      peak_rounds=p.phasing.atom_search.peak_rounds,
       guess_composition=p.phasing.atom_search.guess_composition,
       elements=None if composition is None else composition.symbols)
     t2 = time.time()
