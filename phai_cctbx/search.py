@@ -35,7 +35,9 @@ run in any case:
 7. below atomic resolution, where the atom search has atoms to place (1a,
    even if the time limit skipped its stage), the atoms placed
    again from the E-map peaks of the best distinct candidates
-   (:func:`_peak_candidates`).
+   (:func:`_peak_candidates`), and while still nothing is solved, again
+   from the maps of the best models of the round before
+   (``peak_rounds``).
 
 Stages 6 and 7 end the search while nothing is called solved, after the
 time limit too.
