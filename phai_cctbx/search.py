@@ -675,6 +675,19 @@ def atom_search_atoms(settings, f_obs, composition):
     composition, f_obs.space_group(), atom_search_engine.atom_limit(composition))
 
 
+def peak_search_atoms(settings, f_obs, composition):
+  """The atoms the atom search from map peaks would place, as
+  :func:`atom_search_atoms`, but for a given (not guessed) molecular
+  ``composition`` up to :func:`phai_cctbx.atom_search.peak_atom_limit`
+  atoms: more than the random search places, where the data allow it."""
+  if settings.method not in ("auto", "dual_space") or not settings.atom_search \
+     or not composition or settings.atom_restarts <= 0:
+    return None
+  limit = atom_search_engine.atom_limit(composition) if settings.composition_guessed \
+    else atom_search_engine.peak_atom_limit(composition, f_obs.size())
+  return atom_search_engine.asymmetric_unit_atoms(composition, f_obs.space_group(), limit)
+
+
 def _atom_candidates(f_obs, composition, standardisation, weights, s, guess=""):
   """Candidates of the atom search (:func:`_model_candidates`) from random
   placements.  ``guess``: the guessed composition, for the labels."""
@@ -790,7 +803,7 @@ def _peak_candidates(f_obs, counts, sources, standardisation, weights, s, round_
   ended at r 0.91 and 0.76 and stood unsolved, gave models of R1 0.112 and
   0.167, r 1.00 and 0.98.  ``round_no``: the round of the search (in the
   labels after the first)."""
-  atoms = atom_search_atoms(s, f_obs, counts)
+  atoms = peak_search_atoms(s, f_obs, counts)
   if atoms is None or not sources:
     return []
   peaks = [peak_sites(f_obs, c.phases, 2 * len(atoms[0])) for c in sources]
@@ -882,7 +895,7 @@ def run(f_obs, standardisation, set_amplitudes, set_measured, model, settings=No
     stages.append("dual-space from random phases")
     stop = done()
   atoms = atom_search_atoms(s, f_obs, composition)
-  peak_counts = composition if atoms is not None else None
+  peak_counts = composition if peak_search_atoms(s, f_obs, composition) is not None else None
   if atoms is not None and not stop:
     if s.composition_guessed:
       from phai_cctbx.composition_guess import describe

@@ -429,10 +429,12 @@ def solve(miller_array, model=None, weights=None, trials=8, cycles=16,
   if atoms is not None:
     signs = ("; then, while unsolved, an atom search (%d atoms: %s; %d random placements)"
              % (len(atoms[0]), " ".join(atoms[0]), atom_restarts)) + signs
-    if search_module.runs_peak_search(settings, f_obs):
-      more += "; then, while unsolved, atom searches from the peaks of the %s%s" % (
-        "%d best maps" % peak_maps if peak_maps > 1 else "best map",
-        " (%d rounds)" % peak_rounds if peak_rounds > 1 else "")
+  peak_atoms = search_module.peak_search_atoms(settings, f_obs, composition)
+  if peak_atoms is not None and search_module.runs_peak_search(settings, f_obs):
+    more += "; then, while unsolved, atom searches%s from the peaks of the %s%s" % (
+      "" if atoms is not None else " (%d atoms)" % len(peak_atoms[0]),
+      "%d best maps" % peak_maps if peak_maps > 1 else "best map",
+      " (%d rounds)" % peak_rounds if peak_rounds > 1 else "")
   _print(log, "Phasing (method %s): %s" % (method, {
     "auto": "dual-space from %d random starts%s; then the network (%d trials of up to "
             "%d cycles%s) and dual-space from its trials, the network again on %d "

@@ -533,3 +533,43 @@ def test_the_refinement_stages_run_past_the_time_limit_while_nothing_is_solved()
   labels = [c.label for c in two.search.candidates]
   assert any(l.startswith("peak atom model 1 (R1") for l in labels)
   assert any(l.startswith("peak atom model 1 (round 2, R1") for l in labels)
+
+
+UCECAG01 = os.path.join(os.path.dirname(NAHCOLITE), "..", "p21c_large", "MaterSim_mech_UCECAG01.cif")
+
+
+def test_peak_atom_limit_follows_the_reflections_per_atom():
+  organic = {"C": 48, "N": 24, "O": 32, "Cl": 8, "H": 32}
+  assert atom_search.peak_atom_limit(organic, 415) == 415 // atom_search.PEAK_REFLECTIONS_PER_ATOM
+  assert atom_search.peak_atom_limit(organic, 100) == atom_search.MAX_MOLECULAR_ATOMS
+  assert atom_search.peak_atom_limit(organic, 5000) == atom_search.PEAK_MAX_ATOMS
+  # No bond rules for a metal: the limit of free atoms, whatever the data.
+  assert atom_search.peak_atom_limit({"Cu": 16, "S": 4, "O": 40}, 5000) == atom_search.MAX_ATOMS
+
+
+@pytest.mark.skipif(not os.path.isfile(UCECAG01), reason="shared structures not present")
+def test_the_peak_search_places_larger_molecules_where_the_data_allow_it():
+  """UCECAG01 (28 atoms heavier than hydrogen per asymmetric unit, beyond
+  the random search's 16): at 1.6 A (15 reflections per atom) the peak
+  stage places all 28, and from the peaks of the true map reaches the
+  right model; at 2.0 A (7 per atom), for a guessed composition or with
+  the atom search off it does not run."""
+  xs = benchmark.read_structure(UCECAG01)
+  f_calc = benchmark.structure_factors(xs, 1.6)
+  f_obs = f_calc.as_amplitude_array()
+  counts = benchmark.cell_composition(xs, f_obs)
+  s = search.SearchSettings()
+  assert search.atom_search_atoms(s, f_obs, counts) is None
+  assert len(search.peak_search_atoms(s, f_obs, counts)[0]) == 28
+  low = benchmark.structure_factors(xs, 2.0).as_amplitude_array()
+  assert search.peak_search_atoms(s, low, counts) is None
+  assert search.peak_search_atoms(search.SearchSettings(composition_guessed=True), f_obs,
+                                  counts) is None
+  assert search.peak_search_atoms(search.SearchSettings(atom_search=False), f_obs, counts) is None
+  std = symmetry.prepare(f_obs.crystal_symmetry())
+  truth = benchmark.Truth(std, f_calc)
+  peaks = search.peak_sites(f_obs, f_calc.phases(deg=True), 56)
+  models = atom_search.from_peaks(f_obs, counts, [peaks], restarts=4, rounds=1, steps=100)
+  assert models and len(models[0].sites) == 28
+  assert truth.r(search.list_signs(std, f_obs, models[0].phases),
+                 benchmark.measured_on_list(std, f_obs)) > 0.95
