@@ -663,16 +663,16 @@ ATOM_MODELS = 32
 ATOM_CANDIDATES = 4
 
 
-def atom_search_atoms(settings, f_obs, composition):
+def atom_search_atoms(settings, f_obs, composition, limit=None):
   """The atoms the atom search would place ((elements, occupancies), see
   :func:`phai_cctbx.atom_search.asymmetric_unit_atoms`), or None when it does
   not run: method network, switched off, no composition per cell, or more
-  than :func:`phai_cctbx.atom_search.atom_limit` atoms."""
+  than ``limit`` atoms (None: :func:`phai_cctbx.atom_search.atom_limit`)."""
   if settings.method not in ("auto", "dual_space") or not settings.atom_search \
      or not composition or settings.atom_restarts <= 0:
     return None
   return atom_search_engine.asymmetric_unit_atoms(
-    composition, f_obs.space_group(), atom_search_engine.atom_limit(composition))
+    composition, f_obs.space_group(), limit or atom_search_engine.atom_limit(composition))
 
 
 def peak_search_atoms(settings, f_obs, composition):
@@ -680,12 +680,10 @@ def peak_search_atoms(settings, f_obs, composition):
   :func:`atom_search_atoms`, but for a given (not guessed) molecular
   ``composition`` up to :func:`phai_cctbx.atom_search.peak_atom_limit`
   atoms: more than the random search places, where the data allow it."""
-  if settings.method not in ("auto", "dual_space") or not settings.atom_search \
-     or not composition or settings.atom_restarts <= 0:
-    return None
-  limit = atom_search_engine.atom_limit(composition) if settings.composition_guessed \
-    else atom_search_engine.peak_atom_limit(composition, f_obs.size())
-  return atom_search_engine.asymmetric_unit_atoms(composition, f_obs.space_group(), limit)
+  limit = None
+  if composition and not settings.composition_guessed:
+    limit = atom_search_engine.peak_atom_limit(composition, f_obs.size())
+  return atom_search_atoms(settings, f_obs, composition, limit)
 
 
 def _atom_candidates(f_obs, composition, standardisation, weights, s, guess=""):
@@ -808,7 +806,8 @@ def _peak_candidates(f_obs, counts, sources, standardisation, weights, s, round_
     return []
   peaks = [peak_sites(f_obs, c.phases, 2 * len(atoms[0])) for c in sources]
   models = atom_search_engine.from_peaks(f_obs, counts, [p for p in peaks if len(p)],
-                                         seed=s.random_seed, keep=ATOM_MODELS)
+                                         seed=s.random_seed, keep=ATOM_MODELS,
+                                         max_atoms=len(atoms[0]))
   guess = ""
   if s.composition_guessed:
     from phai_cctbx.composition_guess import describe
