@@ -574,13 +574,16 @@ class AtomSearch(object):
     return np.degrees(np.arctan2(s.cpu().numpy(), a.cpu().numpy()))
 
 
-def cell_counts(composition, z=None, space_group=None):
+def cell_counts(composition, z=None, space_group=None, unit_cell=None):
   """(counts, how): atoms per unit cell of each element of a
   :class:`phai_cctbx.model_building.Composition`, and a few words on where
   they come from; (None, why not) without counts.
 
   A unit-cell content (SHELX UNIT) is taken as it is; a formula is
-  multiplied by ``z`` (the input's Z) or, without it, by the order of
+  multiplied by ``z`` (the input's Z) or, without it, for a molecular
+  formula and ``unit_cell`` given, by Z estimated from the cell's volume
+  (:func:`phai_cctbx.composition_guess.formula_units`: a molecule on an
+  inversion centre, Z = 2 in P2_1/c, is common), else by the order of
   ``space_group`` (one formula unit in the asymmetric unit)."""
   if composition is None:
     return None, "no composition"
@@ -592,6 +595,13 @@ def cell_counts(composition, z=None, space_group=None):
     return dict(composition.times(z).counts), "the formula times Z = %g" % z
   if space_group is None:
     return None, "a formula without Z"
+  if unit_cell is not None:
+    from phai_cctbx.composition_guess import VOLUME_PER_ATOM, formula_units
+    z = formula_units(composition.counts, unit_cell, space_group)
+    if z is not None:
+      return (dict(composition.times(z).counts),
+              "the formula times Z = %g (Z not given: estimated from the cell "
+              "volume, %g A^3 per atom heavier than hydrogen)" % (z, VOLUME_PER_ATOM))
   n = space_group.order_z()
   return (dict(composition.times(n).counts),
           "the formula times %d (Z not given: one formula unit in the "

@@ -50,6 +50,29 @@ def organic_atoms(unit_cell, space_group):
     unit_cell.volume() / VOLUME_PER_ATOM / space_group.order_z() - 1e-6)))
 
 
+#: Molecules per asymmetric unit (Z') that :func:`formula_units` chooses
+#: from: on a special position (an inversion centre, a mirror, a 2-fold
+#: axis), one, two, four.
+Z_PRIME_CHOICES = (0.5, 1, 2, 4)
+
+
+def formula_units(counts, unit_cell, space_group):
+  """Z for a molecular formula (element -> atoms in one formula unit) given
+  without it: the cell's volume over :data:`VOLUME_PER_ATOM` per atom heavier
+  than hydrogen of the formula, taken to the nearest (in ratio) of
+  :data:`Z_PRIME_CHOICES` times the group's order.  None where the formula
+  is not that of a molecular crystal (a metal or no carbon: the volume per
+  atom of an inorganic cell varies too much) or has no heavier atoms."""
+  from phai_cctbx.atom_search import molecular
+  heavy = sum(c for e, c in counts.items() if e not in ("H", "D"))
+  if heavy <= 0 or not molecular(counts):
+    return None
+  order = space_group.order_z()
+  z = unit_cell.volume() / VOLUME_PER_ATOM / heavy
+  best = min(Z_PRIME_CHOICES, key=lambda zp: abs(math.log(zp * order / z)))
+  return best * order
+
+
 def guess_counts(unit_cell, space_group, elements=None):
   """(counts, how): element -> atoms per unit cell for the atom search, and a
   few words on the guess for the log; (None, why not) where no guess is

@@ -7,8 +7,7 @@ none are installed, the runs use a small untrained network and the r check
 is skipped, everything else is checked.  With the default hybrid search
 (dual-space phasing and the network) every measured data set here must be
 solved (r above the case's threshold, and a verdict of solved or probably
-solved where that threshold is 0.95), except the PhAI notebook's 189 reflections to 1.5 A,
-an expected failure with its r (neither engine solves it yet).
+solved where that threshold is 0.95).
 
 Each run also builds a starting model: PREFIX.res/.ins/.hkl/_model.cif when
 the map has clear peaks (read back with iotbx), else a warning in the log and
@@ -119,8 +118,7 @@ def _r_against_structure(m, xs, f_obs=None):
   return reflection_set.sign_correlation(amps, np.sign(true.real), np.sign(pred.real))
 
 
-def _solve_and_check(exe, weights, tmp_path, args, structure=None, min_r=0.95, n_min=50,
-                     expect_solved=True):
+def _solve_and_check(exe, weights, tmp_path, args, structure=None, min_r=0.95, n_min=50):
   path, trained = weights
   extra = ["model.weights=%s" % path] if path else []
   prefix = str(tmp_path / "out")
@@ -134,9 +132,6 @@ def _solve_and_check(exe, weights, tmp_path, args, structure=None, min_r=0.95, n
       pytest.skip("no trained weights installed (default_weights_available() is "
                   "False): phases not compared with the structure (r = %.2f from "
                   "an untrained network)" % r)
-    if r <= min_r and not expect_solved:
-      pytest.xfail("phai.solve does not solve this case with defaults (r = %.3f, "
-                   "verdict %s)" % (r, summary["verdict"]))
     assert r > min_r, "r = %.3f (verdict %s)" % (r, summary["verdict"])
     if min_r >= 0.95:
       # Right phases are called solved or probably solved, never less (on
@@ -193,13 +188,18 @@ def test_cif_with_embedded_hkl_and_res(phai_solve, weights, tmp_path):
 
 
 def test_hklf3_amplitudes_of_the_phai_notebook(phai_solve, weights, tmp_path):
+  """189 amplitudes to 1.5 A and the formula without Z, as a user has them:
+  Z = 2 (the molecule on an inversion centre) from the cell volume, and the
+  atom search's 8 atoms solve it."""
   d = shared_path("experimental")
   _solve_and_check(
     phai_solve, weights, tmp_path,
     [os.path.join(d, "phai_notebook", "COD_2016452.hkl"), "hklf=3",
-     "unit_cell=9.748 8.89 7.566 90 112.74 90", "space_group=P 1 21/c 1"],
-    structure=_structure(os.path.join(d, "cod2016452_P21c", "2016452.cif")),
-    expect_solved=False)
+     "unit_cell=9.748 8.89 7.566 90 112.74 90", "space_group=P 1 21/c 1",
+     "elements=C14 H14 O2"],
+    structure=_structure(os.path.join(d, "cod2016452_P21c", "2016452.cif")))
+  log = open(str(tmp_path / "out.log")).read()
+  assert "the formula times Z = 2 (Z not given: estimated from the cell volume" in log
 
 
 def test_mtz_with_labels(phai_solve, weights, tmp_path):
@@ -445,6 +445,8 @@ def _bad_cases(tmp_path, weights_path):
      "sign_combinations"),
     ("unknown element", ["good.hkl", CELL, SG, "elements=C H N Q"] + w, "not an element"),
     ("empty element list", ["good.hkl", CELL, SG, "elements="] + w, "elements"),
+    ("zero formula units", ["good.hkl", CELL, SG, "elements=C6 H6", "z=0"] + w,
+     "model_building.z"),
     ("bad wavelength", ["good.hkl", CELL, SG, "wavelength=-1"] + w, "wavelength"),
     ("bad map type", ["good.hkl", CELL, SG, "map_type=G"] + w, "map_type"),
   ]

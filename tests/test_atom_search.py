@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from cctbx import crystal, sgtbx, xray
+from cctbx import crystal, sgtbx, uctbx, xray
 from cctbx.array_family import flex
 
 from phai_cctbx import atom_search, benchmark, search, symmetry
@@ -370,6 +370,20 @@ def test_cell_counts():
   assert atom_search.cell_counts(formula, z=4)[0] == {"C": 8, "H": 16, "O": 4}
   counts, how = atom_search.cell_counts(formula, space_group=p21c)
   assert counts == {"C": 8, "H": 16, "O": 4} and "Z not given" in how
+  # with the cell, Z from its volume: 3 heavy atoms in 204 A^3 -> Z = 4;
+  # in half that volume -> Z = 2 (a molecule on an inversion centre)
+  counts, how = atom_search.cell_counts(formula, space_group=p21c,
+                                        unit_cell=uctbx.unit_cell((6, 6, 5.67, 90, 90, 90)))
+  assert counts == {"C": 8, "H": 16, "O": 4} and "estimated from the cell volume" in how
+  counts, how = atom_search.cell_counts(formula, space_group=p21c,
+                                        unit_cell=uctbx.unit_cell((6, 6, 2.83, 90, 90, 90)))
+  assert counts == {"C": 4, "H": 8, "O": 2} and "Z = 2" in how
+  # a given Z wins; an inorganic formula keeps one unit per asymmetric unit
+  assert atom_search.cell_counts(formula, z=8, space_group=p21c, unit_cell=uctbx.unit_cell(
+    (6, 6, 2.83, 90, 90, 90)))[0] == {"C": 16, "H": 32, "O": 8}
+  counts, how = atom_search.cell_counts(parse_elements("Na C O3"), space_group=p21c,
+                                        unit_cell=uctbx.unit_cell((6, 6, 2.83, 90, 90, 90)))
+  assert counts == {"Na": 4, "C": 4, "O": 12} and "one formula unit" in how
   assert atom_search.cell_counts(parse_elements("C H O"))[0] is None
   assert atom_search.cell_counts(None)[0] is None
 

@@ -72,6 +72,33 @@ def test_guessed_atom_count_of_real_organic_crystals_is_close_to_the_true_one():
   assert near >= 0.6 * len(off), off
 
 
+@pytest.mark.skipif(not os.path.isdir(STRUCTURES), reason="shared structures not present")
+def test_formula_units_of_real_organic_crystals_follow_the_cell_volume():
+  """Every molecular crystal of the development structures, its content
+  written as a formula of one, two and half an asymmetric unit: Z is the
+  group's order, half of it (a molecule on a special position) and twice."""
+  rows = _molecular_structures()
+  assert len(rows) >= 20
+  for name, xs, counts in rows:
+    group = xs.space_group()
+    order = group.order_z()
+    for units_per_formula, z in ((1, order), (2, order / 2), (0.5, 2 * order)):
+      formula = dict((e, c * units_per_formula / order) for e, c in counts.items())
+      assert composition_guess.formula_units(formula, xs.unit_cell(), group) == z, \
+        (name, units_per_formula)
+
+
+def test_formula_units_only_for_organic_formulas():
+  cell, group = uctbx.unit_cell((9.748, 8.89, 7.566, 90, 112.74, 90)), _p21c()
+  # COD 2016452, C14 H14 O2 on an inversion centre: 605 A^3 / 17 / 16 = 2.2
+  assert composition_guess.formula_units({"C": 14, "H": 14, "O": 2}, cell, group) == 2
+  # hydrogen does not count; a half molecule as the formula: Z = 4
+  assert composition_guess.formula_units({"C": 7, "O": 1}, cell, group) == 4
+  assert composition_guess.formula_units({"Na": 1, "C": 1, "O": 3}, cell, group) is None
+  assert composition_guess.formula_units({"Si": 1, "O": 2}, cell, group) is None
+  assert composition_guess.formula_units({"H": 2}, cell, group) is None
+
+
 def test_solve_without_composition_searches_a_guessed_organic_cell():
   """Formamide-like cell (C, N, O as given), 2.0 A, no composition: the
   search (alone: no dual-space starts) places guessed carbon atoms and

@@ -242,6 +242,9 @@ All parameters with what they mean:
                   "existing file)." % p.model.weights)
     from phai_cctbx.model_building import parse_elements
     parse_elements(p.model_building.elements)
+    if p.model_building.z is not None and not p.model_building.z > 0:
+      raise Sorry("model_building.z must be a positive number of formula units "
+                  "per unit cell (got %s)." % p.model_building.z)
     wavelength = p.model_building.wavelength
     if wavelength is not None and not 0 < wavelength < 10:
       raise Sorry("model_building.wavelength must be in A, between 0 and 10 "
@@ -281,7 +284,8 @@ All parameters with what they mean:
     if not p.atom_search.enabled or p.method == "network":
       return None
     counts, how = atom_search.cell_counts(
-      composition, data.facts.z, data.miller_array.space_group())
+      composition, self.params.model_building.z or data.facts.z,
+      data.miller_array.space_group(), data.miller_array.unit_cell())
     if counts is None and not p.atom_search.guess_composition:
       print("Atom search: not run (%s; give elements= with counts per unit cell, "
             "e.g. elements=\"C24 H20 N4 O8\", or a .ins with SFAC/UNIT)" % how, file=log)
@@ -369,7 +373,7 @@ All parameters with what they mean:
         elements=composition, map_type=mb.map_type,
         wavelength=mb.wavelength if mb.wavelength is not None else facts.wavelength,
         title=os.path.basename(prefix), log=log, cell_esds=facts.cell_esds,
-        z=facts.z)
+        z=mb.z or facts.z)
       steps.append(("model building", time.time() - t2))
     elif mb.build_model:
       self.result.model_building = starting_model.not_supported(verdict)
