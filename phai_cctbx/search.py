@@ -738,11 +738,14 @@ def _guessed_atom_candidates(f_obs, guesses, standardisation, weights, s):
   """The atom search for guessed compositions (``guesses``: the first guess,
   then :func:`phai_cctbx.composition_guess.heavier_alternatives`): the
   first guess's candidates; where none of them stands out, each further
-  guess in turn, for at most ``s.time_limit`` seconds of their own (until
-  one's model is decisive and confirmed), and the candidates of the one
-  whose best model fits best (lowest R1) beside the first's.  Returns
-  (candidates, the guesses tried, the best-fitting guess, seconds spent on
-  the further guesses)."""
+  guess in turn (until one's model is decisive and confirmed), and the
+  candidates of the one whose best model fits best (lowest R1) beside the
+  first's.  The further guesses are at most
+  :data:`phai_cctbx.composition_guess.MOST_HEAVIER`, each search bounded in
+  placements (:data:`phai_cctbx.atom_search.MAX_WORK`), and all of them run
+  whatever the clock says, so that the answer does not depend on the speed
+  or the load of the machine.  Returns (candidates, the guesses tried, the
+  best-fitting guess, seconds spent on the further guesses)."""
   from phai_cctbx.composition_guess import describe
   group = f_obs.space_group()
   first = _atom_candidates(f_obs, guesses[0], standardisation, weights, s,
@@ -751,7 +754,7 @@ def _guessed_atom_candidates(f_obs, guesses, standardisation, weights, s):
   t0 = time.time()
   if not _marked(first):
     for counts in guesses[1:]:
-      if time.time() - t0 > s.time_limit or atom_search_atoms(s, f_obs, counts) is None:
+      if atom_search_atoms(s, f_obs, counts) is None:
         break
       kept = _atom_candidates(f_obs, counts, standardisation, weights, s,
                               describe(counts, group))
@@ -898,8 +901,8 @@ def run(f_obs, standardisation, set_amplitudes, set_measured, model, settings=No
   if atoms is not None and not stop:
     if s.composition_guessed:
       from phai_cctbx.composition_guess import describe
-      # The further guesses have a time budget of their own (time_limit), so
-      # that the stages after them still run where they do not decide.
+      # The further guesses' time is not counted against time_limit, so that
+      # the stages after them still run where they do not decide.
       found, tried, peak_counts, seconds = _guessed_atom_candidates(
         f_obs, [composition] + list(alternatives), standardisation, weights, s)
       own_time[0] += seconds
