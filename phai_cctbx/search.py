@@ -212,7 +212,7 @@ def assess(candidates, problem, amplitudes, agreement_r=AGREEMENT_R,
     if c.terms.get("decisive"):
       c.fom = max(c.fom, DECISIVE_ATOM_FOM if atom_search_engine.confirmed(
         c.terms["model_r1"], c.terms["model_free_r1"]) else PROBABLE_ATOM_FOM)
-    elif c.terms.get("stands_out"):  # confirmed, of a guessed composition
+    elif c.terms.get("stands_out") or c.terms.get("clear"):  # confirmed
       c.fom = max(c.fom, PROBABLE_ATOM_FOM)
 
 
@@ -380,7 +380,9 @@ def top_candidate(candidates, rule="held_out"):
   ``decisive``, :func:`phai_cctbx.atom_search.decisive`) comes first: at
   2.0 A the held-out correlation of the true phases of inorganic cells can
   be below that of wrong maps (NaHCO3: 0.19 against 0.49), while a model of
-  the right atoms fits |F_obs| with R1 0.01.
+  the right atoms fits |F_obs| with R1 0.01.  Next comes a model that is
+  clearly the solution (term ``clear``, :func:`phai_cctbx.atom_search.clear`),
+  unless another candidate is called solved.
 
   A candidate whose E-map has negative skewness (:func:`skewed`) is not a
   map of atoms, and picks the solution only when every candidate's map is
@@ -396,8 +398,10 @@ def top_candidate(candidates, rule="held_out"):
   adding skewness or R1 to the held-out correlation as a score did worse.
   """
   if rule == "held_out":
+    solved = any(c.fom >= DECISIVE_ATOM_FOM for c in candidates if not c.terms.get("clear"))
     return max(range(len(candidates)), key=lambda i: (
-      bool(candidates[i].terms.get("decisive")), skewed(candidates[i]),
+      bool(candidates[i].terms.get("decisive")),
+      bool(candidates[i].terms.get("clear")) and not solved, skewed(candidates[i]),
       candidates[i].terms.get("held_out_cc", -1.0), candidates[i].fom))
   return int(np.argmax([c.fom for c in candidates]))
 
@@ -463,7 +467,7 @@ def choose(candidates, amplitudes, f_obs=None, standardisation=None,
     raise ValueError("unknown rule %r" % rule)
   top = top_candidate(candidates, rule)
   best = candidates[top]
-  if best.terms.get("decisive"):
+  if best.terms.get("decisive") or best.terms.get("clear"):
     return top
   same = [i for i, c in enumerate(candidates)
           if "origin_cc" in c.terms
@@ -727,6 +731,12 @@ def _model_candidates(f_obs, models, standardisation, weights, s, name, guess, s
       # 2.0 A, two carbon atoms for MgSiO3: a wrong model of R1 0.057 stood
       # out, unconfirmed, and was chosen as probably solved).
       best.terms["decisive" if decisive else "stands_out"] = 1.0
+  elif len(kept) > 1 and r1[0] < atom_search_engine.CLEAR_GAP * r1[1]:
+    free = [atom_search_engine.model_free_r1(f_obs, models[candidates.index(c)])
+            for c in kept]
+    if atom_search_engine.clear(r1, free):
+      kept[0].terms["model_free_r1"] = free[0]
+      kept[0].terms["clear"] = 1.0
   return kept
 
 

@@ -362,6 +362,22 @@ def test_decisive():
   assert not atom_search.decisive([])
 
 
+def test_clear():
+  # COD 2016452 at 2.0 A (measured): R1 0.094 against 0.156, cross-validated
+  # 0.187 against 0.265-0.346: clear, where decisive() is not
+  r1, free = [0.094, 0.156, 0.165, 0.165], [0.187, 0.285, 0.265, 0.346]
+  assert not atom_search.decisive(r1) and atom_search.clear(r1, free)
+  # Cryolite at 2.0 A (wrong): the solutions' R1 within 3 %
+  assert not atom_search.clear([0.105, 0.108, 0.108], [0.219, 0.252, 0.225])
+  # a gap in R1, none in the cross-validated R1
+  assert not atom_search.clear([0.10, 0.15], [0.20, 0.22])
+  # not confirmed: the cross-validated R1 exceeds R1 by 0.10 or more
+  assert not atom_search.clear([0.10, 0.15], [0.21, 0.40])
+  # one solution only, or the R1s without theirs: decisive() decides
+  assert not atom_search.clear([0.094], [0.187])
+  assert not atom_search.clear(r1, free[:1])
+
+
 def test_cell_counts():
   p21c = sgtbx.space_group_info("P 1 21/c 1").group()
   cell = Composition(("C", "H", "O"), {"C": 8, "H": 16, "O": 4}, per_cell=True)

@@ -184,6 +184,44 @@ def test_a_guessed_composition_needs_the_cross_validated_check(monkeypatch, gues
     assert search.PROBABLE_ATOM_FOM <= kept[0].fom < search.DECISIVE_ATOM_FOM
 
 
+@pytest.mark.parametrize("r1_other, free_other, clear", [
+  (0.156, 0.265, True),    # COD 2016452 at 2.0 A, measured: chosen
+  (0.105, 0.220, False),   # a wrong solution as good: the held-out correlation decides
+])
+def test_a_clear_model_is_chosen_unless_another_candidate_is_solved(
+    monkeypatch, r1_other, free_other, clear):
+  import numpy as np
+  from phai_cctbx import search
+  f_obs, std, weights, phases = _tiny_problem()
+  from cctbx.array_family import flex
+  p = phases.data().as_numpy_array()
+  # every other sign flipped: another solution
+  wrong = phases.customized_copy(data=flex.double(np.where(np.arange(p.size) % 2, p + 180.0, p)))
+  models = _agreeing_models(phases, 0.094) + _agreeing_models(wrong, r1_other)
+  free = {0.094: 0.187, r1_other: free_other}
+  monkeypatch.setattr(search.atom_search_engine, "run", lambda *a, **k: models)
+  monkeypatch.setattr(search.atom_search_engine, "model_free_r1",
+                      lambda f, m: free[round(m.r1, 3)])
+  kept = search._atom_candidates(f_obs, {"C": 8}, std, weights, search.SearchSettings())
+  assert len(kept) == 2 and not kept[0].terms.get("decisive")
+  assert bool(kept[0].terms.get("clear")) == clear
+  # A dual-space map that predicts held-out amplitudes better, not solved.
+  other = search.Candidate(label="dual-space random 1", method="dual_space", start="random",
+                           phases=wrong, signs=search.list_signs(std, f_obs, wrong))
+  candidates = kept + [other]
+  search.assess(candidates, search.dual_space_engine.P1Problem(f_obs), weights)
+  for c in candidates:   # maps of atoms all (positive skewness)
+    c.terms["held_out_cc"], c.terms["skewness"] = 0.25, 1.0
+  other.terms["held_out_cc"], other.fom = 0.5, 0.3
+  if clear:
+    assert search.PROBABLE_ATOM_FOM <= kept[0].fom < search.DECISIVE_ATOM_FOM
+  assert search.top_candidate(candidates) == (0 if clear else 2)
+  assert search.choose(candidates, weights, f_obs, std) == (0 if clear else 2)
+  # Another candidate called solved: the clear model no longer comes first.
+  other.fom = search.DECISIVE_ATOM_FOM
+  assert search.top_candidate(candidates) == 2
+
+
 @pytest.mark.parametrize("free_r1, mark", [(0.25, None), (0.08, "decisive")])
 def test_a_model_from_map_peaks_needs_the_cross_validated_check(monkeypatch, free_r1, mark):
   """Placements started at one map's peaks agree whether right or wrong: even
