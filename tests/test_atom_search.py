@@ -212,7 +212,9 @@ def test_bonded_placements_descend_to_a_molecule():
   p21c = sgtbx.space_group_info("P 1 21/c 1").group()
   layouts = atom_search.sample_layouts({"C": 24, "O": 8}, p21c, 400, seed=1)
   assert abs(layouts.bonded.mean() - atom_search.BONDED_SHARE) < 0.08
-  assert not atom_search.sample_layouts({"Na": 4, "Cl": 4}, p21c, 50).bonded.any()
+  # An ionic cell keeps the same share to its contacts.
+  salt = atom_search.sample_layouts({"Na": 4, "Cl": 4}, p21c, 400, seed=1)
+  assert abs(salt.bonded.mean() - atom_search.BONDED_SHARE) < 0.08
   kept = layouts.take(np.arange(10)).join(layouts.take(np.arange(10, 20)))
   assert list(kept.bonded) == list(layouts.bonded[:20])
   import torch
@@ -235,6 +237,68 @@ def test_bonded_placements_descend_to_a_molecule():
   assert float(before[0]) > 0.1
   assert float(after[0]) < 0.1 * float(before[0])
   assert float(after[0]) < 0.5 * float(after[1]), (before, after)
+
+
+def test_contact_penalty_measures_short_contacts_under_symmetry():
+  """An ionic cell's penalty: each distance below its pair's contact
+  (anion-anion, metal-metal, metal-anion, any other) costs its squared
+  shortfall, counted from both atoms, per atom; contacts at or beyond the
+  limit and unused atoms cost nothing; a symmetry copy counts as the atom."""
+  import torch
+  assert atom_search.contact_distance("O", "F") == atom_search.ANION_CONTACT
+  assert atom_search.contact_distance("Na", "Cu") == atom_search.METAL_CONTACT
+  assert atom_search.contact_distance("O", "Mg") == atom_search.METAL_ANION_CONTACT
+  assert atom_search.contact_distance("Mg", "O") == atom_search.METAL_ANION_CONTACT
+  assert atom_search.contact_distance("C", "O") == atom_search.MIN_CONTACT
+  assert atom_search.contact_distance("Na", "Cl") == atom_search.MIN_CONTACT
+  cs = crystal.symmetry(unit_cell=(9.0, 9.5, 10.0, 90, 90, 90), space_group_symbol="P 1 21/c 1")
+  f_obs = abs(_f_obs(xray.structure(crystal_symmetry=cs, scatterers=flex.xray_scatterer(
+    [xray.scatterer("O1", (0.1, 0.2, 0.3))])), 2.0))
+  engine = atom_search.AtomSearch(f_obs, ("Mg", "O", "O", "Si"), np.ones(4))
+  assert not engine.molecular
+  t = lambda a: torch.tensor(np.asarray(a), dtype=torch.float32)
+  frac = lambda xyz: np.array(xyz) / np.array([9.0, 9.5, 10.0])
+  # Mg-O 1.3 A (short by 0.25), O-O 1.8 A (short by 0.2), the second O
+  # 1.7 A from Mg (short by nothing: 1.55 is the limit), Si far away.
+  mg, o1 = frac([2.0, 2.0, 2.0]), frac([3.3, 2.0, 2.0])
+  o2 = frac([3.3 - 1.8 * 0.5, 2.0 + 1.8 * np.sqrt(3) / 2, 2.0])
+  assert np.linalg.norm((o2 - mg) * [9.0, 9.5, 10.0]) > 1.55
+  si = frac([4.5, 6.0, 7.5])
+  sites = np.array([mg, o1, o2, si])
+  expected = 2 * (0.25 ** 2 + 0.2 ** 2) / 4
+  got = float(engine.contact_penalty(t(sites[None]), t(np.ones((1, 4))))[0])
+  assert got == pytest.approx(expected, rel=1e-3)
+  # Unused: the first oxygen gone, nothing is short.
+  got = float(engine.contact_penalty(t(sites[None]), t([[1, 0, 1, 1]]))[0])
+  assert got == pytest.approx(0.0, abs=1e-9)
+  # A symmetry copy: the inversion centre at the origin puts an oxygen at x
+  # (0.5 A along a) 1.0 A from its copy at -x, one short neighbour.
+  lone = np.array([frac([4.5, 4.7, 5.0]), frac([0.5, 0.0, 0.0]), frac([1.0, 6.0, 2.0]),
+                   frac([6.0, 2.0, 7.0])])
+  got = float(engine.contact_penalty(t(lone[None]), t([[0, 1, 0, 0]]))[0])
+  assert got == pytest.approx((atom_search.ANION_CONTACT - 1.0) ** 2, rel=1e-3)
+
+
+def test_descent_kicks_are_random_and_reproducible():
+  """Random kicks move a descent off its path; the same generator seed
+  repeats it exactly."""
+  import torch
+  xs = _structure()
+  f_obs = abs(_f_obs(xs, 2.0))
+  engine = atom_search.AtomSearch(f_obs, ("C", "C", "C"), np.ones(3))
+  start = torch.tensor(np.random.default_rng(3).random((4, 3, 3)), dtype=torch.float32)
+  b = torch.full((4,), 1.5)
+
+  def descend(noise, seed):
+    g = torch.Generator().manual_seed(seed)
+    return engine._descend(start, b, 40, 0.01, noise=noise, generator=g)[0].numpy()
+
+  calm = descend(0.0, 1)
+  assert np.allclose(calm, descend(0.0, 2))
+  kicked = descend(atom_search.DESCENT_NOISE, 1)
+  assert np.array_equal(kicked, descend(atom_search.DESCENT_NOISE, 1))
+  assert not np.allclose(kicked, descend(atom_search.DESCENT_NOISE, 2), atol=1e-4)
+  assert not np.allclose(kicked, calm, atol=1e-4)
 
 
 def test_heavy_atoms_lead_the_layout():
