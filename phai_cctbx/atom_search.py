@@ -90,7 +90,7 @@ ANIONS = ("O", "F")
 #: 12-13-atom molecules of larger cells that the search missed for one of
 #: two seeds or both (ACBNZA01, BIYRIM01, COD 2000724, aspirin ACSALA01,
 #: paracetamol HXACAN11; ``atom_search.run``, seeds 1 and 2): the best model
-#: right (r > 0.95) in 7 of the 10 searches against 2 without kicks.
+#: right (r > 0.95) in 9 of the 10 searches against 2 without kicks.
 DESCENT_NOISE = 0.01
 
 #: The most atom-reflection terms (placements x atoms x proper symmetry
