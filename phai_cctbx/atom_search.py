@@ -827,7 +827,7 @@ def run(f_obs, counts, restarts=2048, rounds=5, steps=200, seed=0, keep=16,
   restarts = int(max(16, min(restarts, max_work // (engine.work() * steps * rounds))))
   layouts = sample_layouts(counts, space_group, restarts, seed, max_atoms)
   sites, b, r1, layouts = engine.fit(rounds=rounds, steps=steps, seed=seed, layouts=layouts,
-                                     noise=DESCENT_NOISE if molecular(counts) else 0.0)
+                                     noise=DESCENT_NOISE if engine.molecular else 0.0)
   if complete and r1.min() > COMPLETE_ABOVE_R1:
     more = _completion(engine, sites, b, r1, layouts, counts, space_group, restarts, seed,
                        rounds, steps)

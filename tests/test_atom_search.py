@@ -259,7 +259,7 @@ def test_contact_penalty_measures_short_contacts_under_symmetry():
   t = lambda a: torch.tensor(np.asarray(a), dtype=torch.float32)
   frac = lambda xyz: np.array(xyz) / np.array([9.0, 9.5, 10.0])
   # Mg-O 1.3 A (short by 0.25), O-O 1.8 A (short by 0.2), the second O
-  # 1.7 A from Mg (short by nothing: 1.55 is the limit), Si far away.
+  # 1.61 A from Mg (short by nothing: 1.55 is the limit), Si far away.
   mg, o1 = frac([2.0, 2.0, 2.0]), frac([3.3, 2.0, 2.0])
   o2 = frac([3.3 - 1.8 * 0.5, 2.0 + 1.8 * np.sqrt(3) / 2, 2.0])
   assert np.linalg.norm((o2 - mg) * [9.0, 9.5, 10.0]) > 1.55
