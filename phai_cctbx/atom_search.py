@@ -425,8 +425,15 @@ class AtomSearch(object):
     self._orth = as_t(np.array(f_obs.unit_cell().orthogonalization_matrix()).reshape(3, 3))
     self._bond_limit = as_t([BOND_LIMITS.get(e, 9.0) for e in self.elements])
     self.molecular = molecular(dict.fromkeys(self.elements, 1))
-    self._contact = as_t([[contact_distance(a, b) for b in self.elements]
-                          for a in self.elements])
+    # The pairs of atoms i <= j whose distances the penalties take: the
+    # distance from i to a copy of j equals that from j to a copy of i
+    # (under the inverse operation), so the other half adds nothing new.
+    pi, pj = np.triu_indices(len(self.elements))
+    self._pi = torch.tensor(pi, device=device)
+    self._pj = torch.tensor(pj, device=device)
+    self._pair_weight = as_t(np.where(pi == pj, 1.0, 2.0))
+    self._contact = as_t([contact_distance(self.elements[i], self.elements[j])
+                          for i, j in zip(pi, pj)])
 
   def as_tensors(self, layouts):
     """(occupancies, rot, trans) tensors of :class:`Layouts` (None: the
@@ -447,13 +454,19 @@ class AtomSearch(object):
     atom's own copy closer than 0.5 A (an atom on a special position) does
     not count."""
     torch = self.torch
-    dist = self._distances(sites, occupancies)
+    dist = self._distances(sites, occupancies)                    # (R, S, P)
     used = occupancies > 0                                        # (R, N)
-    nearest = dist.min(3).values.min(1).values                    # (R, N)
     count = used.sum(1).clamp(min=1)
+    # Nearest copy of j to i, which is that of i to j: a symmetric (R, N, N).
+    pair = dist.min(1).values                                     # (R, P)
+    n = sites.shape[1]
+    nearest = pair.new_full((len(sites), n, n), 99.0)
+    nearest[:, self._pi, self._pj] = pair
+    nearest[:, self._pj, self._pi] = pair
+    nearest = nearest.min(2).values                               # (R, N)
     bond = (torch.relu(nearest - self._bond_limit[None]).pow(2) * used).sum(1) / count
-    clash = torch.relu(CLASH_DISTANCE - dist).pow(2).sum((1, 2, 3)) / count
-    return bond + clash
+    clash = (torch.relu(CLASH_DISTANCE - dist).pow(2).sum(1) * self._pair_weight).sum(1)
+    return bond + clash / count
 
   def contact_penalty(self, sites, occupancies):
     """(R,) how far placements are from the contacts of an ionic crystal:
@@ -462,15 +475,18 @@ class AtomSearch(object):
     torch = self.torch
     dist = self._distances(sites, occupancies)
     count = (occupancies > 0).sum(1).clamp(min=1)
-    return torch.relu(self._contact[None, None] - dist).pow(2).sum((1, 2, 3)) / count
+    short = torch.relu(self._contact[None, None] - dist).pow(2).sum(1)
+    return (short * self._pair_weight).sum(1) / count
 
   def _distances(self, sites, occupancies):
-    """(R, S, N, N) distances (A) from each atom i to each symmetry copy
-    s of each atom j; 99 where either is unused or for an atom's own copy
-    closer than 0.5 A."""
+    """(R, S, P) distances (A) from atom i to each symmetry copy s of atom
+    j, for the pairs i <= j (``_pi``, ``_pj``; a pair i < j stands for j, i
+    too: ``_pair_weight``); 99 where either is unused or for an atom's own
+    copy closer than 0.5 A."""
     torch = self.torch
-    copies = torch.einsum("sij,rnj->rsni", self._all_r, sites) + self._all_t[None, :, None]
-    d = sites[:, None, :, None, :] - copies[:, :, None, :, :]   # (R, S, i, j, 3)
+    copies = torch.einsum("sij,rnj->rsni", self._all_r, sites[:, self._pj]) \
+      + self._all_t[None, :, None]
+    d = sites[:, None, self._pi] - copies                         # (R, S, P, 3)
     # Rounding each fractional coordinate finds the nearest lattice image of
     # any vector shorter than half the smallest spacing of the (100), (010)
     # and (001) planes (its fractional components are then below 1/2): all
@@ -480,11 +496,10 @@ class AtomSearch(object):
     # exact but holds for b-unique monoclinic cells only, and the search
     # runs in the data's own setting.
     d = d - torch.round(d)
-    dist = (torch.einsum("ij,rsabj->rsabi", self._orth, d).pow(2).sum(-1) + 1e-9).sqrt()
-    n = sites.shape[1]
+    dist = (torch.einsum("ij,rspj->rspi", self._orth, d).pow(2).sum(-1) + 1e-9).sqrt()
     used = occupancies > 0                                        # (R, N)
-    same = torch.eye(n, dtype=torch.bool, device=sites.device)[None, None] & (dist < 0.5)
-    absent = ~(used[:, None, :, None] & used[:, None, None, :])
+    same = (self._pi == self._pj)[None, None] & (dist < 0.5)
+    absent = ~(used[:, self._pi] & used[:, self._pj])[:, None]
     return dist.masked_fill(same | absent, 99.0)
 
   def placed(self, x, layout=None):

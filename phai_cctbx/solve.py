@@ -246,7 +246,7 @@ def solve(miller_array, model=None, weights=None, trials=8, cycles=16,
           network_check=True, network_frames=1, omit_refinement=4,
           composition=None, atom_search=True, atom_restarts=2048,
           guess_composition=True, elements=None, peak_maps=4,
-          peak_rounds=2):
+          peak_rounds=2, atom_retry=True):
   """Phase amplitudes or intensities (a cctbx miller array with crystal symmetry).
 
   Args:
@@ -295,6 +295,9 @@ def solve(miller_array, model=None, weights=None, trials=8, cycles=16,
       from ``atom_restarts`` random placements; at most
       :func:`phai_cctbx.atom_search.atom_limit` atoms heavier than
       hydrogen in the asymmetric unit).
+    atom_retry: where no model of the atom search (a given composition) is
+      decisive, a second search from other random placements, both judged
+      together (:func:`phai_cctbx.search._atom_candidates`).
     peak_maps: below atomic resolution, when the atom search has atoms to
       place (whether or not its own stage ran before the time limit) and
       nothing is called solved at the end of the search, atom searches
@@ -395,7 +398,8 @@ def solve(miller_array, model=None, weights=None, trials=8, cycles=16,
     sign_combinations=sign_combinations,
     recycle=recycle, network_check=network_check, time_limit=time_limit,
     network_frames=network_frames, omit_refinement=omit_refinement,
-    atom_search=atom_search, atom_restarts=atom_restarts, peak_maps=peak_maps,
+    atom_search=atom_search, atom_restarts=atom_restarts, atom_retry=atom_retry,
+    peak_maps=peak_maps,
     peak_rounds=peak_rounds,
     stop_fom=SOLVED_FOM if stop_early else None,
     dual_space=dual_space.Settings(cycles=dual_space_cycles))
@@ -427,8 +431,10 @@ def solve(miller_array, model=None, weights=None, trials=8, cycles=16,
     _print(log, "Atom search: not run (more than %d atoms; give elements= with "
            "counts per unit cell)" % atom_search_module.atom_limit(composition))
   if atoms is not None:
-    signs = ("; then, while unsolved, an atom search (%d atoms: %s; %d random placements)"
-             % (len(atoms[0]), " ".join(atoms[0]), atom_restarts)) + signs
+    again = atom_retry and not settings.composition_guessed
+    signs = ("; then, while unsolved, an atom search (%d atoms: %s; %d random placements%s)"
+             % (len(atoms[0]), " ".join(atoms[0]), atom_restarts,
+                ", again from as many where no model is decisive" if again else "")) + signs
   peak_atoms = search_module.peak_search_atoms(settings, f_obs, composition)
   if peak_atoms is not None and search_module.runs_peak_search(settings, f_obs):
     more += "; then, while unsolved, atom searches%s from the peaks of the %s%s" % (

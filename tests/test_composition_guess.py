@@ -175,7 +175,7 @@ def test_a_guessed_composition_needs_the_cross_validated_check(monkeypatch, gues
   monkeypatch.setattr(search.atom_search_engine, "run", lambda *a, **k: models)
   monkeypatch.setattr(search.atom_search_engine, "model_free_r1", lambda f, m: free_r1)
   s = search.SearchSettings(composition_guessed=guessed)
-  kept = search._atom_candidates(f_obs, {"C": 8}, std, weights, s)
+  kept, _ = search._atom_candidates(f_obs, {"C": 8}, std, weights, s)
   assert len(kept) == 1
   marks = [m for m in ("decisive", "stands_out") if kept[0].terms.get(m)]
   assert marks == ([mark] if mark else [])
@@ -202,7 +202,7 @@ def test_a_clear_model_is_chosen_unless_another_candidate_is_solved(
   monkeypatch.setattr(search.atom_search_engine, "run", lambda *a, **k: models)
   monkeypatch.setattr(search.atom_search_engine, "model_free_r1",
                       lambda f, m: free[round(m.r1, 3)])
-  kept = search._atom_candidates(f_obs, {"C": 8}, std, weights, search.SearchSettings())
+  kept, _ = search._atom_candidates(f_obs, {"C": 8}, std, weights, search.SearchSettings())
   assert len(kept) == 2 and not kept[0].terms.get("decisive")
   assert bool(kept[0].terms.get("clear")) == clear
   # A dual-space map that predicts held-out amplitudes better, not solved.

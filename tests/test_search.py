@@ -609,3 +609,39 @@ def test_scorzalite_at_1_6_angstrom_is_solved_by_omit_maps():
   measured = benchmark.measured_on_list(result.standardisation, f_obs)
   assert truth.r(refined.signs, measured) > 0.95
   assert truth.r(by_label[refined.start].signs, measured) < 0.95
+
+
+def test_a_second_atom_search_runs_only_where_none_is_decisive(monkeypatch):
+  """Where the first atom search ends without a decisive model, a second
+  from other random placements runs and the models of both are judged
+  together: its deeper right minimum becomes decisive.  A decisive first
+  search, or retry off, runs one search."""
+  from test_composition_guess import _agreeing_models, _tiny_problem
+  f_obs, std, weights, phases = _tiny_problem()
+  p = phases.data().as_numpy_array()
+  flipped = lambda every: phases.customized_copy(
+    data=flex.double(np.where(np.arange(p.size) % every == 0, p + 180.0, p)))
+  # The first search: two wrong solutions of nearly the same R1 (1000193 at
+  # 2.0 A: R1 0.181); the second: the right model, R1 0.058.
+  first = _agreeing_models(flipped(2), 0.181) + _agreeing_models(flipped(3), 0.19)
+  second = _agreeing_models(phases, 0.058)
+  seeds = []
+
+  def run(f, counts, restarts=2048, seed=0, keep=16, **kw):
+    seeds.append(seed)
+    return first if seed == 7 else second
+
+  monkeypatch.setattr(search.atom_search_engine, "run", run)
+  monkeypatch.setattr(search.atom_search_engine, "model_free_r1", lambda f, m: m.r1 + 0.02)
+  s = search.SearchSettings(random_seed=7)
+  kept, searches = search._atom_candidates(f_obs, {"C": 8}, std, weights, s, retry=True)
+  assert searches == 2 and seeds == [7, 7 + search.ATOM_RETRY_SEED]
+  assert kept[0].terms.get("decisive") and kept[0].terms["model_r1"] == pytest.approx(0.058)
+  assert len(kept) == 3   # the first search's solutions still compete
+  seeds.clear()
+  kept, searches = search._atom_candidates(f_obs, {"C": 8}, std, weights, s, retry=False)
+  assert searches == 1 and seeds == [7] and not kept[0].terms.get("decisive")
+  seeds.clear()
+  s = search.SearchSettings(random_seed=3)   # the right model at once
+  kept, searches = search._atom_candidates(f_obs, {"C": 8}, std, weights, s, retry=True)
+  assert searches == 1 and seeds == [3] and kept[0].terms.get("decisive")

@@ -350,6 +350,7 @@ All parameters with what they mean:
       omit_refinement=p.phasing.dual_space.omit_refinement,
       composition=counts, atom_search=p.phasing.atom_search.enabled,
       atom_restarts=p.phasing.atom_search.restarts,
+      atom_retry=p.phasing.atom_search.retry,
       peak_maps=p.phasing.atom_search.peak_maps,
       peak_rounds=p.phasing.atom_search.peak_rounds,
       guess_composition=p.phasing.atom_search.guess_composition,
