@@ -135,6 +135,7 @@ class AtomModel:
   phases: object         # miller array of phases (degrees), like f_obs
   rot: np.ndarray = None    # (N, 3, 3) and (N, 3): each atom's special
   trans: np.ndarray = None  # position (rot x + trans; identity: general)
+  free_r1: float = None     # model_free_r1, once computed
 
 
 def _scattering_weight(element):
@@ -766,11 +767,16 @@ def confirmed(r1, free_r1):
 
 def model_free_r1(f_obs, model):
   """:meth:`AtomSearch.free_r1` of one :class:`AtomModel` (its atoms kept on
-  their special positions)."""
-  engine = AtomSearch(f_obs, model.elements, model.occupancies)
-  layouts = Layouts(model.elements, model.occupancies[None], model.rot[None],
-                    model.trans[None])
-  return float(engine.free_r1(model.sites[None], np.array([model.b]), layouts=layouts)[0])
+  their special positions), kept on the model so that a model judged again
+  (a second search's models judged beside the first's) is not refined
+  again."""
+  if model.free_r1 is None:
+    engine = AtomSearch(f_obs, model.elements, model.occupancies)
+    layouts = Layouts(model.elements, model.occupancies[None], model.rot[None],
+                      model.trans[None])
+    model.free_r1 = float(engine.free_r1(model.sites[None], np.array([model.b]),
+                                         layouts=layouts)[0])
+  return model.free_r1
 
 
 #: Elements that scatter at least this many times as strongly as the

@@ -271,7 +271,7 @@ class SearchSettings:
                                   # (up to GUESSED_R1: probably solved)
   atom_restarts: int = 2048       # ... from this many random placements
   atom_retry: bool = True         # ... and a second search where no model of a
-                                  # given composition is decisive
+                                  # given composition is decisive (retries_atom_search)
   peak_maps: int = 4              # below atomic resolution, while nothing is
                                   # solved, after the atom search: atom searches
                                   # from the peaks of this many of the best
@@ -287,6 +287,13 @@ class SearchSettings:
   choice: str = "held_out"        # which candidate and phases: see choose()
   dual_space: dual_space_engine.Settings = dataclasses.field(
     default_factory=dual_space_engine.Settings)
+
+  @property
+  def retries_atom_search(self):
+    """Whether a second atom search runs where no model of the first is
+    decisive: only for a given composition (a guessed one's heavier
+    alternatives already add searches)."""
+    return self.atom_retry and not self.composition_guessed
 
 
 @dataclasses.dataclass
@@ -950,7 +957,7 @@ def run(f_obs, standardisation, set_amplitudes, set_measured, model, settings=No
         describe(c, f_obs.space_group()) for c in tried)))
     else:
       found, searches = _atom_candidates(f_obs, composition, standardisation, weights, s,
-                                         retry=s.atom_retry)
+                                         retry=s.retries_atom_search)
       candidates += found
       stages.append("atom search (%d atoms%s)" % (
         len(atoms[0]), ", a second search: none decisive" if searches > 1 else ""))

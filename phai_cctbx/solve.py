@@ -431,7 +431,7 @@ def solve(miller_array, model=None, weights=None, trials=8, cycles=16,
     _print(log, "Atom search: not run (more than %d atoms; give elements= with "
            "counts per unit cell)" % atom_search_module.atom_limit(composition))
   if atoms is not None:
-    again = atom_retry and not settings.composition_guessed
+    again = settings.retries_atom_search
     signs = ("; then, while unsolved, an atom search (%d atoms: %s; %d random placements%s)"
              % (len(atoms[0]), " ".join(atoms[0]), atom_restarts,
                 ", again from as many where no model is decisive" if again else "")) + signs

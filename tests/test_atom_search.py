@@ -107,7 +107,7 @@ def test_sampled_layouts_hold_the_composition():
   assert (0.5, 1.0, 1.0, 1.0) in kinds and any(len(k) > 4 for k in kinds)
 
 
-def test_the_search_keeps_atoms_on_their_special_positions():
+def test_the_search_keeps_atoms_on_their_special_positions(monkeypatch):
   """A mirror structure in Pnma, 2.0 A: the search puts the atoms of half
   occupancy on mirrors (or points) and finds the structure."""
   cs = xray.structure(crystal_symmetry=crystal.symmetry(
@@ -125,7 +125,16 @@ def test_the_search_keeps_atoms_on_their_special_positions():
   std = symmetry.prepare(f_obs.crystal_symmetry())
   assert benchmark.Truth(std, fc).r(search.list_signs(std, f_obs, best.phases),
                                     benchmark.measured_on_list(std, f_obs)) > 0.95
-  assert np.isfinite(atom_search.model_free_r1(f_obs, best))
+  free = atom_search.model_free_r1(f_obs, best)
+  assert np.isfinite(free) and best.free_r1 == free
+  # Kept on the model: asked again (a second search's models judged beside
+  # the first's), it is not refined again.
+  refined = []
+  monkeypatch.setattr(atom_search.AtomSearch, "free_r1",
+                      lambda self, *a, **k: refined.append(1) or np.array([0.5]))
+  assert atom_search.model_free_r1(f_obs, best) == free and not refined
+  other = models[1]
+  assert atom_search.model_free_r1(f_obs, other) == 0.5 and refined == [1]
 
 
 def _brute_force_nearest(unit_cell, group, sites, i):

@@ -645,3 +645,9 @@ def test_a_second_atom_search_runs_only_where_none_is_decisive(monkeypatch):
   s = search.SearchSettings(random_seed=3)   # the right model at once
   kept, searches = search._atom_candidates(f_obs, {"C": 8}, std, weights, s, retry=True)
   assert searches == 1 and seeds == [3] and kept[0].terms.get("decisive")
+
+
+def test_only_a_given_composition_gets_a_second_atom_search():
+  assert search.SearchSettings().retries_atom_search
+  assert not search.SearchSettings(atom_retry=False).retries_atom_search
+  assert not search.SearchSettings(composition_guessed=True).retries_atom_search
