@@ -228,6 +228,16 @@ def element_layouts(count, order, specials):
   return out
 
 
+def whole_positions(counts, space_group):
+  """Whether the atoms per cell of every element (``counts``, hydrogen
+  aside) fill whole positions of ``space_group``: general and special ones,
+  none partly occupied (3 atoms per cell of P2_1/c do not)."""
+  order = space_group.order_z()
+  specials = special_positions(space_group)
+  return all(element_layouts(c, order, specials)[0].partial < 1e-3
+             for e, c in counts.items() if e not in ("H", "D") and c > 0)
+
+
 def _heaviest_first(counts):
   return sorted((e for e, c in counts.items() if e not in ("H", "D") and c > 0),
                 key=lambda e: -_scattering_weight(e))
@@ -671,33 +681,49 @@ class AtomSearch(object):
 def cell_counts(composition, z=None, space_group=None, unit_cell=None):
   """(counts, how): atoms per unit cell of each element of a
   :class:`phai_cctbx.model_building.Composition`, and a few words on where
-  they come from; (None, why not) without counts.
+  they come from; (None, why not) without counts.  The first of
+  :func:`cell_count_choices`."""
+  choices, how = cell_count_choices(composition, z, space_group, unit_cell)
+  return (choices[0] if choices else None), how
+
+
+def cell_count_choices(composition, z=None, space_group=None, unit_cell=None):
+  """([counts, ...], how): the atoms per unit cell of each element of a
+  :class:`phai_cctbx.model_building.Composition` (likeliest first, more
+  than one only for a formula whose Z is not known), and a few words on
+  where they come from; ([], why not) without counts.
 
   A unit-cell content (SHELX UNIT) is taken as it is; a formula is
-  multiplied by ``z`` (the input's Z) or, without it, for a molecular
-  formula and ``unit_cell`` given, by Z estimated from the cell's volume
-  (:func:`phai_cctbx.composition_guess.formula_units`: a molecule on an
-  inversion centre, Z = 2 in P2_1/c, is common), else by the order of
+  multiplied by ``z`` (the input's Z) or, without it and ``unit_cell``
+  given, by the Z that the cell's volume makes likeliest
+  (:func:`phai_cctbx.composition_guess.formula_unit_choices`: a molecule
+  on an inversion centre, Z = 2 in P2_1/c, is common) and, for an inorganic
+  formula, whose volume per atom varies more, by the next one too, else by
+  the order of
   ``space_group`` (one formula unit in the asymmetric unit)."""
   if composition is None:
-    return None, "no composition"
+    return [], "no composition"
   if composition.counts is None:
-    return None, "the composition gives no counts"
+    return [], "the composition gives no counts"
   if composition.per_cell:
-    return dict(composition.counts), "the unit-cell content"
+    return [dict(composition.counts)], "the unit-cell content"
   if z:
-    return dict(composition.times(z).counts), "the formula times Z = %g" % z
+    return [dict(composition.times(z).counts)], "the formula times Z = %g" % z
   if space_group is None:
-    return None, "a formula without Z"
+    return [], "a formula without Z"
   if unit_cell is not None:
-    from phai_cctbx.composition_guess import VOLUME_PER_ATOM, formula_units
-    z = formula_units(composition.counts, unit_cell, space_group)
-    if z is not None:
-      return (dict(composition.times(z).counts),
+    from phai_cctbx.composition_guess import VOLUME_PER_ATOM, formula_unit_choices
+    # A molecular crystal's volume per atom varies little: one Z.
+    zs = formula_unit_choices(composition.counts, unit_cell, space_group,
+                              most=1 if molecular(composition.counts) else 2)
+    if zs:
+      return ([dict(composition.times(z).counts) for z in zs],
               "the formula times Z = %g (Z not given: estimated from the cell "
-              "volume, %g A^3 per atom heavier than hydrogen)" % (z, VOLUME_PER_ATOM))
+              "volume, %g A^3 per atom heavier than hydrogen%s)" % (
+                zs[0], VOLUME_PER_ATOM, "".join(
+                  "; then Z = %g where no model stands out" % z for z in zs[1:])))
   n = space_group.order_z()
-  return (dict(composition.times(n).counts),
+  return ([dict(composition.times(n).counts)],
           "the formula times %d (Z not given: one formula unit in the "
           "asymmetric unit)" % n)
 

@@ -56,21 +56,60 @@ def organic_atoms(unit_cell, space_group):
 Z_PRIME_CHOICES = (0.5, 1, 2, 4)
 
 
+#: Volumes (A^3) per atom heavier than hydrogen outside which a number of
+#: formula units is not considered (:func:`formula_unit_choices`): dense
+#: oxides and fluorides reach 8-10, hydrates and cells of large anions
+#: (Cl, Te, Se) 20-26, organic crystals 14-21.
+PLAUSIBLE_VOLUME = (7.0, 35.0)
+
+#: Choices of Z for a formula given without it (:func:`formula_unit_choices`).
+MOST_FORMULA_UNIT_CHOICES = 2
+
+
+def formula_unit_choices(counts, unit_cell, space_group, most=MOST_FORMULA_UNIT_CHOICES):
+  """Up to ``most`` numbers of formula units per cell (Z) for a formula
+  (element -> atoms in one formula unit) given without Z, likeliest first:
+  Z' times the group's order, Z' from :data:`Z_PRIME_CHOICES` (and a
+  quarter for an inorganic formula, on a site of higher symmetry), whose
+  atoms fill whole positions of the group
+  (:func:`phai_cctbx.atom_search.whole_positions`) and give a volume per
+  atom heavier than hydrogen within
+  :data:`PLAUSIBLE_VOLUME`, nearest :data:`VOLUME_PER_ATOM` (in ratio)
+  first.  Empty where the formula has no atoms heavier than hydrogen.
+
+  Why two: the volume of an inorganic cell per atom varies from 8 to 26
+  A^3.  Over the 62 inorganic cells of the development structures (their
+  formulas written in lowest terms), the first choice is the true Z for 54,
+  the second for 4 more (PbCl2, TlHgAsS3, Mg2B2O5, a chloride); a wrong Z
+  gives the atom search too many or too few atoms, whose models do not
+  stand out, so the second is tried where the first's do not."""
+  from phai_cctbx.atom_search import molecular, whole_positions
+  heavy = sum(c for e, c in counts.items() if e not in ("H", "D"))
+  if heavy <= 0:
+    return []
+  order = space_group.order_z()
+  volume = unit_cell.volume()
+  primes = Z_PRIME_CHOICES if molecular(counts) else (0.25,) + Z_PRIME_CHOICES
+  whole = [int(zp * order) for zp in primes if zp * order == int(zp * order)
+           and whole_positions(dict((e, c * zp * order) for e, c in counts.items()),
+                               space_group)]
+  plausible = [z for z in whole
+               if PLAUSIBLE_VOLUME[0] <= volume / (z * heavy) <= PLAUSIBLE_VOLUME[1]]
+  ranked = sorted(plausible or whole,
+                  key=lambda z: abs(math.log(volume / (z * heavy) / VOLUME_PER_ATOM)))
+  return ranked[:most]
+
+
 def formula_units(counts, unit_cell, space_group):
   """Z for a molecular formula (element -> atoms in one formula unit) given
-  without it: the cell's volume over :data:`VOLUME_PER_ATOM` per atom heavier
-  than hydrogen of the formula, taken to the nearest (in ratio) of
-  :data:`Z_PRIME_CHOICES` times the group's order.  None where the formula
-  is not that of a molecular crystal (a metal or no carbon: the volume per
-  atom of an inorganic cell varies too much) or has no heavier atoms."""
+  without it: the first of :func:`formula_unit_choices`.  None where the
+  formula is not that of a molecular crystal (a metal or no carbon) or has
+  no heavier atoms."""
   from phai_cctbx.atom_search import molecular
-  heavy = sum(c for e, c in counts.items() if e not in ("H", "D"))
-  if heavy <= 0 or not molecular(counts):
+  if not molecular(counts):
     return None
-  order = space_group.order_z()
-  z = unit_cell.volume() / VOLUME_PER_ATOM / heavy
-  best = min(Z_PRIME_CHOICES, key=lambda zp: abs(math.log(zp * order / z)))
-  return best * order
+  choices = formula_unit_choices(counts, unit_cell, space_group, most=1)
+  return choices[0] if choices else None
 
 
 def guess_counts(unit_cell, space_group, elements=None):

@@ -16,7 +16,9 @@ run in any case:
    (:data:`DECISIVE_ATOM_FOM`) when its cross-validated R1 confirms it,
    else probably solved; a guessed composition (``composition_guessed``)
    whose models do not stand out is followed by the ``alternatives`` (a few
-   atoms heavier), the best-fitting kept (:func:`_guessed_atom_candidates`);
+   atoms heavier), as is a formula given without Z (its other plausible
+   numbers of formula units), the best-fitting kept
+   (:func:`_alternative_atom_candidates`);
 1b. with ``sign_combinations`` > 0 and data below atomic resolution
    (d_min above :data:`~phai_cctbx.dual_space.SIGN_COMBINATIONS_D_MIN`),
    dual-space runs from every combination of the signs of the strongest
@@ -780,36 +782,48 @@ def _marked(candidates):
   return any(c.terms.get("decisive") or c.terms.get("stands_out") for c in candidates)
 
 
-def _guessed_atom_candidates(f_obs, guesses, standardisation, weights, s):
-  """The atom search for guessed compositions (``guesses``: the first guess,
-  then :func:`phai_cctbx.composition_guess.heavier_alternatives`): the
-  first guess's candidates; where none of them stands out, each further
-  guess in turn (until one's model is decisive and confirmed), and the
-  candidates of the one whose best model fits best (lowest R1) beside the
-  first's.  The further guesses are at most
-  :data:`phai_cctbx.composition_guess.MOST_HEAVIER`, each search bounded in
-  placements (:data:`phai_cctbx.atom_search.MAX_WORK`), and all of them run
-  whatever the clock says, so that the answer does not depend on the speed
-  or the load of the machine.  Returns (candidates, the guesses tried, the
-  best-fitting guess, seconds spent on the further guesses)."""
+def _alternative_atom_candidates(f_obs, compositions, standardisation, weights, s):
+  """The atom search for a composition and its alternatives
+  (``compositions``: the first, then the others, tried in turn): the first
+  composition's candidates (with a second search where
+  :attr:`SearchSettings.retries_atom_search`); where none of them stands
+  out, each further composition in turn (until one's model is decisive),
+  and the candidates of the one whose best model fits best (lowest R1)
+  beside the first's.
+
+  The alternatives are either guessed compositions
+  (:func:`phai_cctbx.composition_guess.heavier_alternatives`, where
+  ``s.composition_guessed``: a model stands for the solution only when
+  confirmed) or, for a formula given without Z, its other plausible numbers
+  of formula units per cell
+  (:func:`phai_cctbx.composition_guess.formula_unit_choices`).  They are at
+  most a few, each search bounded in placements
+  (:data:`phai_cctbx.atom_search.MAX_WORK`), and all of them run whatever
+  the clock says, so that the answer does not depend on the speed or the
+  load of the machine.  Labels name the composition (atoms per asymmetric
+  unit) where there are alternatives or it is a guess.  Returns
+  (candidates, the compositions tried, the best-fitting one, searches run,
+  seconds spent on the alternatives)."""
   from phai_cctbx.composition_guess import describe
   group = f_obs.space_group()
-  first, _ = _atom_candidates(f_obs, guesses[0], standardisation, weights, s,
-                              describe(guesses[0], group))
-  tried, best, best_counts = [guesses[0]], first, guesses[0]
+  named = s.composition_guessed or len(compositions) > 1
+  label = lambda counts: describe(counts, group) if named else ""
+  first, searches = _atom_candidates(f_obs, compositions[0], standardisation, weights, s,
+                                     label(compositions[0]), retry=s.retries_atom_search)
+  tried, best, best_counts = [compositions[0]], first, compositions[0]
   t0 = time.time()
   if not _marked(first):
-    for counts in guesses[1:]:
+    for counts in compositions[1:]:
       if atom_search_atoms(s, f_obs, counts) is None:
         break
-      kept, _ = _atom_candidates(f_obs, counts, standardisation, weights, s,
-                                 describe(counts, group))
+      kept, _ = _atom_candidates(f_obs, counts, standardisation, weights, s, label(counts))
       tried.append(counts)
+      searches += 1
       if kept and (not best or kept[0].terms["model_r1"] < best[0].terms["model_r1"]):
         best, best_counts = kept, counts
-        if kept[0].terms.get("decisive"):   # R1 below DECISIVE_R1, confirmed
+        if kept[0].terms.get("decisive"):   # R1 below DECISIVE_R1 (confirmed if a guess)
           break
-  return ((first + best if best is not first else first), tried, best_counts,
+  return ((first + best if best is not first else first), tried, best_counts, searches,
           time.time() - t0)
 
 
@@ -905,9 +919,10 @@ def run(f_obs, standardisation, set_amplitudes, set_measured, model, settings=No
     log_stage: callable(str) told of each stage as it ends.
     composition: element -> atoms per unit cell of ``f_obs``'s cell, for
       the atom search (None: no atom search).
-    alternatives: where ``settings.composition_guessed``, further guessed
-      compositions tried when the first gives no model that stands out
-      (:func:`_guessed_atom_candidates`).
+    alternatives: further compositions tried when the first gives no model
+      that stands out (:func:`_alternative_atom_candidates`): guessed ones
+      where ``settings.composition_guessed``, else the formula's other
+      numbers of formula units per cell.
   """
   s = settings or SearchSettings()
   t0 = time.time()
@@ -945,20 +960,19 @@ def run(f_obs, standardisation, set_amplitudes, set_measured, model, settings=No
   atoms = atom_search_atoms(s, f_obs, composition)
   peak_counts = composition if peak_search_atoms(s, f_obs, composition) is not None else None
   if atoms is not None and not stop:
-    if s.composition_guessed:
-      from phai_cctbx.composition_guess import describe
-      # The further guesses' time is not counted against time_limit, so that
-      # the stages after them still run where they do not decide.
-      found, tried, peak_counts, seconds = _guessed_atom_candidates(
-        f_obs, [composition] + list(alternatives), standardisation, weights, s)
-      own_time[0] += seconds
-      candidates += found
+    from phai_cctbx.composition_guess import describe
+    # The alternatives' time is not counted against time_limit, so that the
+    # stages after them still run where they do not decide.
+    found, tried, best_counts, searches, seconds = _alternative_atom_candidates(
+      f_obs, [composition] + list(alternatives), standardisation, weights, s)
+    own_time[0] += seconds
+    candidates += found
+    if peak_counts is not None or s.composition_guessed:
+      peak_counts = best_counts
+    if len(tried) > 1 or s.composition_guessed:
       stages.append("atom search (%d atoms: %s)" % (len(atoms[0]), ", ".join(
         describe(c, f_obs.space_group()) for c in tried)))
     else:
-      found, searches = _atom_candidates(f_obs, composition, standardisation, weights, s,
-                                         retry=s.retries_atom_search)
-      candidates += found
       stages.append("atom search (%d atoms%s)" % (
         len(atoms[0]), ", a second search: none decisive" if searches > 1 else ""))
     stop = done()

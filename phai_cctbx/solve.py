@@ -246,7 +246,7 @@ def solve(miller_array, model=None, weights=None, trials=8, cycles=16,
           network_check=True, network_frames=1, omit_refinement=4,
           composition=None, atom_search=True, atom_restarts=2048,
           guess_composition=True, elements=None, peak_maps=4,
-          peak_rounds=2, atom_retry=True):
+          peak_rounds=2, atom_retry=True, composition_alternatives=()):
   """Phase amplitudes or intensities (a cctbx miller array with crystal symmetry).
 
   Args:
@@ -306,6 +306,11 @@ def solve(miller_array, model=None, weights=None, trials=8, cycles=16,
     peak_rounds: rounds of that search; each after the first, while
       nothing is called solved, starts from the maps of the best distinct
       models of the round before.
+    composition_alternatives: further compositions (atoms per unit cell)
+      tried in turn where the models of ``composition`` do not stand out,
+      the best-fitting kept: a formula's other plausible numbers of
+      formula units where Z was not given
+      (:func:`phai_cctbx.atom_search.cell_count_choices`).
     guess_composition: without ``composition``, the atom search places the
       atoms of an organic crystal of this cell's volume
       (:func:`phai_cctbx.composition_guess.guess_counts`; ``elements``, the
@@ -412,7 +417,14 @@ def solve(miller_array, model=None, weights=None, trials=8, cycles=16,
   frames = (" in each of up to %d frames" % network_frames) if network_frames > 1 else ""
   if search_module.runs_omit_refinement(settings, f_obs):
     more += "; then, while unsolved, omit-map refinement of the %d best" % omit_refinement
-  alternatives = []
+  alternatives = list(composition_alternatives) if composition is not None else []
+  if alternatives:
+    # A formula's likeliest Z may give more atoms than the search places
+    # where another does not: the search starts from the first it can place.
+    usable = [c for c in [composition] + alternatives
+              if search_module.atom_search_atoms(settings, f_obs, c) is not None]
+    if usable:
+      composition, alternatives = usable[0], usable[1:]
   if composition is None and atom_search and guess_composition and \
      method in ("auto", "dual_space"):
     from phai_cctbx import composition_guess
@@ -427,6 +439,11 @@ def solve(miller_array, model=None, weights=None, trials=8, cycles=16,
           composition_guess.describe(c, f_obs.space_group()) for c in alternatives)
     _print(log, "Atom search: %s" % how)
   atoms = search_module.atom_search_atoms(settings, f_obs, composition)
+  if atoms is not None and alternatives and not settings.composition_guessed:
+    from phai_cctbx import composition_guess
+    _print(log, "Atom search: where no model stands out, then %s (atoms per "
+           "asymmetric unit)" % ", ".join(
+             composition_guess.describe(c, f_obs.space_group()) for c in alternatives))
   if settings.composition_guessed and atoms is None:
     _print(log, "Atom search: not run (more than %d atoms; give elements= with "
            "counts per unit cell)" % atom_search_module.atom_limit(composition))

@@ -470,8 +470,18 @@ def test_cell_counts():
   # a given Z wins; an inorganic formula keeps one unit per asymmetric unit
   assert atom_search.cell_counts(formula, z=8, space_group=p21c, unit_cell=uctbx.unit_cell(
     (6, 6, 2.83, 90, 90, 90)))[0] == {"C": 16, "H": 32, "O": 8}
+  # an inorganic formula: Z from the volume too, where the atoms fill whole
+  # positions (one Na per cell of P2_1/c does not) ...
   counts, how = atom_search.cell_counts(parse_elements("Na C O3"), space_group=p21c,
                                         unit_cell=uctbx.unit_cell((6, 6, 2.83, 90, 90, 90)))
+  assert counts == {"Na": 2, "C": 2, "O": 6} and "Z = 2" in how and "then" not in how
+  # ... and where two Z are plausible, both, the likelier first
+  choices, how = atom_search.cell_count_choices(
+    parse_elements("Si O2"), space_group=p21c, unit_cell=uctbx.unit_cell((5, 5, 6, 90, 90, 90)))
+  assert choices == [{"Si": 4, "O": 8}, {"Si": 2, "O": 4}]
+  assert "Z = 4" in how and "then Z = 2 where no model stands out" in how
+  # without the cell: one formula unit in the asymmetric unit
+  counts, how = atom_search.cell_counts(parse_elements("Na C O3"), space_group=p21c)
   assert counts == {"Na": 4, "C": 4, "O": 12} and "one formula unit" in how
   assert atom_search.cell_counts(parse_elements("C H O"))[0] is None
   assert atom_search.cell_counts(None)[0] is None

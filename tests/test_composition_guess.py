@@ -2,6 +2,7 @@
 (phai_cctbx.composition_guess)."""
 import glob
 import io
+import math
 import os
 
 import pytest
@@ -9,6 +10,7 @@ import pytest
 from cctbx import crystal, sgtbx, uctbx, xray
 
 from phai_cctbx import atom_search, benchmark, composition_guess, solve
+from phai_cctbx.model_building import parse_elements
 
 STRUCTURES = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data",
                           "structures")
@@ -88,6 +90,41 @@ def test_formula_units_of_real_organic_crystals_follow_the_cell_volume():
         (name, units_per_formula)
 
 
+@pytest.mark.skipif(not os.path.isdir(STRUCTURES), reason="shared structures not present")
+def test_formula_unit_choices_of_real_inorganic_cells_hold_the_true_z():
+  """Every inorganic cell of the development structures, its content
+  written as the formula in lowest terms: the true Z is the first of the
+  two choices for most, one of them for nearly all."""
+  from functools import reduce
+  first = among = n = 0
+  for path in sorted(glob.glob(os.path.join(STRUCTURES, "*", "*.cif"))):
+    xs = benchmark.read_structure(path)
+    counts = dict((e, int(round(c))) for e, c in benchmark.cell_composition(xs, xs).items())
+    if atom_search.molecular(counts):
+      continue
+    z = reduce(math.gcd, counts.values())
+    choices = composition_guess.formula_unit_choices(
+      dict((e, c // z) for e, c in counts.items()), xs.unit_cell(), xs.space_group())
+    assert 1 <= len(choices) <= 2
+    n += 1
+    first += choices[0] == z
+    among += z in choices
+  assert n >= 30 and first >= 0.8 * n and among >= 0.9 * n, (n, first, among)
+
+
+def test_formula_unit_choices_fill_whole_positions():
+  group = _p21c()
+  # Na3AlF6 in cryolite's cell (234 A^3): Z = 1 would put 3 Na in a cell
+  # of P2_1/c, which no positions hold; Z = 4 gives 5.9 A^3 per atom
+  cell = uctbx.unit_cell((5.40, 5.60, 7.76, 90, 90.2, 90))
+  assert composition_guess.formula_unit_choices({"Na": 3, "Al": 1, "F": 6}, cell, group) == [2]
+  # SiO2 in 150 A^3: Z = 4 (12.5 A^3 per atom), then Z = 2 (25)
+  cell = uctbx.unit_cell((5, 5, 6, 90, 90, 90))
+  assert composition_guess.formula_unit_choices({"Si": 1, "O": 2}, cell, group) == [4, 2]
+  assert composition_guess.formula_unit_choices({"Si": 1, "O": 2}, cell, group, most=1) == [4]
+  assert composition_guess.formula_unit_choices({"H": 2}, cell, group) == []
+
+
 def test_formula_units_only_for_organic_formulas():
   cell, group = uctbx.unit_cell((9.748, 8.89, 7.566, 90, 112.74, 90)), _p21c()
   # COD 2016452, C14 H14 O2 on an inversion centre: 605 A^3 / 17 / 16 = 2.2
@@ -125,6 +162,34 @@ def test_solve_without_composition_searches_a_guessed_organic_cell():
   solve.solve(f_calc.amplitudes(), method="dual_space", log=log, guess_composition=False,
               dual_space_more_starts=0, omit_refinement=0)
   assert "atom search" not in log.getvalue()
+
+
+def test_solve_searches_a_formula_s_next_number_of_formula_units():
+  """SiO2 (Si and two O on general positions, Z = 4) in 120 A^3, 1.6 A,
+  the formula given without Z: the likeliest Z by volume is 2 (20 A^3 per
+  atom), whose atoms cannot fit; the next, Z = 4, is searched too and its
+  model chosen."""
+  xs = xray.structure(crystal_symmetry=crystal.symmetry(
+    unit_cell=(4.8, 5.0, 5.0, 90, 90, 90), space_group_symbol="P 1 21/c 1"))
+  for label, site in (("Si1", (0.8018, 0.0537, 0.7270)), ("O1", (0.9846, 0.0194, 0.9971)),
+                      ("O2", (0.5427, 0.2610, 0.7135))):
+    xs.add_scatterer(xray.scatterer(label=label, site=site, u=0.015))
+  xs.scattering_type_registry(table="wk1995")
+  f_calc = xs.structure_factors(d_min=1.6, algorithm="direct").f_calc()
+  choices, how = atom_search.cell_count_choices(
+    parse_elements("Si O2"), None, f_calc.space_group(), f_calc.unit_cell())
+  assert choices == [{"Si": 2, "O": 4}, {"Si": 4, "O": 8}]
+  log = io.StringIO()
+  result = solve.solve(f_calc.amplitudes(), method="dual_space", log=log, min_reflections=10,
+                       atom_restarts=256, dual_space_starts=0, sign_combinations=0,
+                       dual_space_more_starts=0, omit_refinement=0, peak_maps=0,
+                       composition=choices[0], composition_alternatives=choices[1:])
+  text = log.getvalue()
+  assert "where no model stands out, then Si1 O2" in text
+  assert "atom search (2 atoms: Si0.5 O1, Si1 O2)" in text
+  assert result.chosen.label.startswith("atom model 1 (Si1 O2")
+  assert benchmark.Truth(result.standardisation, f_calc).r(
+    *_signs_and_measured(result, f_calc)) > 0.95
 
 
 def _signs_and_measured(result, f_calc):
@@ -292,8 +357,9 @@ def test_guessed_compositions_are_tried_in_turn(monkeypatch, r1_of, tried, chose
   # Past the search's time limit before the first further guess: the
   # guesses run all the same (a fixed amount of work, whatever the clock).
   s = search.SearchSettings(composition_guessed=True, time_limit=-1.0)
-  found, used, best, seconds = search._guessed_atom_candidates(f_obs, guesses, std, weights, s)
-  assert runs == tried
+  found, used, best, searches, seconds = search._alternative_atom_candidates(
+    f_obs, guesses, std, weights, s)
+  assert runs == tried and searches == len(tried)
   assert [composition_guess.describe(c, group) for c in used] == tried
   assert found[0].label.startswith("atom model 1 (C6, R1")
   assert found[-1].label.startswith("atom model 1 (%s, R1" % chosen)

@@ -651,3 +651,38 @@ def test_only_a_given_composition_gets_a_second_atom_search():
   assert search.SearchSettings().retries_atom_search
   assert not search.SearchSettings(atom_retry=False).retries_atom_search
   assert not search.SearchSettings(composition_guessed=True).retries_atom_search
+
+
+def test_a_formula_without_z_tries_its_other_number_of_formula_units(monkeypatch):
+  """A formula given without Z: where the likeliest Z gives no decisive
+  model (after its second search), the next Z is searched and its decisive
+  model kept beside the first's; the labels name both compositions."""
+  from test_composition_guess import _agreeing_models, _tiny_problem
+  f_obs, std, weights, phases = _tiny_problem()
+  p = phases.data().as_numpy_array()
+  wrong = phases.customized_copy(
+    data=flex.double(np.where(np.arange(p.size) % 2 == 0, p + 180.0, p)))
+  runs = []
+
+  def run(f, counts, restarts=2048, seed=0, keep=16, **kw):
+    runs.append((counts["Si"], seed))
+    if counts["Si"] == 8:   # too many atoms: two wrong models, neither stands out
+      return _agreeing_models(wrong, 0.12) + _agreeing_models(phases, 0.125)
+    return _agreeing_models(phases, 0.03)
+
+  monkeypatch.setattr(search.atom_search_engine, "run", run)
+  monkeypatch.setattr(search.atom_search_engine, "model_free_r1", lambda f, m: m.r1 + 0.02)
+  s = search.SearchSettings(random_seed=5, time_limit=-1.0)
+  z8, z4 = {"Si": 8, "O": 16}, {"Si": 4, "O": 8}
+  found, tried, best, searches, seconds = search._alternative_atom_candidates(
+    f_obs, [z8, z4], std, weights, s)
+  assert runs == [(8, 5), (8, 5 + search.ATOM_RETRY_SEED), (4, 5)] and searches == 3
+  assert tried == [z8, z4] and best == z4
+  assert found[0].label.startswith("atom model 1 (Si2 O4, R1")
+  chosen = [c for c in found if c.terms.get("decisive")]
+  assert len(chosen) == 1 and chosen[0].label.startswith("atom model 1 (Si1 O2, R1 0.030")
+  # One composition: one search (no retry needed when decisive), no names.
+  runs.clear()
+  found, tried, best, searches, _ = search._alternative_atom_candidates(
+    f_obs, [z4], std, weights, s)
+  assert runs == [(4, 5)] and searches == 1 and found[0].label.startswith("atom model 1 (R1")

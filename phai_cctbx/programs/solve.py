@@ -278,14 +278,16 @@ All parameters with what they mean:
     return None
 
   def _cell_counts(self, composition, data, log):
-    """Atoms per unit cell for the atom search (None: it does not run)."""
+    """Atoms per unit cell for the atom search, likeliest first (more than
+    one for a formula without Z; none: it does not run)."""
     from phai_cctbx import atom_search
     p = self.params.phasing
     if not p.atom_search.enabled or p.method == "network":
-      return None
-    counts, how = atom_search.cell_counts(
+      return []
+    choices, how = atom_search.cell_count_choices(
       composition, self.params.model_building.z or data.facts.z,
       data.miller_array.space_group(), data.miller_array.unit_cell())
+    counts = choices[0] if choices else None
     if counts is None and not p.atom_search.guess_composition:
       print("Atom search: not run (%s; give elements= with counts per unit cell, "
             "e.g. elements=\"C24 H20 N4 O8\", or a .ins with SFAC/UNIT)" % how, file=log)
@@ -295,7 +297,7 @@ All parameters with what they mean:
             "or a .ins with SFAC/UNIT)" % how, file=log)
     else:
       print("Atom search: atoms per unit cell from %s" % how, file=log)
-    return counts
+    return choices
 
   def run(self):
     from phai_cctbx import data_input, outputs, starting_model
@@ -348,7 +350,8 @@ All parameters with what they mean:
       network_seeds=tuple(p.phasing.dual_space.network_seeds or ()),
       sign_combinations=p.phasing.dual_space.sign_combinations,
       omit_refinement=p.phasing.dual_space.omit_refinement,
-      composition=counts, atom_search=p.phasing.atom_search.enabled,
+      composition=counts[0] if counts else None,
+      composition_alternatives=counts[1:], atom_search=p.phasing.atom_search.enabled,
       atom_restarts=p.phasing.atom_search.restarts,
       atom_retry=p.phasing.atom_search.retry,
       peak_maps=p.phasing.atom_search.peak_maps,
