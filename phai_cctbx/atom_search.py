@@ -728,6 +728,23 @@ def cell_count_choices(composition, z=None, space_group=None, unit_cell=None):
           "asymmetric unit)" % n)
 
 
+def formula_units_of(model, composition, space_group):
+  """Z of an :class:`AtomModel` of ``space_group``: its atoms per cell of the
+  formula's first element heavier than hydrogen over that element's count
+  in the formula (a :class:`phai_cctbx.model_building.Composition` given as a
+  formula, not as the cell content); None otherwise or where it is not a
+  whole or half number."""
+  if composition is None or composition.counts is None or composition.per_cell:
+    return None
+  order = space_group.order_z()
+  for e in composition.non_hydrogen():
+    if composition.counts.get(e):
+      per_cell = order * sum(q for el, q in zip(model.elements, model.occupancies) if el == e)
+      z = per_cell / composition.counts[e]
+      return z if z > 0 and abs(2 * z - round(2 * z)) < 1e-6 else None
+  return None
+
+
 def decisive(r1_of_solutions, limit=DECISIVE_R1):
   """Whether the best of the R1s of distinct solutions (the best model of
   each, lowest first) stands out as the solution: below

@@ -238,6 +238,10 @@ class StartingModel(object):
   units); ``composition``: the :class:`Composition` used, or None.
   """
 
+  #: Where the atoms came from: the map's peaks, or an atom model of the
+  #: search (:func:`model_from_atoms`).
+  from_atom_model = False
+
   def __init__(self, xray_structure, atoms, fragments, warnings, map_type,
                carbon_level, composition, bonds=(), notes=()):
     self.notes = list(notes)
@@ -253,6 +257,13 @@ class StartingModel(object):
   def is_empty(self):
     return len(self.atoms) == 0
 
+  def source(self):
+    """Where the atoms came from, in a few words."""
+    if self.from_atom_model:
+      return "the atom model whose F_calc gave the phases; heights from the %s-map" % (
+        self.map_type)
+    return "peaks of the %s-map of its phases" % self.map_type
+
   def crystal_symmetry(self):
     return self.xray_structure.crystal_symmetry()
 
@@ -264,8 +275,9 @@ class StartingModel(object):
     """Print the atoms, their peak heights, elements and the fragments."""
     if log is None:
       log = sys.stdout
-    print("Starting model from the %s-map (hydrogen atoms not placed)"
-          % self.map_type, file=log)
+    print("Starting model from the %s (hydrogen atoms not placed)" % (
+      "atom model of the search" if self.from_atom_model else "%s-map" % self.map_type),
+      file=log)
     if self.carbon_level is not None:
       print("  carbon level: %.2f r.m.s." % self.carbon_level, file=log)
     if self.composition is not None:
@@ -686,6 +698,42 @@ def build_starting_model(f_obs, phases_deg, elements=None, log=None,
     model.warnings.append(
       "only %d atoms found where about %d were expected from the cell volume."
       % (len(model.atoms), round(n_exp)))
+  return _finish(model, log)
+
+
+def model_from_atoms(f_obs, phases_deg, elements, sites, composition=None, log=None,
+                     map_type=DEFAULT_MAP_TYPE, u_iso=0.05):
+  """The starting model of atoms already placed: an atom model of the
+  search (:class:`phai_cctbx.atom_search.AtomModel`) whose F_calc gave the
+  chosen phases.  Its elements and sites are kept as they are (atoms on
+  special positions stay there); the heights are those of the map of
+  ``phases_deg`` at the sites, so that the listing reads as for peaks;
+  fragments and names as for a model from peaks (:func:`build_starting_model`).
+
+  Why: the atom search fits |F_obs| with the composition given, its model
+  of a mineral or a small molecule already has every element and special
+  position right (cryolite at 2.0 A: Al and Na on inversion centres, R1
+  0.012), where element by peak height confuses Na, Al and F."""
+  composition = parse_elements(composition)
+  if f_obs.is_xray_intensity_array():
+    f_obs = f_obs.f_sq_as_f()
+  cs = f_obs.crystal_symmetry()
+  coeffs, norms = map_coefficients(f_obs, phases_deg, map_type=map_type)
+  fft_map = coeffs.fft_map(resolution_factor=0.25,
+                           symmetry_flags=maptbx.use_space_group_symmetry)
+  fft_map.apply_sigma_scaling()
+  density = fft_map.real_map_unpadded()
+  heights = [density.eight_point_interpolation(tuple(float(x) for x in site))
+             for site in sites]
+  ratios = expected_height_ratios(coeffs, norms, set(elements) | {"C"}, map_type)
+  h_c = _median([h / ratios[e] for h, e in zip(heights, elements)]) or 1.0
+  assigned = [[tuple(float(x) for x in site), h, h / h_c, e]
+              for site, h, e in zip(sites, heights, elements)]
+  xs, atoms = _make_structure(cs, assigned, u_iso, h_c)
+  frags, moves = _fragments_and_moves(xs, _bonds(xs))
+  model = _named_model(cs, assigned, frags, moves, u_iso, h_c, map_type,
+                       composition, [])
+  model.from_atom_model = True
   return _finish(model, log)
 
 

@@ -111,6 +111,7 @@ class Candidate:
   count: int = 1             # starts that ended in exactly these phases
   independent: bool = False  # a random-start dual-space run
   snapshot_of: object = None # a snapshot of a random start: that start's end point
+  model: object = None       # an atom model's atom_search.AtomModel (its F_calc's phases)
 
   def summary(self):
     out = {"label": self.label, "method": self.method, "start": self.start,
@@ -747,7 +748,7 @@ def _model_candidates(f_obs, models, standardisation, weights, s, name, guess, s
   candidates = [Candidate(label="", method="atom_search", start=start,
                           phases=m.phases,
                           signs=list_signs(standardisation, f_obs, m.phases),
-                          terms={"model_r1": m.r1})
+                          terms={"model_r1": m.r1}, model=m)
                 for m in models]
   kept = distinct(candidates, weights, ATOM_CANDIDATES, same_r=AGREEMENT_R,
                   key=lambda c: -c.terms["model_r1"])

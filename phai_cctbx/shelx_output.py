@@ -160,9 +160,8 @@ def res_lines(model, title=None, wavelength=None,
     raise Sorry("Cannot write a SHELX file for %s: %s"
                 % (xs.space_group_info(), e))
   lines = header[:1]
-  lines.append("REM Starting model from phai.solve %s (peaks of the %s-map "
-               "of its phases); hydrogen atoms not placed"
-               % (_version(), model.map_type))
+  lines.append("REM Starting model from phai.solve %s (%s); hydrogen atoms not placed"
+               % (_version(), model.source()))
   for r in remarks:
     lines.append("REM %s" % r)
   lines.extend(header[1:])

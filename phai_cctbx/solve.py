@@ -101,6 +101,9 @@ class SolveResult(object):
     verdict: "solved", "probably solved", "partial" or "not solved"
       (:data:`VERDICTS`); advice: what to do next, one line.
     timings: dict of seconds per step.
+    atom_model: where the chosen phases are an atom model's of a given (not
+      guessed) composition, that atom_search.AtomModel (the starting model
+      keeps its atoms and elements), else None.
     model_building: the starting_model.ModelBuilding of the run, or None
       (set by the program after phasing).
   """
@@ -545,4 +548,5 @@ def solve(miller_array, model=None, weights=None, trials=8, cycles=16,
     set_amplitudes=set_amplitudes, set_measured=present,
     standardisation=std, amplitudes=amps, mapping=stats,
     back=back, verdict=level, advice=advice, timings=timings,
-    weights_source=weights_source)
+    weights_source=weights_source,
+    atom_model=chosen.model if not settings.composition_guessed else None)

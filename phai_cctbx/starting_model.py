@@ -124,7 +124,8 @@ def not_supported(verdict):
 
 
 def build(f_obs, phases_deg, reflections, elements=None, map_type="E",
-          wavelength=None, title=None, log=None, cell_esds=None, z=None):
+          wavelength=None, title=None, log=None, cell_esds=None, z=None,
+          atom_model=None):
   """Build the starting model and prepare its files.
 
   Args:
@@ -139,6 +140,9 @@ def build(f_obs, phases_deg, reflections, elements=None, map_type="E",
     cell_esds, z: for the ZERR line, as the input gave them (None: zeros and
       one formula unit per asymmetric unit, said in the log).
     title: TITL of the .res (the space group is added).
+    atom_model: an atom_search.AtomModel whose F_calc gave the phases: its
+      atoms and elements make the model (model_building.model_from_atoms)
+      instead of the map's peaks.
     log: file-like object; the model's listing goes there.
 
   Returns a :class:`ModelBuilding`; the model step never raises Sorry for
@@ -147,8 +151,13 @@ def build(f_obs, phases_deg, reflections, elements=None, map_type="E",
   """
   composition = model_building.parse_elements(elements)
   try:
-    model = model_building.build_starting_model(
-      f_obs, phases_deg, elements=composition, log=log, map_type=map_type)
+    if atom_model is not None:
+      model = model_building.model_from_atoms(
+        f_obs, phases_deg, atom_model.elements, atom_model.sites,
+        composition=composition, log=log, map_type=map_type)
+    else:
+      model = model_building.build_starting_model(
+        f_obs, phases_deg, elements=composition, log=log, map_type=map_type)
   except Sorry as e:
     reason = "model building failed: %s" % e
     _print(log, "  WARNING: %s" % reason)

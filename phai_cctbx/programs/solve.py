@@ -372,12 +372,19 @@ All parameters with what they mean:
       # The merged amplitudes and the phases in the data's own group and
       # setting; the .hkl gets the data as read (intensities stay intensities).
       facts = data.facts
+      atom_model = getattr(self.result, "atom_model", None)
+      z = mb.z or facts.z
+      if not z and atom_model is not None:
+        # A formula without Z: the Z of the atom model the phases came from.
+        from phai_cctbx import atom_search
+        z = atom_search.formula_units_of(atom_model, composition,
+                                         self.result.f_obs.space_group())
       self.result.model_building = starting_model.build(
         self.result.f_obs, self.result.phases, data.miller_array,
         elements=composition, map_type=mb.map_type,
         wavelength=mb.wavelength if mb.wavelength is not None else facts.wavelength,
         title=os.path.basename(prefix), log=log, cell_esds=facts.cell_esds,
-        z=mb.z or facts.z)
+        z=z, atom_model=atom_model)
       steps.append(("model building", time.time() - t2))
     elif mb.build_model:
       self.result.model_building = starting_model.not_supported(verdict)
