@@ -85,6 +85,7 @@ class ModelBuilding(object):
     if m is None:
       return out
     out["map_type"] = m.map_type
+    out["source"] = "atom model" if m.from_atom_model else "map peaks"
     out["elements"] = str(m.composition) if m.composition is not None else None
     out["carbon_level"] = (round(float(m.carbon_level), 3)
                            if m.carbon_level is not None else None)

@@ -95,7 +95,8 @@ def _check_model_files(prefix, summary, log, m):
   cif_xs = list(iotbx.cif.reader(file_path=prefix + "_model.cif")
                 .build_crystal_structures().values())[0]
   assert cif_xs.scatterers().size() == xs.scatterers().size()
-  assert "Starting model from the E-map" in log
+  assert ("Starting model from the atom model of the search" if mb["source"] == "atom model"
+          else "Starting model from the E-map") in log
   return xs
 
 
@@ -200,6 +201,11 @@ def test_hklf3_amplitudes_of_the_phai_notebook(phai_solve, weights, tmp_path):
     structure=_structure(os.path.join(d, "cod2016452_P21c", "2016452.cif")))
   log = open(str(tmp_path / "out.log")).read()
   assert "the formula times Z = 2 (Z not given: estimated from the cell volume" in log
+  # Solved by an atom model: the starting model is its atoms (ZERR: its Z).
+  summary = json.load(open(str(tmp_path / "out.json")))
+  if summary["chosen"].startswith("atom model"):
+    assert summary["model_building"]["source"] == "atom model"
+    assert "ZERR 2 " in open(str(tmp_path / "out.res")).read()
 
 
 def test_mtz_with_labels(phai_solve, weights, tmp_path):
