@@ -518,3 +518,34 @@ def test_show_defaults_and_help(phai_solve, tmp_path):
     assert words in proc.stdout
   proc = run_solve(phai_solve, ["--help"], tmp_path)
   assert proc.returncode == 0 and "phai.solve" in proc.stdout
+
+
+def test_a_mineral_given_its_formula_without_z(phai_solve, tmp_path):
+  """Cryolite (Na3AlF6, P2_1/n) at 2.0 A, calculated from its refined
+  structure, as a SHELX .hkl with the formula and no Z: Z = 2 from the cell
+  volume (Z = 1 would put 3 Na in the cell), the atom search solves it, and
+  the starting model is its atom model: Al and one Na on inversion centres,
+  ZERR 2, UNIT Na6 Al2 F12."""
+  xs = _structure(shared_path("structures", "p21c_small", "BobHanson_Cryolite.cif"))
+  f_calc = xs.structure_factors(d_min=2.0, algorithm="direct").f_calc()
+  i_obs = abs(f_calc).f_as_f_sq().set_observation_type_xray_intensity()
+  i_obs = i_obs.customized_copy(sigmas=i_obs.data() * 0.01 + 0.1)
+  hkl = str(tmp_path / "cryolite.hkl")
+  with open(hkl, "w") as f:
+    i_obs.export_as_shelx_hklf(f)
+  cell = " ".join("%.4f" % x for x in xs.unit_cell().parameters())
+  proc = run_solve(phai_solve, [
+    hkl, "unit_cell=" + cell, "space_group=P 1 21/n 1", "elements=Na3AlF6",
+    "phasing.method=dual_space", "phasing.dual_space.more_starts=0",
+    "output.prefix=out"], tmp_path)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  log = open(str(tmp_path / "out.log")).read()
+  assert "the formula times Z = 2 (Z not given: estimated from the cell volume" in log
+  summary = json.load(open(str(tmp_path / "out.json")))
+  assert summary["verdict"] == "solved" and summary["chosen"].startswith("atom model")
+  assert summary["model_building"]["source"] == "atom model"
+  res = open(str(tmp_path / "out.res")).read()
+  assert "ZERR 2 " in res and "UNIT 6 2 12" in res
+  centred = sorted(line.split()[0][:2] for line in res.splitlines()
+                   if " 10.50000 " in line)
+  assert centred == ["Al", "Na"]
