@@ -404,6 +404,15 @@ def _form_factor(element, stol):
   return flex.double([g.at_stol(s) for s in stol])
 
 
+def sigma_scaled_map(coeffs, resolution_factor=0.25):
+  """The map of ``coeffs`` (cctbx fft_map, the space group's symmetry) in
+  units of its r.m.s."""
+  fft_map = coeffs.fft_map(resolution_factor=resolution_factor,
+                           symmetry_flags=maptbx.use_space_group_symmetry)
+  fft_map.apply_sigma_scaling()
+  return fft_map
+
+
 def find_peaks(coeffs, min_distance=1.0, max_peaks=200,
                resolution_factor=0.25):
   """Peaks of the sigma-scaled map, one per symmetry-unique site.
@@ -413,10 +422,7 @@ def find_peaks(coeffs, min_distance=1.0, max_peaks=200,
   ``min_distance`` to a higher one (or to their own symmetry mates, beyond
   a special position) are rejected.
   """
-  fft_map = coeffs.fft_map(
-    resolution_factor=resolution_factor,
-    symmetry_flags=maptbx.use_space_group_symmetry)
-  fft_map.apply_sigma_scaling()
+  fft_map = sigma_scaled_map(coeffs, resolution_factor)
   params = maptbx.peak_search_parameters(
     peak_search_level=1,
     max_peaks=max_peaks * 5,
@@ -719,10 +725,7 @@ def model_from_atoms(f_obs, phases_deg, elements, sites, composition=None, log=N
     f_obs = f_obs.f_sq_as_f()
   cs = f_obs.crystal_symmetry()
   coeffs, norms = map_coefficients(f_obs, phases_deg, map_type=map_type)
-  fft_map = coeffs.fft_map(resolution_factor=0.25,
-                           symmetry_flags=maptbx.use_space_group_symmetry)
-  fft_map.apply_sigma_scaling()
-  density = fft_map.real_map_unpadded()
+  density = sigma_scaled_map(coeffs).real_map_unpadded()
   heights = [density.eight_point_interpolation(tuple(float(x) for x in site))
              for site in sites]
   ratios = expected_height_ratios(coeffs, norms, set(elements) | {"C"}, map_type)

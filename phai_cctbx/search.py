@@ -761,7 +761,7 @@ def _model_candidates(f_obs, models, standardisation, weights, s, name, guess, s
       r1, limit=atom_search_engine.GUESSED_R1)):
     best = kept[0]
     free = best.terms["model_free_r1"] = atom_search_engine.model_free_r1(
-      f_obs, models[candidates.index(best)])
+      f_obs, best.model)
     if not s.composition_guessed and not confirm:
       best.terms["decisive"] = 1.0
     elif atom_search_engine.confirmed(r1[0], free):
@@ -771,7 +771,7 @@ def _model_candidates(f_obs, models, standardisation, weights, s, name, guess, s
       # out, unconfirmed, and was chosen as probably solved).
       best.terms["decisive" if decisive else "stands_out"] = 1.0
   elif len(kept) > 1 and r1[0] < atom_search_engine.CLEAR_GAP * r1[1]:
-    free = [atom_search_engine.model_free_r1(f_obs, models[candidates.index(c)])
+    free = [atom_search_engine.model_free_r1(f_obs, c.model)
             for c in kept]
     if atom_search_engine.clear(r1, free):
       kept[0].terms["model_free_r1"] = free[0]

@@ -277,7 +277,7 @@ All parameters with what they mean:
           % HEAVY_MARGIN, file=log)
     return None
 
-  def _cell_counts(self, composition, data, log):
+  def _cell_count_choices(self, composition, data, log):
     """Atoms per unit cell for the atom search, likeliest first (more than
     one for a formula without Z; none: it does not run)."""
     from phai_cctbx import atom_search
@@ -332,7 +332,7 @@ All parameters with what they mean:
       from phai_cctbx.weights import load_model   # imports torch
       model = load_model(p.model.weights)
     composition = self._composition(data, log)
-    counts = self._cell_counts(composition, data, log)
+    choices = self._cell_count_choices(composition, data, log)
     t_solve = time.time()
     steps.append(("network", t_solve - t1))
     self.result = solve(
@@ -350,8 +350,8 @@ All parameters with what they mean:
       network_seeds=tuple(p.phasing.dual_space.network_seeds or ()),
       sign_combinations=p.phasing.dual_space.sign_combinations,
       omit_refinement=p.phasing.dual_space.omit_refinement,
-      composition=counts[0] if counts else None,
-      composition_alternatives=counts[1:], atom_search=p.phasing.atom_search.enabled,
+      composition=choices[0] if choices else None,
+      composition_alternatives=choices[1:], atom_search=p.phasing.atom_search.enabled,
       atom_restarts=p.phasing.atom_search.restarts,
       atom_retry=p.phasing.atom_search.retry,
       peak_maps=p.phasing.atom_search.peak_maps,
