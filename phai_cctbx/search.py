@@ -19,6 +19,11 @@ run in any case:
    atoms heavier), as is a formula given without Z (its other plausible
    numbers of formula units), the best-fitting kept
    (:func:`_alternative_atom_candidates`);
+1a'. given a composition beyond that limit but within the search from map
+   peaks (:func:`peak_search_atoms`) whose heavy atoms are few and scatter a
+   good share (:func:`phai_cctbx.atom_search.heavy_counts`): the heavy atoms
+   alone placed as in 1a, then the whole asymmetric unit from the peaks of
+   the best heavy-atom models' E-maps (:func:`_heavy_atom_candidates`);
 1b. with ``sign_combinations`` > 0 and data below atomic resolution
    (d_min above :data:`~phai_cctbx.dual_space.SIGN_COMBINATIONS_D_MIN`),
    dual-space runs from every combination of the signs of the strongest
@@ -200,6 +205,7 @@ def assess(candidates, problem, amplitudes, agreement_r=AGREEMENT_R,
       c.terms["held_out_cc"] = owner.terms["held_out_cc"]
   independent = [c for c in candidates if c.independent]
   total = sum(c.count for c in independent)
+  cc = best_held_out_cc(candidates)
   for c in candidates:
     # Independent starts other than this one that ended at the same solution
     # (duplicates of this one included).
@@ -212,10 +218,10 @@ def assess(candidates, problem, amplitudes, agreement_r=AGREEMENT_R,
     others = total - (1 if own is not None else 0)
     c.terms["agreement"] = float(agreeing / others) if others > 0 else 0.0
     c.fom = figure_of_merit(c.terms)
-    if c.terms.get("decisive"):
+    if counts_as(c, "decisive", cc):
       c.fom = max(c.fom, DECISIVE_ATOM_FOM if atom_search_engine.confirmed(
         c.terms["model_r1"], c.terms["model_free_r1"]) else PROBABLE_ATOM_FOM)
-    elif c.terms.get("stands_out") or c.terms.get("clear"):  # confirmed
+    elif counts_as(c, "stands_out", cc) or counts_as(c, "clear", cc):  # confirmed
       c.fom = max(c.fom, PROBABLE_ATOM_FOM)
 
 
@@ -275,6 +281,9 @@ class SearchSettings:
   atom_restarts: int = 2048       # ... from this many random placements
   atom_retry: bool = True         # ... and a second search where no model of a
                                   # given composition is decisive (retries_atom_search)
+  heavy_atoms: bool = True        # a given composition beyond the random search:
+                                  # its heavy atoms alone, then the whole asymmetric
+                                  # unit from their maps' peaks (heavy_search_counts)
   peak_maps: int = 4              # below atomic resolution, while nothing is
                                   # solved, after the atom search: atom searches
                                   # from the peaks of this many of the best
@@ -385,6 +394,30 @@ def skewed(candidate):
   return candidate.terms.get("skewness", 1.0) > 0.0
 
 
+def counts_as(candidate, mark, best_held_out_cc):
+  """Whether ``candidate``'s ``mark`` (``"decisive"``, ``"clear"``,
+  ``"stands_out"``) counts: it has the mark and, where it carries the term
+  ``held_out_check``, predicts held-out amplitudes at least as well as
+  every candidate (``best_held_out_cc``, the best of them).
+
+  Why: a model of many atoms placed from the map of a few heavy ones can
+  fit |F_obs| and its cross-validated R1 where it is wrong, the heavy atoms
+  carrying the fit.  Vauquelinite at 2.0 A (Pb2 Cu Cr P O9, 97
+  reflections): a wrong heavy-atom model (r 0.10) led to a whole model of
+  R1 0.057, cross-validated 0.086 (r 0.09), that stood out; right
+  dual-space maps (r 0.99) predicted held-out amplitudes better (0.8489
+  against 0.8485).  The measured water set's right model (r 1.00)
+  predicted them best by far (0.828 against 0.759)."""
+  if not candidate.terms.get(mark):
+    return False
+  return not candidate.terms.get("held_out_check") or \
+    candidate.terms.get("held_out_cc", -1.0) >= best_held_out_cc
+
+
+def best_held_out_cc(candidates):
+  return max([c.terms.get("held_out_cc", -1.0) for c in candidates] + [-1.0])
+
+
 def top_candidate(candidates, rule="held_out"):
   """Index of the candidate that picks the solution: the best held-out
   correlation (ties: the better figure of merit) for ``rule="held_out"``,
@@ -410,10 +443,11 @@ def top_candidate(candidates, rule="held_out"):
   adding skewness or R1 to the held-out correlation as a score did worse.
   """
   if rule == "held_out":
+    cc = best_held_out_cc(candidates)
     solved = any(c.fom >= DECISIVE_ATOM_FOM for c in candidates if not c.terms.get("clear"))
     return max(range(len(candidates)), key=lambda i: (
-      bool(candidates[i].terms.get("decisive")),
-      bool(candidates[i].terms.get("clear")) and not solved, skewed(candidates[i]),
+      counts_as(candidates[i], "decisive", cc),
+      counts_as(candidates[i], "clear", cc) and not solved, skewed(candidates[i]),
       candidates[i].terms.get("held_out_cc", -1.0), candidates[i].fom))
   return int(np.argmax([c.fom for c in candidates]))
 
@@ -479,7 +513,8 @@ def choose(candidates, amplitudes, f_obs=None, standardisation=None,
     raise ValueError("unknown rule %r" % rule)
   top = top_candidate(candidates, rule)
   best = candidates[top]
-  if best.terms.get("decisive") or best.terms.get("clear"):
+  cc = best_held_out_cc(candidates)
+  if counts_as(best, "decisive", cc) or counts_as(best, "clear", cc):
     return top
   same = [i for i, c in enumerate(candidates)
           if "origin_cc" in c.terms
@@ -698,8 +733,23 @@ def peak_search_atoms(settings, f_obs, composition):
   atoms: more than the random search places, where the data allow it."""
   limit = None
   if composition and not settings.composition_guessed:
-    limit = atom_search_engine.peak_atom_limit(composition, f_obs.size())
+    limit = atom_search_engine.peak_atom_limit(composition, f_obs.size(),
+                                               f_obs.space_group())
   return atom_search_atoms(settings, f_obs, composition, limit)
+
+
+def heavy_search_counts(settings, f_obs, composition):
+  """The heavy atoms per cell to search for first
+  (:func:`phai_cctbx.atom_search.heavy_counts`) where a given (not guessed)
+  ``composition`` is beyond the random atom search
+  (:func:`atom_search_atoms` None) but not beyond the search from map peaks
+  (:func:`peak_search_atoms`); else None."""
+  if settings.composition_guessed or not settings.heavy_atoms or \
+     atom_search_atoms(settings, f_obs, composition, limit=1e9) is None or \
+     atom_search_atoms(settings, f_obs, composition) is not None or \
+     peak_search_atoms(settings, f_obs, composition) is None:
+    return None
+  return atom_search_engine.heavy_counts(composition, f_obs.space_group())
 
 
 #: A second atom search from other random placements where the first ends
@@ -736,6 +786,39 @@ def _atom_candidates(f_obs, composition, standardisation, weights, s, guess="", 
   models = sorted(models + more, key=lambda m: m.r1)[:ATOM_MODELS]
   return _model_candidates(f_obs, models, standardisation, weights, s, "atom model", guess,
                            "random atoms"), 2
+
+
+def _heavy_atom_candidates(f_obs, composition, heavy, standardisation, weights, s):
+  """Candidates of a search of the ``heavy`` atoms alone
+  (:func:`heavy_search_counts`; random placements as
+  :func:`_atom_candidates`), then of the whole ``composition`` placed from
+  the peaks of the best distinct heavy-atom models' E-maps
+  (:func:`_peak_candidates`; as many placements in all as from
+  ``peak_maps`` maps).  A heavy-atom model is a partial structure:
+  its candidates are never marked as standing out, and carry no model of
+  the whole cell.  Returns (candidates, heavy atoms in the asymmetric
+  unit)."""
+  models = atom_search_engine.run(f_obs, heavy, restarts=s.atom_restarts,
+                                  seed=s.random_seed, keep=ATOM_MODELS, complete=False)
+  candidates = [Candidate(label="", method="atom_search", start="random heavy atoms",
+                          phases=m.phases,
+                          signs=list_signs(standardisation, f_obs, m.phases),
+                          terms={"model_r1": m.r1})
+                for m in models]
+  kept = distinct(candidates, weights, ATOM_CANDIDATES, same_r=AGREEMENT_R,
+                  key=lambda c: -c.terms["model_r1"])
+  if not kept:
+    return [], 0
+  for i, c in enumerate(kept):
+    c.label = "heavy-atom model %d (R1 %.3f)" % (i + 1, c.terms["model_r1"])
+  # The placements of peak_maps maps, from as many distinct models as there
+  # are (one, where every placement of a few heavy atoms found the same).
+  sources = kept[:max(1, s.peak_maps)]
+  found = _peak_candidates(
+    f_obs, composition, sources, standardisation, weights, s, name="heavy-atom map",
+    placements=atom_search_engine.PEAK_PLACEMENTS * max(1, s.peak_maps) // len(sources))
+  n = sum(models[0].occupancies) if models else 0
+  return kept + found, n
 
 
 def _model_candidates(f_obs, models, standardisation, weights, s, name, guess, start,
@@ -855,7 +938,8 @@ def peak_sites(f_obs, phases, n):
   return np.array([p[0] for p in peaks], dtype=float).reshape(-1, 3)
 
 
-def _peak_candidates(f_obs, counts, sources, standardisation, weights, s, round_no=1):
+def _peak_candidates(f_obs, counts, sources, standardisation, weights, s, round_no=1,
+                     name="map", placements=atom_search_engine.PEAK_PLACEMENTS):
   """Candidates of atom searches of ``counts`` started at the peaks of each
   of ``sources``' E-maps (:func:`phai_cctbx.atom_search.from_peaks`, twice
   as many peaks as atoms kept), marked as those of the random search
@@ -863,14 +947,19 @@ def _peak_candidates(f_obs, counts, sources, standardisation, weights, s, round_
   any case.  Measured on calculated data at 2.0 A (the
   composition given): aspirin ACSALA20 and ACSALA04, whose random searches
   ended at r 0.91 and 0.76 and stood unsolved, gave models of R1 0.112 and
-  0.167, r 1.00 and 0.98.  ``round_no``: the round of the search (in the
-  labels after the first)."""
+  0.167, r 1.00 and 0.98.  A model of a composition beyond the random
+  search, whose heavy atoms are searched first (:func:`heavy_search_counts`),
+  stands out only where it also predicts held-out amplitudes best
+  (:func:`counts_as`).  ``round_no``: the round of the search (in the
+  labels after the first); ``name``: what the sources are, for the labels
+  ("peak atom model" from a "map"); ``placements``: from each map."""
   atoms = peak_search_atoms(s, f_obs, counts)
   if atoms is None or not sources:
     return []
   peaks = [peak_sites(f_obs, c.phases, 2 * len(atoms[0])) for c in sources]
   models = atom_search_engine.from_peaks(f_obs, counts, [p for p in peaks if len(p)],
-                                         seed=s.random_seed, keep=ATOM_MODELS,
+                                         restarts=placements, seed=s.random_seed,
+                                         keep=ATOM_MODELS,
                                          max_atoms=len(atoms[0]))
   guess = ""
   if s.composition_guessed:
@@ -881,8 +970,12 @@ def _peak_candidates(f_obs, counts, sources, standardisation, weights, s, round_
   # Placements that start at one map's peaks agree with each other whether
   # right or wrong, so that their agreement says less than that of random
   # placements: a model that stands out counts only when confirmed.
-  return _model_candidates(f_obs, models, standardisation, weights, s, "peak atom model",
-                           guess, "map peaks", confirm=True)
+  kept = _model_candidates(f_obs, models, standardisation, weights, s, "peak atom model",
+                           guess, name + " peaks", confirm=True)
+  if heavy_search_counts(s, f_obs, counts) is not None:
+    for c in kept:
+      c.terms["held_out_check"] = 1.0
+  return kept
 
 
 def _dual_space_candidates(f_obs, problem, starts, labels, start_names, settings, standardisation):
@@ -976,6 +1069,13 @@ def run(f_obs, standardisation, set_amplitudes, set_measured, model, settings=No
     else:
       stages.append("atom search (%d atoms%s)" % (
         len(atoms[0]), ", a second search: none decisive" if searches > 1 else ""))
+    stop = done()
+  heavy = heavy_search_counts(s, f_obs, composition) if atoms is None else None
+  if heavy is not None and not stop:
+    found, n = _heavy_atom_candidates(f_obs, composition, heavy, standardisation, weights, s)
+    candidates += found
+    stages.append("heavy-atom search (%g atoms), the whole asymmetric unit from its maps' "
+                  "peaks" % n)
     stop = done()
   if runs_sign_combinations(s, f_obs) and not stop:
     starts = dual_space_engine.sign_combination_starts(problem, s.sign_combinations)

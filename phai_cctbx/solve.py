@@ -249,7 +249,7 @@ def solve(miller_array, model=None, weights=None, trials=8, cycles=16,
           network_check=True, network_frames=1, omit_refinement=4,
           composition=None, atom_search=True, atom_restarts=2048,
           guess_composition=True, elements=None, peak_maps=4,
-          peak_rounds=2, atom_retry=True, composition_alternatives=()):
+          peak_rounds=2, atom_retry=True, composition_alternatives=(), heavy_atoms=True):
   """Phase amplitudes or intensities (a cctbx miller array with crystal symmetry).
 
   Args:
@@ -314,6 +314,10 @@ def solve(miller_array, model=None, weights=None, trials=8, cycles=16,
       the best-fitting kept: a formula's other plausible numbers of
       formula units where Z was not given
       (:func:`phai_cctbx.atom_search.cell_count_choices`).
+    heavy_atoms: given a composition beyond the random atom search but
+      within the search from map peaks, its heavy atoms alone placed first
+      and the whole asymmetric unit from the peaks of their best maps
+      (:func:`phai_cctbx.search._heavy_atom_candidates`).
     guess_composition: without ``composition``, the atom search places the
       atoms of an organic crystal of this cell's volume
       (:func:`phai_cctbx.composition_guess.guess_counts`; ``elements``, the
@@ -407,7 +411,7 @@ def solve(miller_array, model=None, weights=None, trials=8, cycles=16,
     recycle=recycle, network_check=network_check, time_limit=time_limit,
     network_frames=network_frames, omit_refinement=omit_refinement,
     atom_search=atom_search, atom_restarts=atom_restarts, atom_retry=atom_retry,
-    peak_maps=peak_maps,
+    heavy_atoms=heavy_atoms, peak_maps=peak_maps,
     peak_rounds=peak_rounds,
     stop_fom=SOLVED_FOM if stop_early else None,
     dual_space=dual_space.Settings(cycles=dual_space_cycles))
@@ -455,6 +459,12 @@ def solve(miller_array, model=None, weights=None, trials=8, cycles=16,
     signs = ("; then, while unsolved, an atom search (%d atoms: %s; %d random placements%s)"
              % (len(atoms[0]), " ".join(atoms[0]), atom_restarts,
                 ", again from as many where no model is decisive" if again else "")) + signs
+  heavy = search_module.heavy_search_counts(settings, f_obs, composition)
+  if heavy is not None:
+    heavy_atoms_ = atom_search_module.asymmetric_unit_atoms(heavy, f_obs.space_group())[0]
+    signs = ("; then, while unsolved, a heavy-atom search (%d atoms: %s; %d random "
+             "placements) and the whole asymmetric unit from the peaks of its best maps"
+             % (len(heavy_atoms_), " ".join(heavy_atoms_), atom_restarts)) + signs
   peak_atoms = search_module.peak_search_atoms(settings, f_obs, composition)
   if peak_atoms is not None and search_module.runs_peak_search(settings, f_obs):
     more += "; then, while unsolved, atom searches%s from the peaks of the %s%s" % (

@@ -656,8 +656,42 @@ def test_peak_atom_limit_follows_the_reflections_per_atom():
   assert atom_search.peak_atom_limit(organic, 415) == 415 // atom_search.PEAK_REFLECTIONS_PER_ATOM
   assert atom_search.peak_atom_limit(organic, 100) == atom_search.MAX_MOLECULAR_ATOMS
   assert atom_search.peak_atom_limit(organic, 5000) == atom_search.PEAK_MAX_ATOMS
-  # No bond rules for a metal: the limit of free atoms, whatever the data.
-  assert atom_search.peak_atom_limit({"Cu": 16, "S": 4, "O": 40}, 5000) == atom_search.MAX_ATOMS
+  # No bond rules for a metal: the limit of free atoms, whatever the data ...
+  brochantite = {"Cu": 16, "S": 4, "O": 40}
+  assert atom_search.peak_atom_limit(brochantite, 5000) == atom_search.MAX_ATOMS
+  # ... unless the heavy atoms are searched for first, their maps giving
+  # the peaks: then one atom per HEAVY_PEAK_REFLECTIONS_PER_ATOM reflections.
+  p21c = sgtbx.space_group_info("P 1 21/c 1").group()
+  assert atom_search.peak_atom_limit(brochantite, 5000, p21c) == atom_search.PEAK_MAX_ATOMS
+  assert atom_search.peak_atom_limit(brochantite, 96, p21c) == \
+    96 // atom_search.HEAVY_PEAK_REFLECTIONS_PER_ATOM
+  assert atom_search.peak_atom_limit(brochantite, 30, p21c) == atom_search.MAX_ATOMS
+  # Kernite (Na, O beside B): 13 heavy atoms per asymmetric unit, none searched first.
+  assert atom_search.peak_atom_limit({"Na": 8, "O": 44, "B": 16}, 5000, p21c) == \
+    atom_search.MAX_ATOMS
+
+
+def test_heavy_counts_are_the_few_atoms_that_scatter_most():
+  p21c = sgtbx.space_group_info("P 1 21/c 1").group()
+  # The measured water set's cell: Mn on an inversion centre, S (1.5 atoms
+  # of the asymmetric unit, 45 % of its sum of f0^2).
+  water = {"C": 28, "H": 40, "Mn": 2, "N": 4, "O": 24, "S": 4}
+  assert atom_search.heavy_counts(water, p21c) == {"Mn": 2, "S": 4}
+  # Ru, Cl and P are heavy beside C, 7 atoms in all: the heaviest that keep
+  # within HEAVY_SEARCH_MAX_ATOMS (Ru and Cl, 5).
+  assert atom_search.heavy_counts({"Ru": 4, "Cl": 16, "P": 8, "C": 128}, p21c) == \
+    {"Ru": 4, "Cl": 16}
+  # One Fe among 80 C scatters too little of the cell (a fifth), among 40
+  # enough (a third).
+  assert atom_search.heavy_counts({"Fe": 4, "C": 320, "H": 320}, p21c) is None
+  assert atom_search.heavy_counts({"Fe": 4, "C": 160, "H": 160}, p21c) == {"Fe": 4}
+  # A molecular crystal (Cl among C, N, O; UCECAG01): not searched this way.
+  assert atom_search.heavy_counts({"Cl": 8, "O": 32, "N": 24, "C": 48}, p21c) is None
+  # Nothing heavy beside C, N, O; one element alone; too many heavy atoms.
+  assert atom_search.heavy_counts({"C": 80, "N": 8, "O": 16}, p21c) is None
+  assert atom_search.heavy_counts({"Fe": 8}, p21c) is None
+  assert atom_search.heavy_counts({"Na": 8, "O": 44, "B": 16}, p21c) is None
+  assert atom_search.HEAVY_SEARCH_MAX_ATOMS < 13
 
 
 @pytest.mark.skipif(not os.path.isfile(UCECAG01), reason="shared structures not present")

@@ -110,6 +110,34 @@ def test_an_atom_model_is_not_replaced_by_an_agreeing_run_that_predicts_worse():
   assert search.choose([model, run], amplitudes, f_obs, std) == 1
 
 
+def test_a_model_from_heavy_atom_maps_stands_out_only_where_it_predicts_best():
+  """A decisive model that carries the held-out check (a composition whose
+  heavy atoms were searched first) picks the solution only where no other
+  candidate predicts held-out amplitudes better; without the check the
+  mark counts as before."""
+  std, fc, f_obs, amplitudes = _case()
+  true = fc.phases(deg=True)
+  wrong = _shifted(true, 2)
+  model = _candidate(std, f_obs, wrong, "peak atom model 1", "atom_search", 0.05)
+  model.terms.update(held_out_cc=0.8485, skewness=1.0, decisive=1.0, model_r1=0.057,
+                     model_free_r1=0.086, held_out_check=1.0)
+  run = _candidate(std, f_obs, true, "dual-space random 3", "dual_space", 0.05,
+                   origin_cc=0.99)
+  run.terms.update(held_out_cc=0.8489, skewness=1.4)
+  cc = search.best_held_out_cc([model, run])
+  assert not search.counts_as(model, "decisive", cc)
+  assert search.top_candidate([model, run]) == 1
+  assert search.choose([model, run], amplitudes, f_obs, std) == 1
+  # Predicting best, the model stands out and is chosen.
+  run.terms["held_out_cc"] = 0.80
+  assert search.counts_as(model, "decisive", search.best_held_out_cc([model, run]))
+  assert search.choose([model, run], amplitudes, f_obs, std) == 0
+  # Without the check a decisive model comes first whatever it predicts.
+  run.terms["held_out_cc"] = 0.95
+  del model.terms["held_out_check"]
+  assert search.choose([model, run], amplitudes, f_obs, std) == 0
+
+
 def _moved(phases, shift):
   """Phases of the structure moved by ``shift`` (fractional): phi + 360 h.t."""
   h = np.array(phases.indices(), dtype=float).reshape(-1, 3)
@@ -686,3 +714,64 @@ def test_a_formula_without_z_tries_its_other_number_of_formula_units(monkeypatch
   found, tried, best, searches, _ = search._alternative_atom_candidates(
     f_obs, [z4], std, weights, s)
   assert runs == [(4, 5)] and searches == 1 and found[0].label.startswith("atom model 1 (R1")
+
+
+WATER = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "experimental",
+                     "water_P21c")
+
+
+def test_heavy_atoms_are_searched_first_only_beyond_the_random_search():
+  from cctbx import crystal
+  symm = crystal.symmetry((9.0, 10.0, 11.0, 90, 100, 90), "P 1 21/c 1")
+  indices = symm.build_miller_set(anomalous_flag=False, d_min=2.0)
+  f_obs = indices.array(data=flex.double(indices.size(), 1.0)) \
+    .set_observation_type_xray_amplitude()
+  s = search.SearchSettings()
+  water = {"C": 28, "H": 40, "Mn": 2, "N": 4, "O": 24, "S": 4}   # 15.5 atoms, 12 placed
+  assert search.atom_search_atoms(s, f_obs, water) is None
+  assert search.heavy_search_counts(s, f_obs, water) == {"Mn": 2, "S": 4}
+  # Within the random search's limit: no heavy-atom stage.
+  assert search.heavy_search_counts(s, f_obs, {"Mn": 4, "S": 4, "O": 16}) is None
+  # Switched off, a guessed composition, or no composition.
+  assert search.heavy_search_counts(
+    dataclasses.replace(s, heavy_atoms=False), f_obs, water) is None
+  assert search.heavy_search_counts(
+    dataclasses.replace(s, composition_guessed=True), f_obs, water) is None
+  assert search.heavy_search_counts(s, f_obs, None) is None
+  # Beyond what the peak search places from these reflections.
+  few = f_obs.resolution_filter(d_min=4.0)
+  assert search.heavy_search_counts(s, few, water) is None
+
+
+@pytest.mark.skipif(not os.path.isdir(WATER), reason="measured data not present")
+def test_the_heavy_atoms_of_the_measured_water_set_lead_to_its_whole_model():
+  """The measured water set at 2.0 A (C14 H20 Mn N2 O12 S2, Z = 2: 15.5
+  atoms in the asymmetric unit, beyond the random atom search; 122
+  reflections).  Its heavy atoms alone give a partial model (r about 0.86),
+  never marked as a solution; the whole asymmetric unit placed from that
+  model's map peaks gives the right phases, the best-fitting model."""
+  from phai_cctbx import amplitudes, data_input
+  xs = benchmark.read_structure(os.path.join(WATER, "water.cif"))
+  data = data_input.read_data(os.path.join(WATER, "water.hkl"),
+                              symmetry_file=os.path.join(WATER, "water.cif"))
+  f_obs = amplitudes.prepare_amplitudes(data.miller_array).f_obs \
+    .customized_copy(crystal_symmetry=xs.crystal_symmetry()).as_non_anomalous_array() \
+    .resolution_filter(d_min=2.0)
+  std = symmetry.prepare(f_obs.crystal_symmetry())
+  values, present = std.map_to_reflection_set(f_obs)
+  weights = np.where(np.asarray(present, bool), np.maximum(np.asarray(values).real, 0), 0.0)
+  truth = benchmark.Truth(std, benchmark.structure_factors(xs, 2.0))
+  measured = benchmark.measured_on_list(std, f_obs)
+  r = lambda c: truth.r(search.list_signs(std, f_obs, c.phases), measured)
+  composition = benchmark.cell_composition(xs, f_obs)
+  s = search.SearchSettings(atom_restarts=256, peak_maps=1)
+  heavy = search.heavy_search_counts(s, f_obs, composition)
+  found, n = search._heavy_atom_candidates(f_obs, composition, heavy, std, weights, s)
+  assert n == pytest.approx(1.5)
+  partial = [c for c in found if c.label.startswith("heavy-atom model")]
+  assert partial and 0.75 < r(partial[0]) < 0.95
+  assert not any(c.terms.get(k) for c in partial for k in ("decisive", "clear", "stands_out"))
+  assert partial[0].model is None   # no model of the whole cell
+  whole = [c for c in found if c.label.startswith("peak atom model")]
+  assert whole[0].start == "heavy-atom map peaks" and whole[0].model is not None
+  assert r(whole[0]) > 0.95, [(c.label, r(c)) for c in whole]

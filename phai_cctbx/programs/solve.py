@@ -354,6 +354,7 @@ All parameters with what they mean:
       composition_alternatives=choices[1:], atom_search=p.phasing.atom_search.enabled,
       atom_restarts=p.phasing.atom_search.restarts,
       atom_retry=p.phasing.atom_search.retry,
+      heavy_atoms=p.phasing.atom_search.heavy_atoms,
       peak_maps=p.phasing.atom_search.peak_maps,
       peak_rounds=p.phasing.atom_search.peak_rounds,
       guess_composition=p.phasing.atom_search.guess_composition,
