@@ -205,7 +205,6 @@ def assess(candidates, problem, amplitudes, agreement_r=AGREEMENT_R,
       c.terms["held_out_cc"] = owner.terms["held_out_cc"]
   independent = [c for c in candidates if c.independent]
   total = sum(c.count for c in independent)
-  cc = best_held_out_cc(candidates)
   for c in candidates:
     # Independent starts other than this one that ended at the same solution
     # (duplicates of this one included).
@@ -218,10 +217,10 @@ def assess(candidates, problem, amplitudes, agreement_r=AGREEMENT_R,
     others = total - (1 if own is not None else 0)
     c.terms["agreement"] = float(agreeing / others) if others > 0 else 0.0
     c.fom = figure_of_merit(c.terms)
-    if counts_as(c, "decisive", cc):
+    if c.terms.get("decisive"):
       c.fom = max(c.fom, DECISIVE_ATOM_FOM if atom_search_engine.confirmed(
         c.terms["model_r1"], c.terms["model_free_r1"]) else PROBABLE_ATOM_FOM)
-    elif counts_as(c, "stands_out", cc) or counts_as(c, "clear", cc):  # confirmed
+    elif c.terms.get("stands_out") or c.terms.get("clear"):  # confirmed
       c.fom = max(c.fom, PROBABLE_ATOM_FOM)
 
 
@@ -394,30 +393,6 @@ def skewed(candidate):
   return candidate.terms.get("skewness", 1.0) > 0.0
 
 
-def counts_as(candidate, mark, best_held_out_cc):
-  """Whether ``candidate``'s ``mark`` (``"decisive"``, ``"clear"``,
-  ``"stands_out"``) counts: it has the mark and, where it carries the term
-  ``held_out_check``, predicts held-out amplitudes at least as well as
-  every candidate (``best_held_out_cc``, the best of them).
-
-  Why: a model of many atoms placed from the map of a few heavy ones can
-  fit |F_obs| and its cross-validated R1 where it is wrong, the heavy atoms
-  carrying the fit.  Vauquelinite at 2.0 A (Pb2 Cu Cr P O9, 97
-  reflections): a wrong heavy-atom model (r 0.10) led to a whole model of
-  R1 0.057, cross-validated 0.086 (r 0.09), that stood out; right
-  dual-space maps (r 0.99) predicted held-out amplitudes better (0.8489
-  against 0.8485).  The measured water set's right model (r 1.00)
-  predicted them best by far (0.828 against 0.759)."""
-  if not candidate.terms.get(mark):
-    return False
-  return not candidate.terms.get("held_out_check") or \
-    candidate.terms.get("held_out_cc", -1.0) >= best_held_out_cc
-
-
-def best_held_out_cc(candidates):
-  return max([c.terms.get("held_out_cc", -1.0) for c in candidates] + [-1.0])
-
-
 def top_candidate(candidates, rule="held_out"):
   """Index of the candidate that picks the solution: the best held-out
   correlation (ties: the better figure of merit) for ``rule="held_out"``,
@@ -443,11 +418,10 @@ def top_candidate(candidates, rule="held_out"):
   adding skewness or R1 to the held-out correlation as a score did worse.
   """
   if rule == "held_out":
-    cc = best_held_out_cc(candidates)
     solved = any(c.fom >= DECISIVE_ATOM_FOM for c in candidates if not c.terms.get("clear"))
     return max(range(len(candidates)), key=lambda i: (
-      counts_as(candidates[i], "decisive", cc),
-      counts_as(candidates[i], "clear", cc) and not solved, skewed(candidates[i]),
+      bool(candidates[i].terms.get("decisive")),
+      bool(candidates[i].terms.get("clear")) and not solved, skewed(candidates[i]),
       candidates[i].terms.get("held_out_cc", -1.0), candidates[i].fom))
   return int(np.argmax([c.fom for c in candidates]))
 
@@ -513,8 +487,7 @@ def choose(candidates, amplitudes, f_obs=None, standardisation=None,
     raise ValueError("unknown rule %r" % rule)
   top = top_candidate(candidates, rule)
   best = candidates[top]
-  cc = best_held_out_cc(candidates)
-  if counts_as(best, "decisive", cc) or counts_as(best, "clear", cc):
+  if best.terms.get("decisive") or best.terms.get("clear"):
     return top
   same = [i for i, c in enumerate(candidates)
           if "origin_cc" in c.terms
@@ -796,19 +769,25 @@ def _heavy_atom_candidates(f_obs, composition, heavy, standardisation, weights, 
   (:func:`_peak_candidates`; as many placements in all as from
   ``peak_maps`` maps).  A heavy-atom model is a partial structure:
   its candidates are never marked as standing out, and carry no model of
-  the whole cell.  Returns (candidates, heavy atoms in the asymmetric
-  unit)."""
+  the whole cell.  Where the best heavy-atom model's atoms repeat under a
+  half translation of the cell
+  (:func:`phai_cctbx.atom_search.pseudo_translation`), no model placed from
+  its maps' peaks stands out either: they compete by the held-out
+  correlation.  Returns (candidates, heavy atoms in the asymmetric unit,
+  that translation or None)."""
   models = atom_search_engine.run(f_obs, heavy, restarts=s.atom_restarts,
                                   seed=s.random_seed, keep=ATOM_MODELS, complete=False)
   candidates = [Candidate(label="", method="atom_search", start="random heavy atoms",
                           phases=m.phases,
                           signs=list_signs(standardisation, f_obs, m.phases),
-                          terms={"model_r1": m.r1})
+                          terms={"model_r1": m.r1}, model=m)
                 for m in models]
   kept = distinct(candidates, weights, ATOM_CANDIDATES, same_r=AGREEMENT_R,
                   key=lambda c: -c.terms["model_r1"])
   if not kept:
-    return [], 0
+    return [], 0, None
+  pseudo = atom_search_engine.pseudo_translation(kept[0].model, f_obs.unit_cell(),
+                                                 f_obs.space_group())
   for i, c in enumerate(kept):
     c.label = "heavy-atom model %d (R1 %.3f)" % (i + 1, c.terms["model_r1"])
   # The placements of peak_maps maps, from as many distinct models as there
@@ -816,9 +795,11 @@ def _heavy_atom_candidates(f_obs, composition, heavy, standardisation, weights, 
   sources = kept[:max(1, s.peak_maps)]
   found = _peak_candidates(
     f_obs, composition, sources, standardisation, weights, s, name="heavy-atom map",
-    placements=atom_search_engine.PEAK_PLACEMENTS * max(1, s.peak_maps) // len(sources))
-  n = sum(models[0].occupancies) if models else 0
-  return kept + found, n
+    placements=atom_search_engine.PEAK_PLACEMENTS * max(1, s.peak_maps) // len(sources),
+    marks=pseudo is None)
+  for c in kept:
+    c.model = None   # a partial structure: no starting model of the cell
+  return kept + found, sum(models[0].occupancies), pseudo
 
 
 def _model_candidates(f_obs, models, standardisation, weights, s, name, guess, start,
@@ -939,7 +920,7 @@ def peak_sites(f_obs, phases, n):
 
 
 def _peak_candidates(f_obs, counts, sources, standardisation, weights, s, round_no=1,
-                     name="map", placements=atom_search_engine.PEAK_PLACEMENTS):
+                     name="map", placements=atom_search_engine.PEAK_PLACEMENTS, marks=True):
   """Candidates of atom searches of ``counts`` started at the peaks of each
   of ``sources``' E-maps (:func:`phai_cctbx.atom_search.from_peaks`, twice
   as many peaks as atoms kept), marked as those of the random search
@@ -947,10 +928,9 @@ def _peak_candidates(f_obs, counts, sources, standardisation, weights, s, round_
   any case.  Measured on calculated data at 2.0 A (the
   composition given): aspirin ACSALA20 and ACSALA04, whose random searches
   ended at r 0.91 and 0.76 and stood unsolved, gave models of R1 0.112 and
-  0.167, r 1.00 and 0.98.  A model of a composition beyond the random
-  search, whose heavy atoms are searched first (:func:`heavy_search_counts`),
-  stands out only where it also predicts held-out amplitudes best
-  (:func:`counts_as`).  ``round_no``: the round of the search (in the
+  0.167, r 1.00 and 0.98.  ``marks``: False where no model may stand
+  out (the heavy atoms repeat under a pseudo-translation:
+  :func:`_heavy_atom_candidates`).  ``round_no``: the round of the search (in the
   labels after the first); ``name``: what the sources are, for the labels
   ("peak atom model" from a "map"); ``placements``: from each map."""
   atoms = peak_search_atoms(s, f_obs, counts)
@@ -972,9 +952,10 @@ def _peak_candidates(f_obs, counts, sources, standardisation, weights, s, round_
   # placements: a model that stands out counts only when confirmed.
   kept = _model_candidates(f_obs, models, standardisation, weights, s, "peak atom model",
                            guess, name + " peaks", confirm=True)
-  if heavy_search_counts(s, f_obs, counts) is not None:
+  if not marks:
     for c in kept:
-      c.terms["held_out_check"] = 1.0
+      for mark in ("decisive", "clear", "stands_out"):
+        c.terms.pop(mark, None)
   return kept
 
 
@@ -1071,11 +1052,15 @@ def run(f_obs, standardisation, set_amplitudes, set_measured, model, settings=No
         len(atoms[0]), ", a second search: none decisive" if searches > 1 else ""))
     stop = done()
   heavy = heavy_search_counts(s, f_obs, composition) if atoms is None else None
+  peak_marks = True   # models of the search from map peaks may stand out
   if heavy is not None and not stop:
-    found, n = _heavy_atom_candidates(f_obs, composition, heavy, standardisation, weights, s)
+    found, n, pseudo = _heavy_atom_candidates(f_obs, composition, heavy, standardisation,
+                                              weights, s)
     candidates += found
-    stages.append("heavy-atom search (%g atoms), the whole asymmetric unit from its maps' "
-                  "peaks" % n)
+    peak_marks = pseudo is None
+    stages.append("heavy-atom search (%g atoms%s), the whole asymmetric unit from its "
+                  "maps' peaks" % (n, "" if pseudo is None else
+                                   ", a pseudo-translation (%g, %g, %g)" % tuple(pseudo)))
     stop = done()
   if runs_sign_combinations(s, f_obs) and not stop:
     starts = dual_space_engine.sign_combination_starts(problem, s.sign_combinations)
@@ -1180,7 +1165,7 @@ def run(f_obs, standardisation, set_amplitudes, set_measured, model, settings=No
     for k in range(max(1, s.peak_rounds)):
       sources = best_distinct(pool, weights, s.peak_maps)
       found = _peak_candidates(f_obs, peak_counts, sources, standardisation, weights, s,
-                               round_no=k + 1)
+                               round_no=k + 1, marks=peak_marks)
       if not found:
         break
       candidates += found

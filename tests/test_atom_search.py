@@ -720,3 +720,23 @@ def test_the_peak_search_places_larger_molecules_where_the_data_allow_it():
   assert models and len(models[0].sites) == 28
   assert truth.r(search.list_signs(std, f_obs, models[0].phases),
                  benchmark.measured_on_list(std, f_obs)) > 0.95
+
+
+def test_a_pseudo_translation_of_a_model_is_found():
+  """Atoms at y = 1/4 in P2_1/c repeat under (0, 0, 1/2) (the c-glide
+  moves them by c/2 alone); at general y they do not, and a translation of
+  the group's own (a centred cell's) is not reported."""
+  cell = uctbx.unit_cell((7.0, 8.0, 9.0, 90, 100, 90))
+
+  def model(y, group="P 1 21/c 1"):
+    return atom_search.AtomModel(
+      elements=("Pb", "Cu", "O"), occupancies=np.ones(3),
+      sites=np.array([[0.1, y, 0.2], [0.35, y + 0.02, 0.6], [0.7, 0.05, 0.4]]),
+      b=2.0, r1=0.2, phases=None)
+
+  p21c = sgtbx.space_group_info("P 1 21/c 1").group()
+  assert atom_search.pseudo_translation(model(0.25), cell, p21c) == (0.0, 0.0, 0.5)
+  assert atom_search.pseudo_translation(model(0.13), cell, p21c) is None
+  # C2/c: the atoms repeat under (1/2, 1/2, 0), the group's own centring.
+  c2c = sgtbx.space_group_info("C 1 2/c 1").group()
+  assert atom_search.pseudo_translation(model(0.13), cell, c2c) is None

@@ -110,34 +110,6 @@ def test_an_atom_model_is_not_replaced_by_an_agreeing_run_that_predicts_worse():
   assert search.choose([model, run], amplitudes, f_obs, std) == 1
 
 
-def test_a_model_from_heavy_atom_maps_stands_out_only_where_it_predicts_best():
-  """A decisive model that carries the held-out check (a composition whose
-  heavy atoms were searched first) picks the solution only where no other
-  candidate predicts held-out amplitudes better; without the check the
-  mark counts as before."""
-  std, fc, f_obs, amplitudes = _case()
-  true = fc.phases(deg=True)
-  wrong = _shifted(true, 2)
-  model = _candidate(std, f_obs, wrong, "peak atom model 1", "atom_search", 0.05)
-  model.terms.update(held_out_cc=0.8485, skewness=1.0, decisive=1.0, model_r1=0.057,
-                     model_free_r1=0.086, held_out_check=1.0)
-  run = _candidate(std, f_obs, true, "dual-space random 3", "dual_space", 0.05,
-                   origin_cc=0.99)
-  run.terms.update(held_out_cc=0.8489, skewness=1.4)
-  cc = search.best_held_out_cc([model, run])
-  assert not search.counts_as(model, "decisive", cc)
-  assert search.top_candidate([model, run]) == 1
-  assert search.choose([model, run], amplitudes, f_obs, std) == 1
-  # Predicting best, the model stands out and is chosen.
-  run.terms["held_out_cc"] = 0.80
-  assert search.counts_as(model, "decisive", search.best_held_out_cc([model, run]))
-  assert search.choose([model, run], amplitudes, f_obs, std) == 0
-  # Without the check a decisive model comes first whatever it predicts.
-  run.terms["held_out_cc"] = 0.95
-  del model.terms["held_out_check"]
-  assert search.choose([model, run], amplitudes, f_obs, std) == 0
-
-
 def _moved(phases, shift):
   """Phases of the structure moved by ``shift`` (fractional): phi + 360 h.t."""
   h = np.array(phases.indices(), dtype=float).reshape(-1, 3)
@@ -766,8 +738,8 @@ def test_the_heavy_atoms_of_the_measured_water_set_lead_to_its_whole_model():
   composition = benchmark.cell_composition(xs, f_obs)
   s = search.SearchSettings(atom_restarts=256, peak_maps=1)
   heavy = search.heavy_search_counts(s, f_obs, composition)
-  found, n = search._heavy_atom_candidates(f_obs, composition, heavy, std, weights, s)
-  assert n == pytest.approx(1.5)
+  found, n, pseudo = search._heavy_atom_candidates(f_obs, composition, heavy, std, weights, s)
+  assert n == pytest.approx(1.5) and pseudo is None
   partial = [c for c in found if c.label.startswith("heavy-atom model")]
   assert partial and 0.75 < r(partial[0]) < 0.95
   assert not any(c.terms.get(k) for c in partial for k in ("decisive", "clear", "stands_out"))
@@ -775,3 +747,34 @@ def test_the_heavy_atoms_of_the_measured_water_set_lead_to_its_whole_model():
   whole = [c for c in found if c.label.startswith("peak atom model")]
   assert whole[0].start == "heavy-atom map peaks" and whole[0].model is not None
   assert r(whole[0]) > 0.95, [(c.label, r(c)) for c in whole]
+
+
+def test_no_peak_model_stands_out_where_the_heavy_atoms_repeat_under_a_half_translation(
+    monkeypatch):
+  """Where the best heavy-atom model repeats under a half translation of the
+  cell, the models placed from its maps' peaks keep their R1 but none is
+  marked as the solution; otherwise the decisive one is."""
+  from test_composition_guess import _agreeing_models, _tiny_problem
+  f_obs, std, weights, phases = _tiny_problem()
+
+  def heavy_model(y):
+    # Two Pb atoms: at y = 1/4 the c-glide repeats them half a cell along c.
+    return search.atom_search_engine.AtomModel(
+      elements=("Pb", "Pb"), occupancies=np.ones(2),
+      sites=np.array([[0.1, y, 0.2], [0.4, y + 0.01, 0.7]]), b=2.0, r1=0.3,
+      phases=phases)
+
+  whole = _agreeing_models(phases, 0.04)
+  monkeypatch.setattr(search.atom_search_engine, "from_peaks", lambda *a, **k: whole)
+  monkeypatch.setattr(search.atom_search_engine, "model_free_r1", lambda f, m: m.r1 + 0.02)
+  s = search.SearchSettings(peak_maps=1)
+  for y, repeats in ((0.25, True), (0.13, False)):
+    monkeypatch.setattr(search.atom_search_engine, "run",
+                        lambda *a, **k: [heavy_model(y)])
+    found, n, pseudo = search._heavy_atom_candidates(
+      f_obs, {"Pb": 8, "O": 40}, {"Pb": 8}, std, weights, s)
+    assert n == 2 and (pseudo is not None) == repeats
+    assert found[0].label.startswith("heavy-atom model 1") and found[0].model is None
+    peak = found[1]
+    assert peak.label.startswith("peak atom model 1") and peak.model is not None
+    assert bool(peak.terms.get("decisive")) == (not repeats)
