@@ -761,6 +761,18 @@ def _atom_candidates(f_obs, composition, standardisation, weights, s, guess="", 
                            "random atoms"), 2
 
 
+def _distinct_models(f_obs, models, standardisation, weights, start):
+  """Unlabelled candidates of atom ``models`` (lowest R1 first), the best
+  model of each of up to :data:`ATOM_CANDIDATES` distinct solutions."""
+  candidates = [Candidate(label="", method="atom_search", start=start,
+                          phases=m.phases,
+                          signs=list_signs(standardisation, f_obs, m.phases),
+                          terms={"model_r1": m.r1}, model=m)
+                for m in models]
+  return distinct(candidates, weights, ATOM_CANDIDATES, same_r=AGREEMENT_R,
+                  key=lambda c: -c.terms["model_r1"])
+
+
 def _heavy_atom_candidates(f_obs, composition, heavy, standardisation, weights, s):
   """Candidates of a search of the ``heavy`` atoms alone
   (:func:`heavy_search_counts`; random placements as
@@ -777,13 +789,7 @@ def _heavy_atom_candidates(f_obs, composition, heavy, standardisation, weights, 
   that translation or None)."""
   models = atom_search_engine.run(f_obs, heavy, restarts=s.atom_restarts,
                                   seed=s.random_seed, keep=ATOM_MODELS, complete=False)
-  candidates = [Candidate(label="", method="atom_search", start="random heavy atoms",
-                          phases=m.phases,
-                          signs=list_signs(standardisation, f_obs, m.phases),
-                          terms={"model_r1": m.r1}, model=m)
-                for m in models]
-  kept = distinct(candidates, weights, ATOM_CANDIDATES, same_r=AGREEMENT_R,
-                  key=lambda c: -c.terms["model_r1"])
+  kept = _distinct_models(f_obs, models, standardisation, weights, "random heavy atoms")
   if not kept:
     return [], 0, None
   pseudo = atom_search_engine.pseudo_translation(kept[0].model, f_obs.unit_cell(),
@@ -809,13 +815,7 @@ def _model_candidates(f_obs, models, standardisation, weights, s, name, guess, s
   its rank, ``guess`` and R1; the first marked ``decisive`` when it stands
   out (:func:`phai_cctbx.atom_search.decisive`), with a guessed composition
   or ``confirm`` only when its cross-validated R1 confirms it."""
-  candidates = [Candidate(label="", method="atom_search", start=start,
-                          phases=m.phases,
-                          signs=list_signs(standardisation, f_obs, m.phases),
-                          terms={"model_r1": m.r1}, model=m)
-                for m in models]
-  kept = distinct(candidates, weights, ATOM_CANDIDATES, same_r=AGREEMENT_R,
-                  key=lambda c: -c.terms["model_r1"])
+  kept = _distinct_models(f_obs, models, standardisation, weights, start)
   for i, c in enumerate(kept):
     c.label = "%s %d (%sR1 %.3f)" % (name, i + 1, guess and guess + ", ",
                                       c.terms["model_r1"])
