@@ -863,6 +863,11 @@ HEAVY_SHARE = 0.25
 HEAVY_PEAK_REFLECTIONS_PER_ATOM = 6
 
 
+def _scattering_power(elements, occupancies):
+  """Each atom's share of the scattering: occupancy * f0^2."""
+  return np.array([_scattering_weight(e) ** 2 for e in elements]) * np.asarray(occupancies)
+
+
 def heavy_counts(counts, space_group):
   """``counts`` (element -> atoms per unit cell) of the heavy elements
   alone (:func:`heavy_atoms` of the asymmetric unit's atoms; of more than
@@ -891,7 +896,7 @@ def heavy_counts(counts, space_group):
     n = elements.index(elements[n - 1])
   if not n:
     return None
-  f2 = np.array([_scattering_weight(e) ** 2 for e in elements]) * occupancies
+  f2 = _scattering_power(elements, occupancies)
   if f2[:n].sum() < HEAVY_SHARE * f2.sum():
     return None
   heavy = set(elements[:n])
@@ -926,7 +931,7 @@ def pseudo_translation(model, unit_cell, space_group):
   special = crystal.special_position_settings(
     crystal.symmetry(unit_cell=unit_cell, space_group=space_group),
     min_distance_sym_equiv=0.5)
-  weight = np.array([_scattering_weight(e) ** 2 for e in model.elements]) * model.occupancies
+  weight = _scattering_power(model.elements, model.occupancies)
   copies = {}
   for e, site in zip(model.elements, model.sites):
     equiv = sgtbx.sym_equiv_sites(special.site_symmetry(tuple(float(x) for x in site)))

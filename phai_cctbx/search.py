@@ -717,10 +717,10 @@ def heavy_search_counts(settings, f_obs, composition):
   ``composition`` is beyond the random atom search
   (:func:`atom_search_atoms` None) but not beyond the search from map peaks
   (:func:`peak_search_atoms`); else None."""
+  # No peak search: no composition, the atom search off, or too many atoms.
   if settings.composition_guessed or not settings.heavy_atoms or \
-     atom_search_atoms(settings, f_obs, composition, limit=1e9) is None or \
-     atom_search_atoms(settings, f_obs, composition) is not None or \
-     peak_search_atoms(settings, f_obs, composition) is None:
+     peak_search_atoms(settings, f_obs, composition) is None or \
+     atom_search_atoms(settings, f_obs, composition) is not None:
     return None
   return atom_search_engine.heavy_counts(composition, f_obs.space_group())
 
