@@ -82,6 +82,20 @@ METAL_ANION_CONTACT = 1.55
 MIN_CONTACT = 1.1
 ANIONS = ("O", "F")
 
+#: An atom of unknown element: where no composition is known but the cell
+#: is not that of an organic crystal
+#: (:func:`phai_cctbx.composition_guess.unknown_alternatives`), the search
+#: places atoms of this symbol, each with the form factor of
+#: :data:`UNKNOWN_SHAPE` times a weight of its own that the descent fits
+#: beside the sites, from exp(-1) to exp(2.5) times it (3 to 97 electrons:
+#: from a light atom to lead).  Their models then carry those weights as
+#: occupancies.  Contacts between them: :data:`MIN_CONTACT`.
+UNKNOWN = "X"
+UNKNOWN_SHAPE = "O"
+UNKNOWN_LOG_WEIGHT = (-1.0, 2.5)
+#: Adam's step for the log weights of unknown atoms.
+UNKNOWN_WEIGHT_LR = 0.05
+
 #: Random kicks during each round's descent of a random placement
 #: (:meth:`AtomSearch.fit`): r.m.s. per coordinate and step, in fractions
 #: of the cell edges, falling linearly to none at half the round's steps,
@@ -138,8 +152,14 @@ class AtomModel:
   free_r1: float = None     # model_free_r1, once computed
 
 
+def _form_factor(element):
+  """cctbx's form factor of an element (:data:`UNKNOWN_SHAPE`'s for
+  :data:`UNKNOWN`)."""
+  return xray_scattering.wk1995(UNKNOWN_SHAPE if element == UNKNOWN else element, True).fetch()
+
+
 def _scattering_weight(element):
-  return xray_scattering.wk1995(element, True).fetch().at_stol_sq(0.0)
+  return _form_factor(element).at_stol_sq(0.0)
 
 
 def special_positions(space_group):
@@ -372,6 +392,8 @@ def contact_distance(a, b):
   """The shortest distance (A) the search allows between atoms of
   elements ``a`` and ``b`` in a cell that is not :func:`molecular`
   (:data:`ANION_CONTACT` and the constants beside it)."""
+  if UNKNOWN in (a, b):
+    return MIN_CONTACT
   metal_a, metal_b = a not in BOND_LIMITS, b not in BOND_LIMITS
   if a in ANIONS and b in ANIONS:
     return ANION_CONTACT
@@ -432,7 +454,7 @@ class AtomSearch(object):
     t = np.array([op.t().as_double() for op in ops])
     hkl = np.array(f_obs.indices(), dtype=float)
     stol_sq = f_obs.unit_cell().stol_sq(f_obs.indices()).as_numpy_array()
-    form = {e: xray_scattering.wk1995(e, True).fetch() for e in set(self.elements)}
+    form = {e: _form_factor(e) for e in set(self.elements)}
     fj = np.array([[form[e].at_stol_sq(float(s)) for s in stol_sq] for e in self.elements])
     as_t = lambda a: torch.tensor(np.asarray(a), dtype=torch.float32, device=device)
     self.device = device
@@ -441,6 +463,9 @@ class AtomSearch(object):
     self._stol_sq = as_t(stol_sq)
     self._fj = as_t(fj)                                  # (N, n)
     self._occupancies = as_t(self.occupancies)[None]     # (1, N)
+    # Atoms of unknown element (UNKNOWN): their weights are fitted in fit().
+    self._unknown = as_t([e == UNKNOWN for e in self.elements])[None]  # (1, N)
+    self.free_weights = UNKNOWN in self.elements
     self._f = as_t(f_obs.data().as_numpy_array())
     every = list(space_group.all_ops())
     self._all_r = as_t(np.array([op.r().as_double() for op in every]).reshape(-1, 3, 3))
@@ -532,12 +557,21 @@ class AtomSearch(object):
       return x
     return self.torch.einsum("bnij,bnj->bni", layout[1], x) + layout[2]
 
-  def structure_factors(self, sites, b, layout=None):
+  def weights(self, log_weight):
+    """(R, N) factors on the occupancies of log weights ``log_weight`` (R, N):
+    exp of them, kept within :data:`UNKNOWN_LOG_WEIGHT`, for the atoms of
+    unknown element; 1 for the others."""
+    lo, hi = UNKNOWN_LOG_WEIGHT
+    return self.torch.exp(log_weight.clamp(lo, hi) * self._unknown)
+
+  def structure_factors(self, sites, b, layout=None, log_weight=None):
     """(A, B): real and imaginary parts (R, n) of F_calc of ``sites`` (R, N, 3)
     with overall B ``b`` (R,); occupancies from ``layout`` (:meth:`as_tensors`)
-    or the engine's."""
+    or the engine's, times :meth:`weights` of ``log_weight`` where given."""
     torch = self.torch
     occupancies = self._occupancies if layout is None else layout[0]
+    if log_weight is not None:
+      occupancies = occupancies * self.weights(log_weight)
     angle = 2 * math.pi * (torch.einsum("bnk,okr->bnor", sites, self._hr) + self._ht[None, None])
     damp = torch.exp(-b.clamp(min=0.0)[:, None] * self._stol_sq[None])  # (R, n)
     weight = occupancies[:, :, None] * self._fj[None]                     # (R|1, N, n)
@@ -551,11 +585,11 @@ class AtomSearch(object):
     """Atom-reflection terms of one placement's structure factors."""
     return len(self.elements) * self._hr.shape[0] * self._hr.shape[2]
 
-  def r1(self, sites, b, fit=None, score=None, layout=None):
+  def r1(self, sites, b, fit=None, score=None, layout=None, log_weight=None):
     """(R,) R1 between |F_obs| and the least-squares scaled |F_calc|: the
     scale from the reflections ``fit``, R1 over ``score`` ((n,) bool
     tensors; None: all)."""
-    a, s = self.structure_factors(sites, b, layout)
+    a, s = self.structure_factors(sites, b, layout, log_weight)
     fc = (a * a + s * s + 1e-12).sqrt()
     f = self._f[None].expand_as(fc)
     wf = fc if fit is None else fc * fit[None]
@@ -565,23 +599,31 @@ class AtomSearch(object):
       diff, f = diff * score[None], f * score[None]
     return diff.sum(1) / f.sum(1).clamp(min=1e-12)
 
-  def _descend(self, sites, b, steps, lr, fit=None, layout=None, noise=0.0, generator=None):
+  def _descend(self, sites, b, steps, lr, fit=None, layout=None, noise=0.0, generator=None,
+               log_weight=None):
     """``sites`` (R, N, 3) and ``b`` (R,) after ``steps`` of Adam on the sum
     of R1 over the reflections ``fit`` (None: all), atoms kept on their
     special positions (``layout``, :meth:`as_tensors`), with random kicks of
     ``noise`` (:data:`DESCENT_NOISE`; drawn from the CPU ``generator``)
-    during the first half of the steps; detached tensors."""
+    during the first half of the steps; detached tensors.  Given
+    ``log_weight`` (R, N; :meth:`weights`), it is fitted too and returned
+    third."""
     torch = self.torch
     x = sites.clone().requires_grad_(True)
     bb = b.clone().requires_grad_(True)
-    opt = torch.optim.Adam([x, bb], lr=lr)
+    groups = [{"params": [x, bb], "lr": lr}]
+    lw = None
+    if log_weight is not None:
+      lw = log_weight.clone().requires_grad_(True)
+      groups.append({"params": [lw], "lr": UNKNOWN_WEIGHT_LR})
+    opt = torch.optim.Adam(groups)
     bonded = None
     if layout is not None and bool(layout[3].any()):
       bonded = layout[3].nonzero()[:, 0]
     penalty = self.bond_penalty if self.molecular else self.contact_penalty
     for step in range(steps):
       placed = self.placed(x, layout)
-      loss = self.r1(placed, bb, fit=fit, score=fit, layout=layout).sum()
+      loss = self.r1(placed, bb, fit=fit, score=fit, layout=layout, log_weight=lw).sum()
       if bonded is not None:
         loss = loss + BOND_WEIGHT * penalty(placed[bonded], layout[0][bonded]).sum()
       opt.zero_grad()
@@ -591,6 +633,8 @@ class AtomSearch(object):
         kick = torch.randn(x.shape, generator=generator).to(x.device)
         with torch.no_grad():
           x.add_(noise * (1.0 - 2.0 * step / steps) * kick)
+    if lw is not None:
+      return self.placed(x, layout).detach(), bb.detach(), lw.detach()
     return self.placed(x, layout).detach(), bb.detach()
 
   def free_r1(self, sites, b, folds=FREE_FOLDS, steps=FREE_STEPS, lr=0.002, seed=0,
@@ -639,12 +683,19 @@ class AtomSearch(object):
     After each round but the last, the best quarter is kept and each kept
     placement also starts three more, its sites shifted at random
     (``shake`` in fractions of the cell edges).  ``noise``: the random
-    kicks of each round's descent (:data:`DESCENT_NOISE`; 0: none)."""
+    kicks of each round's descent (:data:`DESCENT_NOISE`; 0: none).
+
+    Atoms of unknown element (:data:`UNKNOWN`; ``layouts`` needed) start at
+    the weight 1 and have it fitted beside their sites; the layouts
+    returned carry the weights in their occupancies."""
     torch = self.torch
     g = torch.Generator(device="cpu").manual_seed(int(seed))
     n = len(self.elements)
     if layouts is not None:
       restarts = len(layouts.occupancies)
+    elif self.free_weights:
+      raise ValueError("atoms of unknown element need layouts")
+    lw = torch.zeros(restarts, n, device=self.device) if self.free_weights else None
     sites = torch.rand(restarts, n, 3, generator=g)
     if start is not None:
       start = torch.tensor(np.asarray(start), dtype=sites.dtype)
@@ -652,10 +703,12 @@ class AtomSearch(object):
     b = torch.full((restarts,), 1.5)
     for round_ in range(rounds):
       layout = self.as_tensors(layouts)
-      x, bb = self._descend(sites.to(self.device), b.to(self.device), steps, lr, layout=layout,
-                            noise=noise, generator=g)
+      out = self._descend(sites.to(self.device), b.to(self.device), steps, lr, layout=layout,
+                          noise=noise, generator=g, log_weight=lw)
+      x, bb = out[:2]
+      lw = out[2] if lw is not None else None
       with torch.no_grad():
-        r1 = self.r1(x, bb, layout=layout).cpu()
+        r1 = self.r1(x, bb, layout=layout, log_weight=lw).cpu()
         sites, b = x.cpu() % 1.0, bb.cpu()
       if round_ == rounds - 1:
         break
@@ -668,6 +721,12 @@ class AtomSearch(object):
       if layouts is not None:
         index = np.concatenate([keep.numpy()] * 4)[:restarts]
         layouts = layouts.take(index)
+        if lw is not None:
+          lw = lw[torch.as_tensor(index, device=lw.device)]
+    if lw is not None:
+      with torch.no_grad():
+        factor = self.weights(lw).cpu().numpy()
+      layouts = dataclasses.replace(layouts, occupancies=layouts.occupancies * factor)
     return sites.numpy(), b.numpy(), r1.numpy(), layouts
 
   def phases(self, sites, b, layouts=None):

@@ -880,7 +880,7 @@ def _alternative_atom_candidates(f_obs, compositions, standardisation, weights, 
   if not _marked(first):
     for counts in compositions[1:]:
       if atom_search_atoms(s, f_obs, counts) is None:
-        break
+        continue
       kept, _ = _atom_candidates(f_obs, counts, standardisation, weights, s, label(counts))
       tried.append(counts)
       searches += 1

@@ -439,8 +439,8 @@ def solve(miller_array, model=None, weights=None, trials=8, cycles=16,
       f_obs.unit_cell(), f_obs.space_group(), elements)
     settings.composition_guessed = composition is not None
     if composition is not None:
-      alternatives = composition_guess.heavier_alternatives(
-        composition, f_obs.space_group(), elements)
+      alternatives = composition_guess.guessed_alternatives(
+        composition, f_obs.unit_cell(), f_obs.space_group(), elements)
       if alternatives:
         how += "; where no model stands out, then %s" % ", ".join(
           composition_guess.describe(c, f_obs.space_group()) for c in alternatives)

@@ -383,6 +383,46 @@ def test_the_search_finds_a_small_structure_at_2_angstrom_and_it_stands_out():
   assert atom_search.decisive([best.r1])
 
 
+def test_atoms_of_unknown_element_find_the_structure_and_its_heavy_atoms():
+  """No composition: 14 atoms per cell of unknown element (the true count
+  of Ca2 S4 O8), each with its scattering fitted: the right model, with
+  Ca (20 electrons, on an inversion centre) and S (16) weighing more than
+  O (8)."""
+  xs = _structure()
+  fc = _f_obs(xs, 2.0)
+  f_obs = abs(fc).set_observation_type_xray_amplitude()
+  assert atom_search.contact_distance(atom_search.UNKNOWN, "O") == atom_search.MIN_CONTACT
+  models = atom_search.run(f_obs, {atom_search.UNKNOWN: 14}, restarts=256, rounds=2,
+                           steps=200, seed=1)
+  best = models[0]
+  assert best.r1 < 0.03
+  std = symmetry.prepare(f_obs.crystal_symmetry())
+  truth = benchmark.Truth(std, fc)
+  assert truth.r(search.list_signs(std, f_obs, best.phases),
+                 benchmark.measured_on_list(std, f_obs)) > 0.95
+  assert set(best.elements) == {atom_search.UNKNOWN}
+  # The weights fitted, carried as occupancies: per atom, occupancy over the
+  # share of the cell's copies it stands for (1/2 on an inversion centre).
+  special = np.array([not np.allclose(r, np.eye(3)) for r in best.rot])
+  assert special.sum() == 1
+  weight = best.occupancies / np.where(special, 0.5, 1.0)
+  calcium, general = weight[special][0], np.sort(weight[~special])
+  assert calcium > 1.5 * general[0] and general[-1] > 1.5 * general[0]
+  lo, hi = np.exp(atom_search.UNKNOWN_LOG_WEIGHT)
+  assert np.all(weight >= lo - 1e-6) and np.all(weight <= hi + 1e-6)
+  # the model's own engine (its weights fixed as occupancies) gives its R1
+  engine = atom_search.AtomSearch(f_obs, best.elements, best.occupancies)
+  layouts = atom_search.Layouts(best.elements, best.occupancies[None], best.rot[None],
+                                best.trans[None])
+  import torch
+  sites = torch.tensor(best.sites[None], dtype=torch.float32)
+  r1 = engine.r1(sites, torch.tensor([best.b], dtype=torch.float32),
+                 layout=engine.as_tensors(layouts))
+  assert abs(float(r1[0]) - best.r1) < 2e-3
+  with pytest.raises(ValueError):
+    engine.fit(restarts=4)   # unknown atoms need layouts
+
+
 def test_too_few_restarts_find_no_model_that_stands_out():
   """Wrong minima come in groups of nearly the same R1: one random placement
   per start, no rounds, does not give a decisive model."""

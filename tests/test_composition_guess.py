@@ -31,7 +31,7 @@ def test_organic_atoms_is_the_cell_volume_per_18_cubic_angstroms_rounded_up():
   assert composition_guess.organic_atoms(uctbx.unit_cell((12, 6, 8, 90, 90, 90)), c2c) == 5
 
 
-def test_guess_counts_names_heavier_elements_and_refuses_metals():
+def test_guess_counts_names_heavier_elements_and_takes_unknown_atoms_for_metals():
   cell, group = uctbx.unit_cell((10, 10, 10, 90, 90, 90)), _p21c()
   counts, how = composition_guess.guess_counts(cell, group)
   assert counts == {"C": 60} and "C15" in how
@@ -42,8 +42,21 @@ def test_guess_counts_names_heavier_elements_and_refuses_metals():
   elements, _ = atom_search.asymmetric_unit_atoms(counts, group)
   assert elements[:2] == ("Br", "S") and len(elements) == 15
   assert atom_search.molecular(counts)
-  counts, why = composition_guess.guess_counts(cell, group, ("Na", "Cl", "O"))
-  assert counts is None and "Na Cl O" in why
+  # a metal named without counts: atoms of unknown element, one per 11 A^3
+  counts, how = composition_guess.guess_counts(cell, group, ("Na", "Cl", "O"))
+  assert counts == {atom_search.UNKNOWN: 91} and "Na Cl O" in how and "22.75" in how
+  assert composition_guess.describe(counts, group) == "X22.75 (any element)"
+  # ... tried next at 13 A^3 per atom, and nothing organic after it
+  assert composition_guess.guessed_alternatives(counts, cell, group, ("Na", "Cl", "O")) == [
+    {atom_search.UNKNOWN: 77}]
+  # no elements named: carbon, sulfur in its place, then the unknown atoms
+  counts, _ = composition_guess.guess_counts(cell, group)
+  alternatives = composition_guess.guessed_alternatives(counts, cell, group)
+  assert [composition_guess.describe(c, group) for c in alternatives] == [
+    "C14 S1", "C13 S2", "C12 S3", "X22.75 (any element)", "X19.25 (any element)"]
+  # an organic crystal named: no unknown atoms
+  assert composition_guess.guessed_alternatives(
+    counts, cell, group, ("C", "H", "N", "O")) == []
 
 
 def _molecular_structures():
