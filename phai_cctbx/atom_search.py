@@ -24,7 +24,9 @@ descend: every atom within a bond length of another, none closer than
 chemically possible arrangements; the rest stay free atoms.  In cells of heavy and
 light atoms (K, Si, Al beside O) a search that ends without a close fit is
 followed by a completion: the heavy atoms of its best models kept, the
-light ones placed anew (:func:`run`).
+light ones placed anew (:func:`run`).  Without a composition, atoms of
+unknown element (:data:`UNKNOWN`) have their scattering power fitted with
+their sites.
 
 The models give phases (those of F_calc) that compete with the other
 candidates of :mod:`phai_cctbx.search`.  The right model is the deepest

@@ -127,8 +127,9 @@ def guess_counts(unit_cell, space_group, elements=None):
   made.
 
   ``elements``: element symbols known to be present (counts unknown), or
-  None.  Elements outside the organic ones (a metal) give no guess: the
-  volume of an inorganic cell says little about its atoms."""
+  None.  Elements outside the organic ones (a metal) give the first of
+  :func:`unknown_alternatives`: the volume of an inorganic cell says little
+  about which atoms it holds, so their scattering is fitted."""
   from phai_cctbx.atom_search import BOND_LIMITS
   n = organic_atoms(unit_cell, space_group)
   order = space_group.order_z()

@@ -321,7 +321,10 @@ def solve(miller_array, model=None, weights=None, trials=8, cycles=16,
     guess_composition: without ``composition``, the atom search places the
       atoms of an organic crystal of this cell's volume
       (:func:`phai_cctbx.composition_guess.guess_counts`; ``elements``, the
-      element symbols known to be present, name its heavier atoms).
+      element symbols known to be present, name its heavier atoms), then
+      the further guesses of
+      :func:`phai_cctbx.composition_guess.guessed_alternatives` (sulfur in
+      carbon's place, atoms of unknown element).
 
   Returns a :class:`SolveResult`.  Raises Sorry on unusable input.
   """

@@ -177,6 +177,34 @@ def test_solve_without_composition_searches_a_guessed_organic_cell():
   assert "atom search" not in log.getvalue()
 
 
+def test_solve_places_atoms_of_unknown_element_where_a_metal_is_named_without_counts():
+  """CaSO4-like cell (Ca on an inversion centre, S and two O in general
+  positions, 14 atoms in 227 A^3, 2.0 A), ``elements="Ca S O"`` without
+  counts: the atom search places 21 atoms of unknown element (V / 11 A^3),
+  then 17 (V / 13 A^3), fits their scattering, and a model of them is the
+  answer (atoms to spare end with little weight); a guess gives no
+  starting model."""
+  xs = xray.structure(crystal_symmetry=crystal.symmetry(
+    unit_cell=(5.2, 6.1, 7.3, 90, 101, 90), space_group_symbol="P 1 21/c 1"))
+  for label, site in (("Ca1", (0.0, 0.0, 0.0)), ("S1", (0.31, 0.22, 0.41)),
+                      ("O1", (0.12, 0.38, 0.27)), ("O2", (0.55, 0.09, 0.18))):
+    xs.add_scatterer(xray.scatterer(label=label, site=site, u=0.01))
+  xs.scattering_type_registry(table="wk1995")
+  f_calc = xs.structure_factors(d_min=2.0, algorithm="direct").f_calc()
+  log = io.StringIO()
+  result = solve.solve(f_calc.amplitudes(), method="dual_space", log=log,
+                       elements=("Ca", "S", "O"), atom_restarts=256, dual_space_starts=0,
+                       sign_combinations=0, dual_space_more_starts=0, omit_refinement=0,
+                       peak_maps=0)
+  text = log.getvalue()
+  assert "the elements Ca S O named without counts: 5.25 atoms of unknown element" in text
+  assert "then X4.25 (any element)" in text
+  assert "(any element), R1 0.0" in result.chosen.label
+  assert result.atom_model is None
+  assert benchmark.Truth(result.standardisation, f_calc).r(
+    *_signs_and_measured(result, f_calc)) > 0.95
+
+
 def test_solve_searches_a_formula_s_next_number_of_formula_units():
   """SiO2 (Si and two O on general positions, Z = 4) in 120 A^3, 1.6 A,
   the formula given without Z: the likeliest Z by volume is 2 (20 A^3 per
