@@ -820,9 +820,11 @@ def _model_candidates(f_obs, models, standardisation, weights, s, name, guess, s
     c.label = "%s %d (%sR1 %.3f)" % (name, i + 1, guess and guess + ", ",
                                       c.terms["model_r1"])
   r1 = [c.terms["model_r1"] for c in kept]
-  decisive = atom_search_engine.decisive(r1)
-  if decisive or (s.composition_guessed and atom_search_engine.decisive(
-      r1, limit=atom_search_engine.GUESSED_R1)):
+  # Atoms of unknown element fit more: their models stand out only below UNKNOWN_R1.
+  unknown = bool(kept) and atom_search_engine.UNKNOWN in kept[0].model.elements
+  most = atom_search_engine.UNKNOWN_R1 if unknown else atom_search_engine.GUESSED_R1
+  decisive = atom_search_engine.decisive(r1, limit=min(most, atom_search_engine.DECISIVE_R1))
+  if decisive or (s.composition_guessed and atom_search_engine.decisive(r1, limit=most)):
     best = kept[0]
     free = best.terms["model_free_r1"] = atom_search_engine.model_free_r1(
       f_obs, best.model)
@@ -834,7 +836,8 @@ def _model_candidates(f_obs, models, standardisation, weights, s, name, guess, s
       # 2.0 A, two carbon atoms for MgSiO3: a wrong model of R1 0.057 stood
       # out, unconfirmed, and was chosen as probably solved).
       best.terms["decisive" if decisive else "stands_out"] = 1.0
-  elif len(kept) > 1 and r1[0] < atom_search_engine.CLEAR_GAP * r1[1]:
+  elif len(kept) > 1 and r1[0] < atom_search_engine.CLEAR_GAP * r1[1] and \
+      (not unknown or r1[0] < most):
     free = [atom_search_engine.model_free_r1(f_obs, c.model)
             for c in kept]
     if atom_search_engine.clear(r1, free):

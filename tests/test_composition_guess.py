@@ -256,10 +256,10 @@ def _tiny_problem():
   return f_obs, std, weights, f_calc.phases(deg=True)
 
 
-def _agreeing_models(phases, r1, n=3):
+def _agreeing_models(phases, r1, n=3, element="C"):
   """``n`` atom models of one solution (the best placements all agree)."""
   import numpy as np
-  return [atom_search.AtomModel(elements=("C",), occupancies=np.ones(1),
+  return [atom_search.AtomModel(elements=(element,), occupancies=np.ones(1),
                                 sites=np.zeros((1, 3)), b=2.0, r1=r1 + 0.001 * k,
                                 rot=None, trans=None, phases=phases)
           for k in range(n)]
@@ -272,12 +272,16 @@ def _agreeing_models(phases, r1, n=3):
   (True, 0.05, 0.25, None),           # guessed, not confirmed (Bridgmanite)
   (True, 0.12, 0.15, "stands_out"),   # guessed, R1 0.10-0.15, confirmed
   (True, 0.16, 0.17, None),           # above GUESSED_R1
+  ("X", 0.03, 0.05, "decisive"),      # atoms of unknown element, confirmed
+  ("X", 0.03, 0.25, None),            # ... not confirmed
+  ("X", 0.071, 0.12, None),           # above UNKNOWN_R1 (Nontronite, wrong)
 ])
 def test_a_guessed_composition_needs_the_cross_validated_check(monkeypatch, guessed, r1,
                                                                free_r1, mark):
   from phai_cctbx import search
   f_obs, std, weights, phases = _tiny_problem()
-  models = _agreeing_models(phases, r1)
+  models = _agreeing_models(phases, r1, element="C" if guessed != "X" else "X")
+  guessed = bool(guessed)
   monkeypatch.setattr(search.atom_search_engine, "run", lambda *a, **k: models)
   monkeypatch.setattr(search.atom_search_engine, "model_free_r1", lambda f, m: free_r1)
   s = search.SearchSettings(composition_guessed=guessed)
