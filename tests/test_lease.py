@@ -165,9 +165,11 @@ def test_lease_stops_by_itself_and_resumes(library_path, tmp_path):
   assert m1["curve"][0]["step"] == 0 and "partial_r" in m1["curve"][0]["validation"]["1.60"]
   first = lease.read_lease_files(str(out1))
 
-  # the next lease: its own files in, training on from there (in this process)
+  # the next lease: its own files in, training on from there (in this process,
+  # whose clock started when the module was imported, early in a long test
+  # run: a deadline far enough away that max_steps ends it)
   lease_args, overrides = lease.parse_args(["out_dir=%s" % out2, "resume_dir=%s" % out1,
-                                            "minutes=5", "max_steps=%d" % (m1["step"] + 2),
+                                            "minutes=600", "max_steps=%d" % (m1["step"] + 2),
                                             "library=" + library_path, "workers=1",
                                             "device=cpu", "work_dir=%s" % (tmp_path / "w2")])
   m2 = lease.run_lease(lease_args, overrides, log=open(os.devnull, "w"))
