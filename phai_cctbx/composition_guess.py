@@ -38,7 +38,8 @@ from __future__ import absolute_import, division, print_function
 
 import math
 
-from phai_cctbx.atom_search import UNKNOWN
+from phai_cctbx.atom_search import (BOND_LIMITS, UNKNOWN, _scattering_weight, molecular,
+                                    whole_positions)
 
 #: Cubic angstroms of an organic crystal per atom heavier than hydrogen:
 #: Hofmann's mean atomic volumes in crystals (Acta Cryst. B58, 2002, 489;
@@ -92,7 +93,6 @@ def formula_unit_choices(counts, unit_cell, space_group, most=MOST_FORMULA_UNIT_
   the second for 4 more (PbCl2, TlHgAsS3, Mg2B2O5, a chloride); a wrong Z
   gives the atom search too many or too few atoms, whose models do not
   stand out, so the second is tried where the first's do not."""
-  from phai_cctbx.atom_search import molecular, whole_positions
   heavy = sum(c for e, c in counts.items() if e not in ("H", "D"))
   if heavy <= 0:
     return []
@@ -114,11 +114,20 @@ def formula_units(counts, unit_cell, space_group):
   without it: the first of :func:`formula_unit_choices`.  None where the
   formula is not that of a molecular crystal (a metal or no carbon) or has
   no heavier atoms."""
-  from phai_cctbx.atom_search import molecular
   if not molecular(counts):
     return None
   choices = formula_unit_choices(counts, unit_cell, space_group, most=1)
   return choices[0] if choices else None
+
+
+def _named(elements):
+  """The element symbols named (``elements``, or None), hydrogen left out."""
+  return [e for e in (elements or ()) if e not in ("H", "D")]
+
+
+def _names_a_metal(named):
+  """Whether the elements ``named`` leave the organic ones (:data:`BOND_LIMITS`)."""
+  return any(e not in BOND_LIMITS for e in named)
 
 
 def guess_counts(unit_cell, space_group, elements=None):
@@ -130,18 +139,17 @@ def guess_counts(unit_cell, space_group, elements=None):
   None.  Elements outside the organic ones (a metal) give the first of
   :func:`unknown_alternatives`: the volume of an inorganic cell says little
   about which atoms it holds, so their scattering is fitted."""
-  from phai_cctbx.atom_search import BOND_LIMITS
   n = organic_atoms(unit_cell, space_group)
   order = space_group.order_z()
-  named = [e for e in (elements or ()) if e not in ("H", "D")]
-  if any(e not in BOND_LIMITS for e in named):
+  named = _named(elements)
+  if _names_a_metal(named):
     unknown = unknown_alternatives(unit_cell, space_group)
     if not unknown:
       return None, "no atom of unknown element fits the cell"
-    return unknown[0], ("the elements %s named without counts: %s atoms of unknown "
+    return unknown[0], ("the elements %s named without counts: %g atoms of unknown "
                         "element in the asymmetric unit (one per %g A^3), their "
-                        "scattering fitted" % (" ".join(named), "%g" % (
-                          unknown[0][UNKNOWN] / order), UNKNOWN_VOLUMES[0]))
+                        "scattering fitted" % (" ".join(named), unknown[0][UNKNOWN] / order,
+                                               UNKNOWN_VOLUMES[0]))
   heavy = sorted(set(e for e in named if e not in LIGHT))
   n_carbon = max(1, n - len(heavy))
   counts = dict((e, order) for e in heavy)
@@ -164,7 +172,6 @@ def describe(counts, space_group):
   """'C13 S1': atoms per asymmetric unit, carbon first, then heaviest first;
   'X7.5 (any element)' for atoms of unknown element."""
   order = space_group.order_z()
-  from phai_cctbx.atom_search import _scattering_weight
   names = sorted(counts, key=lambda e: (e != "C", -_scattering_weight(e)))
   return " ".join("%s%g%s" % (e, counts[e] / order,
                               " (any element)" if e == UNKNOWN else "")
@@ -207,11 +214,10 @@ def heavier_alternatives(counts, space_group, elements=None, most=MOST_HEAVIER):
   named), keeping at least two carbon atoms.  None where the named
   elements are all light (``elements="C H N O"``): nothing heavier is
   there to place."""
-  named = [e for e in (elements or ()) if e not in ("H", "D")]
+  named = _named(elements)
   heavy = [e for e in named if e not in LIGHT]
   if named and not heavy:
     return []
-  from phai_cctbx.atom_search import _scattering_weight
   element = max(heavy, key=_scattering_weight) if heavy else HEAVIER
   order = space_group.order_z()
   carbon = int(round(counts.get("C", 0) / order))
@@ -232,8 +238,7 @@ def guessed_alternatives(counts, unit_cell, space_group, elements=None):
   no element is named or one outside the organic ones is, the
   :func:`unknown_alternatives` other than ``counts``."""
   out = [] if UNKNOWN in counts else heavier_alternatives(counts, space_group, elements)
-  named = [e for e in (elements or ()) if e not in ("H", "D")]
-  from phai_cctbx.atom_search import BOND_LIMITS
-  if not named or any(e not in BOND_LIMITS for e in named):
+  named = _named(elements)
+  if not named or _names_a_metal(named):
     out += [c for c in unknown_alternatives(unit_cell, space_group) if c != counts]
   return out
