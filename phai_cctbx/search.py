@@ -856,8 +856,8 @@ def _alternative_atom_candidates(f_obs, compositions, standardisation, weights, 
   composition's candidates (with a second search where
   :attr:`SearchSettings.retries_atom_search`); where none of them stands
   out, each further composition in turn (until one's model is decisive),
-  and the candidates of the one whose best model fits best (lowest R1)
-  beside the first's.
+  and beside the first's candidates those of every one whose model stands
+  out and of the one whose best model fits best (lowest R1).
 
   The alternatives are either guessed compositions
   (:func:`phai_cctbx.composition_guess.heavier_alternatives`, where
@@ -870,7 +870,8 @@ def _alternative_atom_candidates(f_obs, compositions, standardisation, weights, 
   the clock says, so that the answer does not depend on the speed or the
   load of the machine.  Labels name the composition (atoms per asymmetric
   unit) where there are alternatives or it is a guess.  Returns
-  (candidates, the compositions tried, the best-fitting one, searches run,
+  (candidates, the compositions tried, the best one (the best-fitting of
+  those whose model stands out, else the best-fitting), searches run,
   seconds spent on the alternatives)."""
   from phai_cctbx.composition_guess import describe
   group = f_obs.space_group()
@@ -879,6 +880,7 @@ def _alternative_atom_candidates(f_obs, compositions, standardisation, weights, 
   first, searches = _atom_candidates(f_obs, compositions[0], standardisation, weights, s,
                                      label(compositions[0]), retry=s.retries_atom_search)
   tried, best, best_counts = [compositions[0]], first, compositions[0]
+  marked = []   # (candidates, composition) of the further ones whose model stands out
   t0 = time.time()
   if not _marked(first):
     for counts in compositions[1:]:
@@ -887,12 +889,22 @@ def _alternative_atom_candidates(f_obs, compositions, standardisation, weights, 
       kept, _ = _atom_candidates(f_obs, counts, standardisation, weights, s, label(counts))
       tried.append(counts)
       searches += 1
-      if kept and (not best or kept[0].terms["model_r1"] < best[0].terms["model_r1"]):
+      if not kept:
+        continue
+      if _marked(kept):
+        marked.append((kept, counts))
+      if not best or kept[0].terms["model_r1"] < best[0].terms["model_r1"]:
         best, best_counts = kept, counts
-        if kept[0].terms.get("decisive"):   # R1 below DECISIVE_R1 (confirmed if a guess)
-          break
-  return ((first + best if best is not first else first), tried, best_counts, searches,
-          time.time() - t0)
+      if kept[0].terms.get("decisive"):   # R1 below DECISIVE_R1 (confirmed if a guess)
+        break
+  found = first + [c for kept, _ in marked for c in kept]
+  if best is not first and all(best is not kept for kept, _ in marked):
+    found += best
+  if marked:
+    # A composition whose model stands out (confirmed, if a guess) outranks
+    # one that only fits better: atoms of unknown element fit most data.
+    best_counts = min(marked, key=lambda m: m[0][0].terms["model_r1"])[1]
+  return found, tried, best_counts, searches, time.time() - t0
 
 
 def runs_omit_refinement(settings, f_obs):

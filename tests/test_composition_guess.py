@@ -411,3 +411,43 @@ def test_guessed_compositions_are_tried_in_turn(monkeypatch, r1_of, tried, chose
   assert len(found) == (1 if chosen == "C6" else 2)
   assert composition_guess.describe(best, group) == chosen
   assert seconds >= 0.0
+
+
+def test_a_guess_whose_model_stands_out_is_kept_beside_one_that_only_fits_better(monkeypatch):
+  """A further guess whose model stands out (confirmed) is kept, and named
+  the best composition, even where a later guess fits better without
+  standing out (atoms of unknown element fit most data); a decisive model
+  ends the guesses whatever the R1 of those before it."""
+  from phai_cctbx import search
+  f_obs, std, weights, phases = _tiny_problem()
+  group = f_obs.space_group()
+  first = {"C": 24}
+  guesses = [first] + composition_guess.heavier_alternatives(first, group)
+  r1_of = {0: 0.20, 1: 0.12, 2: 0.105, 3: 0.18}
+  runs = []
+
+  def fake_run(f, counts, **kwds):
+    runs.append(composition_guess.describe(counts, group))
+    return _agreeing_models(phases, r1_of[counts.get("S", 0) // 4])
+  monkeypatch.setattr(search.atom_search_engine, "run", fake_run)
+  # C5 S1 (R1 0.12) is confirmed; C4 S2 (0.105) is not
+  monkeypatch.setattr(search.atom_search_engine, "model_free_r1",
+                      lambda f, m: m.r1 + (0.03 if m.r1 > 0.11 else 0.30))
+  s = search.SearchSettings(composition_guessed=True, time_limit=-1.0)
+  found, used, best, searches, _ = search._alternative_atom_candidates(
+    f_obs, guesses, std, weights, s)
+  assert runs == ["C6", "C5 S1", "C4 S2", "C3 S3"]
+  firsts = [c for c in found if c.label.startswith("atom model 1 ")]
+  assert [c.label.split(",")[0] for c in firsts] == [
+    "atom model 1 (C6", "atom model 1 (C5 S1", "atom model 1 (C4 S2"]
+  assert firsts[1].terms.get("stands_out") and not firsts[2].terms.get("stands_out")
+  assert composition_guess.describe(best, group) == "C5 S1"
+  # A decisive model ends the guesses though an earlier one fitted better.
+  r1_of.update({0: 0.08, 1: 0.09, 2: 0.05})
+  monkeypatch.setattr(search.atom_search_engine, "model_free_r1",
+                      lambda f, m: m.r1 + (0.30 if m.r1 < 0.085 else 0.03))
+  runs.clear()
+  found, used, best, searches, _ = search._alternative_atom_candidates(
+    f_obs, guesses, std, weights, s)
+  assert runs == ["C6", "C5 S1"] and composition_guess.describe(best, group) == "C5 S1"
+  assert any(c.terms.get("decisive") for c in found)
