@@ -425,14 +425,32 @@ def peak_atom_limit(counts, reflections, space_group=None):
   data allow it: in a :func:`molecular` composition up to one atom per
   :data:`PEAK_REFLECTIONS_PER_ATOM` reflections, and (given the
   ``space_group``) where :func:`heavy_counts` gives heavy atoms to search
-  for first, whose maps the peaks then come from, up to one per
-  :data:`HEAVY_PEAK_REFLECTIONS_PER_ATOM`; at most :data:`PEAK_MAX_ATOMS`."""
+  for first, whose maps the peaks then come from, or the counts hold such
+  heavy atoms of unknown element (:func:`heavy_unknown`), up to
+  :func:`heavy_peak_limit`; at most :data:`PEAK_MAX_ATOMS`."""
   limit = atom_limit(counts)
   if molecular(counts):
     limit = max(limit, min(PEAK_MAX_ATOMS, reflections // PEAK_REFLECTIONS_PER_ATOM))
-  if space_group is not None and heavy_counts(counts, space_group) is not None:
-    limit = max(limit, min(PEAK_MAX_ATOMS, reflections // HEAVY_PEAK_REFLECTIONS_PER_ATOM))
+  if heavy_unknown(counts) or (
+      space_group is not None and heavy_counts(counts, space_group) is not None):
+    limit = max(limit, heavy_peak_limit(reflections))
   return limit
+
+
+def heavy_peak_limit(reflections):
+  """The most atoms :func:`from_peaks` places from the maps of heavy-atom
+  models against ``reflections`` unique reflections: one per
+  :data:`HEAVY_PEAK_REFLECTIONS_PER_ATOM`, at most :data:`PEAK_MAX_ATOMS`."""
+  return min(PEAK_MAX_ATOMS, reflections // HEAVY_PEAK_REFLECTIONS_PER_ATOM)
+
+
+def heavy_unknown(counts):
+  """Whether ``counts`` are heavy atoms of unknown element (:data:`UNKNOWN`)
+  beside others: the asymmetric unit of a guessed composition completed
+  from the maps of a search of those heavy atoms alone
+  (:func:`phai_cctbx.composition_guess.heavy_unknown_guesses`)."""
+  present = {e for e, c in counts.items() if c > 0 and e not in ("H", "D")}
+  return UNKNOWN in present and len(present) > 1
 
 
 def molecular(counts):

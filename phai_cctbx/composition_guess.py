@@ -38,8 +38,8 @@ from __future__ import absolute_import, division, print_function
 
 import math
 
-from phai_cctbx.atom_search import (BOND_LIMITS, UNKNOWN, _scattering_weight, molecular,
-                                    whole_positions)
+from phai_cctbx.atom_search import (BOND_LIMITS, UNKNOWN, _scattering_weight,
+                                    heavy_peak_limit, molecular, whole_positions)
 
 #: Cubic angstroms of an organic crystal per atom heavier than hydrogen:
 #: Hofmann's mean atomic volumes in crystals (Acta Cryst. B58, 2002, 489;
@@ -241,4 +241,45 @@ def guessed_alternatives(counts, unit_cell, space_group, elements=None):
   named = _named(elements)
   if not named or _names_a_metal(named):
     out += [c for c in unknown_alternatives(unit_cell, space_group) if c != counts]
+  return out
+
+
+#: Heavy atoms of unknown element per asymmetric unit that
+#: :func:`heavy_unknown_guesses` searches for first, in turn.
+HEAVY_UNKNOWN_ATOMS = (1, 2)
+#: ... keeping at least this many light atoms in the asymmetric unit.
+MIN_LIGHT_ATOMS = 2
+
+
+def heavy_unknown_guesses(unit_cell, space_group, reflections, elements=None):
+  """[(heavy, completion)]: counts per cell of one, then two
+  (:data:`HEAVY_UNKNOWN_ATOMS`) heavy atoms of unknown element
+  (:data:`phai_cctbx.atom_search.UNKNOWN`, their scattering fitted) in the
+  asymmetric unit, to be searched for alone, and of the whole asymmetric
+  unit to place from the peaks of their models' maps: those heavy atoms
+  and carbon for the rest of :func:`organic_atoms` (at most
+  :func:`phai_cctbx.atom_search.heavy_peak_limit` of ``reflections`` in
+  all).  Empty where the named elements are all light (``elements="C H N
+  O"``: no heavy atom to find).
+
+  Why: the classic route for a cell with a few heavy atoms (a metal, As,
+  Br, Pb), which a carbon model cannot fit and whose asymmetric unit is
+  too large for atoms of unknown element throughout.  On calculated data
+  at 2.0 A (``atom_search.run`` of the heavy atoms, then
+  ``atom_search.from_peaks``): Vauquelinite (Pb2Cu(CrO4)(PO4)(OH), 15
+  atoms, 97 reflections) two such atoms give R1 0.312 and r 0.99, and the
+  completion from their map C10 X2, R1 0.096, r 1.000 (one atom: R1
+  0.142, r 0.24); COD 2004924 (a Cu complex, 21 atoms) C18 X1, R1 0.088,
+  r 0.998."""
+  named = _named(elements)
+  if named and all(e in LIGHT for e in named):
+    return []
+  order = space_group.order_z()
+  n = min(organic_atoms(unit_cell, space_group), heavy_peak_limit(reflections))
+  out = []
+  for k in HEAVY_UNKNOWN_ATOMS:
+    if n - k < MIN_LIGHT_ATOMS:
+      break
+    heavy = {UNKNOWN: k * order}
+    out.append((heavy, dict(heavy, C=(n - k) * order)))
   return out

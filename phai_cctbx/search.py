@@ -24,6 +24,9 @@ run in any case:
    good share (:func:`phai_cctbx.atom_search.heavy_counts`): the heavy atoms
    alone placed as in 1a, then the whole asymmetric unit from the peaks of
    the best heavy-atom models' E-maps (:func:`_heavy_atom_candidates`);
+   with a guessed composition and no decisive model of 1a, the same
+   for one, then two heavy atoms of unknown element (``heavy_guesses``,
+   :func:`_heavy_unknown_candidates`);
 1b. with ``sign_combinations`` > 0 and data below atomic resolution
    (d_min above :data:`~phai_cctbx.dual_space.SIGN_COMBINATIONS_D_MIN`),
    dual-space runs from every combination of the signs of the strongest
@@ -701,11 +704,14 @@ def atom_search_atoms(settings, f_obs, composition, limit=None):
 
 def peak_search_atoms(settings, f_obs, composition):
   """The atoms the atom search from map peaks would place, as
-  :func:`atom_search_atoms`, but for a given (not guessed) molecular
-  ``composition`` up to :func:`phai_cctbx.atom_search.peak_atom_limit`
-  atoms: more than the random search places, where the data allow it."""
+  :func:`atom_search_atoms`, but for a given (not guessed) ``composition``,
+  or a guessed one of heavy atoms of unknown element beside carbon
+  (:func:`phai_cctbx.composition_guess.heavy_unknown_guesses`), up to
+  :func:`phai_cctbx.atom_search.peak_atom_limit` atoms: more than the
+  random search places, where the data allow it."""
   limit = None
-  if composition and not settings.composition_guessed:
+  if composition and (not settings.composition_guessed or
+                      atom_search_engine.heavy_unknown(composition)):
     limit = atom_search_engine.peak_atom_limit(composition, f_obs.size(),
                                                f_obs.space_group())
   return atom_search_atoms(settings, f_obs, composition, limit)
@@ -794,8 +800,12 @@ def _heavy_atom_candidates(f_obs, composition, heavy, standardisation, weights, 
     return [], 0, None
   pseudo = atom_search_engine.pseudo_translation(kept[0].model, f_obs.unit_cell(),
                                                  f_obs.space_group())
+  guess = ""
+  if s.composition_guessed:
+    from phai_cctbx.composition_guess import describe
+    guess = describe(heavy, f_obs.space_group()) + ", "
   for i, c in enumerate(kept):
-    c.label = "heavy-atom model %d (R1 %.3f)" % (i + 1, c.terms["model_r1"])
+    c.label = "heavy-atom model %d (%sR1 %.3f)" % (i + 1, guess, c.terms["model_r1"])
   # The placements of peak_maps maps, from as many distinct models as there
   # are (one, where every placement of a few heavy atoms found the same).
   sources = kept[:max(1, s.peak_maps)]
@@ -806,6 +816,26 @@ def _heavy_atom_candidates(f_obs, composition, heavy, standardisation, weights, 
   for c in kept:
     c.model = None   # a partial structure: no starting model of the cell
   return kept + found, sum(models[0].occupancies), pseudo
+
+
+def _heavy_unknown_candidates(f_obs, guesses, standardisation, weights, s):
+  """The searches of :func:`_heavy_atom_candidates` for each of ``guesses``
+  in turn (:func:`phai_cctbx.composition_guess.heavy_unknown_guesses`:
+  heavy atoms of unknown element, then the asymmetric unit from their
+  maps' peaks), until one gives a decisive model.  Like the other guesses
+  they run whatever the clock says.  Returns (candidates, the completion
+  whose model fits best or None, that model's R1, seconds)."""
+  t0 = time.time()
+  found, best, best_r1 = [], None, None
+  for heavy, completion in guesses:
+    more, _, _ = _heavy_atom_candidates(f_obs, completion, heavy, standardisation, weights, s)
+    found += more
+    models = [c for c in more if c.model is not None]   # the completions, lowest R1 first
+    if models and (best_r1 is None or models[0].terms["model_r1"] < best_r1):
+      best, best_r1 = completion, models[0].terms["model_r1"]
+    if any(c.terms.get("decisive") for c in more):
+      break
+  return found, best, best_r1, time.time() - t0
 
 
 def _model_candidates(f_obs, models, standardisation, weights, s, name, guess, start,
@@ -820,8 +850,9 @@ def _model_candidates(f_obs, models, standardisation, weights, s, name, guess, s
     c.label = "%s %d (%sR1 %.3f)" % (name, i + 1, guess and guess + ", ",
                                       c.terms["model_r1"])
   r1 = [c.terms["model_r1"] for c in kept]
-  # Atoms of unknown element fit more: their models stand out only below UNKNOWN_R1.
-  unknown = bool(kept) and atom_search_engine.UNKNOWN in kept[0].model.elements
+  # Atoms of unknown element throughout fit more: their models stand out only
+  # below UNKNOWN_R1 (a few heavy ones among carbon atoms: as any guess).
+  unknown = bool(kept) and set(kept[0].model.elements) == {atom_search_engine.UNKNOWN}
   most = atom_search_engine.UNKNOWN_R1 if unknown else atom_search_engine.GUESSED_R1
   decisive = atom_search_engine.decisive(r1, limit=min(most, atom_search_engine.DECISIVE_R1))
   if decisive or (s.composition_guessed and atom_search_engine.decisive(r1, limit=most)):
@@ -997,7 +1028,7 @@ def _dual_space_candidates(f_obs, problem, starts, labels, start_names, settings
 
 
 def run(f_obs, standardisation, set_amplitudes, set_measured, model, settings=None,
-        log_stage=None, composition=None, alternatives=()):
+        log_stage=None, composition=None, alternatives=(), heavy_guesses=()):
   """The hybrid search; returns a :class:`SearchResult`.
 
   Args:
@@ -1013,6 +1044,11 @@ def run(f_obs, standardisation, set_amplitudes, set_measured, model, settings=No
       that stands out (:func:`_alternative_atom_candidates`): guessed ones
       where ``settings.composition_guessed``, else the formula's other
       numbers of formula units per cell.
+    heavy_guesses: with a guessed composition, (heavy atoms, the whole
+      asymmetric unit) of heavy atoms of unknown element searched for
+      alone, the rest placed from their maps' peaks, where no model of the
+      atom search is decisive
+      (:func:`phai_cctbx.composition_guess.heavy_unknown_guesses`).
   """
   s = settings or SearchSettings()
   t0 = time.time()
@@ -1065,6 +1101,26 @@ def run(f_obs, standardisation, set_amplitudes, set_measured, model, settings=No
     else:
       stages.append("atom search (%d atoms%s)" % (
         len(atoms[0]), ", a second search: none decisive" if searches > 1 else ""))
+    stop = done()
+  # Like the guesses of the atom search, whatever the clock says (a bounded
+  # amount of work), so that the answer does not depend on the machine; not
+  # only where no model stands out: a guess's model that stands out is not
+  # chosen before the others (Vauquelinite at 2.0 A: C9 S3, R1 0.128, r 0.96,
+  # below a wrong map's held-out correlation), a decisive one is.
+  if heavy_guesses and s.heavy_atoms and not reached[0] and \
+     not any(c.terms.get("decisive") for c in candidates):
+    from phai_cctbx.composition_guess import describe
+    fitted = [c.terms["model_r1"] for c in candidates if c.model is not None]
+    found, completion, r1, seconds = _heavy_unknown_candidates(
+      f_obs, heavy_guesses, standardisation, weights, s)
+    own_time[0] += seconds
+    candidates += found
+    # The later searches from map peaks place the guess that fits best.
+    if completion is not None and (peak_counts is None or not fitted or r1 < min(fitted)):
+      peak_counts = completion
+    stages.append("heavy atoms of unknown element (%s), the rest from their maps' peaks"
+                  % ", ".join(describe(h, f_obs.space_group()).replace(" (any element)", "")
+                              for h, _ in heavy_guesses))
     stop = done()
   heavy = heavy_search_counts(s, f_obs, composition) if atoms is None else None
   peak_marks = True   # models of the search from map peaks may stand out

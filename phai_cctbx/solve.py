@@ -317,7 +317,10 @@ def solve(miller_array, model=None, weights=None, trials=8, cycles=16,
     heavy_atoms: given a composition beyond the random atom search but
       within the search from map peaks, its heavy atoms alone placed first
       and the whole asymmetric unit from the peaks of their best maps
-      (:func:`phai_cctbx.search._heavy_atom_candidates`).
+      (:func:`phai_cctbx.search._heavy_atom_candidates`); with a guessed
+      composition whose models are not decisive, the same for one, then
+      two heavy atoms of unknown element
+      (:func:`phai_cctbx.composition_guess.heavy_unknown_guesses`).
     guess_composition: without ``composition``, the atom search places the
       atoms of an organic crystal of this cell's volume
       (:func:`phai_cctbx.composition_guess.guess_counts`; ``elements``, the
@@ -454,9 +457,21 @@ def solve(miller_array, model=None, weights=None, trials=8, cycles=16,
     _print(log, "Atom search: where no model stands out, then %s (atoms per "
            "asymmetric unit)" % ", ".join(
              composition_guess.describe(c, f_obs.space_group()) for c in alternatives))
+  heavy_guesses = []
+  if settings.composition_guessed and heavy_atoms:
+    from phai_cctbx import composition_guess
+    heavy_guesses = composition_guess.heavy_unknown_guesses(
+      f_obs.unit_cell(), f_obs.space_group(), f_obs.size(), elements)
   if settings.composition_guessed and atoms is None:
     _print(log, "Atom search: not run (more than %d atoms; give elements= with "
            "counts per unit cell)" % atom_search_module.atom_limit(composition))
+  if heavy_guesses:
+    _print(log, "Atom search: where no model is decisive, then %s heavy atoms of unknown "
+           "element alone, the rest (%s) from the peaks of their maps" % (
+             " or ".join("%g" % (h[atom_search_module.UNKNOWN] / f_obs.space_group().order_z())
+                         for h, _ in heavy_guesses),
+             ", ".join(composition_guess.describe(c, f_obs.space_group()).replace(
+               " (any element)", "") for _, c in heavy_guesses)))
   if atoms is not None:
     again = settings.retries_atom_search
     signs = ("; then, while unsolved, an atom search (%d atoms: %s; %d random placements%s)"
@@ -490,7 +505,7 @@ def solve(miller_array, model=None, weights=None, trials=8, cycles=16,
 
   found = search_module.run(f_obs, std, set_amplitudes, present, network, settings,
                             log_stage=stage, composition=composition,
-                            alternatives=alternatives)
+                            alternatives=alternatives, heavy_guesses=heavy_guesses)
   weights_source = getattr(loaded["model"], "source", None)
   timings["model"] = loaded["seconds"]
   timings["phasing"] = time.time() - t2 - loaded["seconds"]

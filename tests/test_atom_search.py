@@ -709,6 +709,15 @@ def test_peak_atom_limit_follows_the_reflections_per_atom():
   # Kernite (Na, O beside B): 13 heavy atoms per asymmetric unit, none searched first.
   assert atom_search.peak_atom_limit({"Na": 8, "O": 44, "B": 16}, 5000, p21c) == \
     atom_search.MAX_ATOMS
+  # Heavy atoms of unknown element beside carbon (a guess): their maps give
+  # the peaks, so the same limit; atoms of unknown element alone: the free one.
+  guess = {atom_search.UNKNOWN: 4, "C": 56}
+  assert atom_search.heavy_unknown(guess)
+  assert not atom_search.heavy_unknown({atom_search.UNKNOWN: 56})
+  assert not atom_search.heavy_unknown({"C": 56, "H": 40})
+  assert atom_search.peak_atom_limit(guess, 120) == atom_search.heavy_peak_limit(120) == 20
+  assert atom_search.peak_atom_limit({atom_search.UNKNOWN: 56}, 120) == atom_search.MAX_ATOMS
+  assert atom_search.heavy_peak_limit(5000) == atom_search.PEAK_MAX_ATOMS
 
 
 def test_heavy_counts_are_the_few_atoms_that_scatter_most():

@@ -451,3 +451,25 @@ def test_a_guess_whose_model_stands_out_is_kept_beside_one_that_only_fits_better
     f_obs, guesses, std, weights, s)
   assert runs == ["C6", "C5 S1"] and composition_guess.describe(best, group) == "C5 S1"
   assert any(c.terms.get("decisive") for c in found)
+
+
+def test_heavy_unknown_guesses_put_one_then_two_heavy_atoms_beside_carbon():
+  from cctbx import crystal
+  symm = crystal.symmetry((9.0, 10.0, 11.0, 90, 100, 90), "P 1 21/c 1")
+  cell, group = symm.unit_cell(), symm.space_group()
+  X = atom_search.UNKNOWN
+  assert composition_guess.organic_atoms(cell, group) == 15
+  guesses = composition_guess.heavy_unknown_guesses(cell, group, 120)
+  assert guesses == [({X: 4}, {X: 4, "C": 56}), ({X: 8}, {X: 8, "C": 52})]
+  assert composition_guess.describe(guesses[1][1], group) == "C13 X2 (any element)"
+  # Few reflections: fewer atoms in all (one per HEAVY_PEAK_REFLECTIONS_PER_ATOM),
+  # at least MIN_LIGHT_ATOMS of them carbon.
+  assert composition_guess.heavy_unknown_guesses(cell, group, 30) == [
+    ({X: 4}, {X: 4, "C": 16}), ({X: 8}, {X: 8, "C": 12})]
+  assert composition_guess.heavy_unknown_guesses(cell, group, 18) == [
+    ({X: 4}, {X: 4, "C": 8})]
+  assert composition_guess.heavy_unknown_guesses(cell, group, 12) == []
+  # Only light elements named: nothing heavy to find; a heavier one or a metal named: searched.
+  assert composition_guess.heavy_unknown_guesses(cell, group, 120, ("C", "H", "N", "O")) == []
+  assert composition_guess.heavy_unknown_guesses(cell, group, 120, ("C", "H", "Br")) == guesses
+  assert composition_guess.heavy_unknown_guesses(cell, group, 120, ("Fe", "O")) == guesses

@@ -749,6 +749,69 @@ def test_the_heavy_atoms_of_the_measured_water_set_lead_to_its_whole_model():
   assert r(whole[0]) > 0.95, [(c.label, r(c)) for c in whole]
 
 
+def _heavy_atom_structure(seed=3):
+  """P2_1/c, twelve atoms in the asymmetric unit: one Pb and eleven C, N
+  and O at random, all copies 1.4 A apart at least."""
+  from cctbx import crystal, xray
+  symm = crystal.symmetry((8.5, 9.0, 10.0, 90, 98, 90), "P 1 21/c 1")
+  ops = [(np.array(op.r().as_double()).reshape(3, 3), np.array(op.t().as_double()))
+         for op in symm.space_group()]
+  orth = np.array(symm.unit_cell().orthogonalization_matrix()).reshape(3, 3)
+
+  def apart(x, sites):
+    for y in sites + [x]:
+      for k, (rot, t) in enumerate(ops):
+        if y is x and k == 0:
+          continue
+        d = rot @ y + t - x
+        if np.linalg.norm(orth @ (d - np.round(d))) < 1.4:
+          return False
+    return True
+
+  rng = np.random.default_rng(seed)
+  sites = [np.array([0.21, 0.16, 0.33])]
+  while len(sites) < 12:
+    x = rng.random(3)
+    if apart(x, sites):
+      sites.append(x)
+  xs = xray.structure(crystal_symmetry=symm)
+  for i, (e, x) in enumerate(zip("Pb C C C C C N N O O O C".split(), sites)):
+    xs.add_scatterer(xray.scatterer(label="%s%d" % (e, i), site=tuple(x), u=0.02))
+  xs.scattering_type_registry(table="wk1995")
+  return xs
+
+
+def test_heavy_atoms_of_unknown_element_lead_to_the_whole_model_without_a_composition():
+  """No composition: one heavy atom of unknown element alone, then the
+  asymmetric unit guessed from the cell (C11 beside it) placed from the
+  peaks of its models' maps, gives the right phases; the heavy-atom
+  models carry no model of the cell, and the guess is named."""
+  from phai_cctbx import composition_guess
+  xs = _heavy_atom_structure()
+  fc = xs.structure_factors(d_min=2.0, algorithm="direct").f_calc()
+  f_obs = abs(fc).set_observation_type_xray_amplitude()
+  std = symmetry.prepare(f_obs.crystal_symmetry())
+  values, present = std.map_to_reflection_set(f_obs)
+  weights = np.where(np.asarray(present, bool), np.maximum(np.asarray(values).real, 0), 0.0)
+  truth = benchmark.Truth(std, fc)
+  measured = benchmark.measured_on_list(std, f_obs)
+  r = lambda c: truth.r(search.list_signs(std, f_obs, c.phases), measured)
+  X = search.atom_search_engine.UNKNOWN
+  guesses = composition_guess.heavy_unknown_guesses(f_obs.unit_cell(), f_obs.space_group(),
+                                                    f_obs.size())
+  assert guesses[0] == ({X: 4}, {X: 4, "C": 44})
+  s = search.SearchSettings(composition_guessed=True, atom_restarts=256, peak_maps=1)
+  assert search.peak_search_atoms(s, f_obs, guesses[0][1]) is not None   # 12 atoms, not a molecule
+  found, completion, r1, seconds = search._heavy_unknown_candidates(
+    f_obs, guesses[:1], std, weights, s)
+  heavy = [c for c in found if c.label.startswith("heavy-atom model")]
+  assert heavy[0].label.startswith("heavy-atom model 1 (X1") and heavy[0].model is None
+  whole = [c for c in found if c.model is not None]
+  assert whole[0].label.startswith("peak atom model 1 (C11 X1")
+  assert completion == guesses[0][1] and r1 == whole[0].terms["model_r1"] and seconds > 0
+  assert r(whole[0]) > 0.95, [(c.label, r(c)) for c in found]
+
+
 def test_no_peak_model_stands_out_where_the_heavy_atoms_repeat_under_a_half_translation(
     monkeypatch):
   """Where the best heavy-atom model repeats under a half translation of the
