@@ -199,6 +199,9 @@ def test_solve_places_atoms_of_unknown_element_where_a_metal_is_named_without_co
   text = log.getvalue()
   assert "the elements Ca S O named without counts: 5.25 atoms of unknown element" in text
   assert "then X4.25 (any element)" in text
+  assert "then 1 or 2 heavy atoms of unknown element alone, the rest (C3 X1, C2 X2)" in text
+  # A model of the guesses is decisive: no search of heavy atoms follows.
+  assert "heavy atoms of unknown element (X1" not in text
   assert "(any element), R1 0.0" in result.chosen.label
   assert result.atom_model is None
   assert benchmark.Truth(result.standardisation, f_calc).r(
