@@ -145,6 +145,19 @@ GUESSED_R1 = 0.15
 #: 0.016-0.042, and 0.061 and 0.072 (Strontianite, Arcanite); a wrong one,
 #: confirmed by its cross-validated R1 (0.120), had 0.071 (Nontronite).
 UNKNOWN_R1 = 0.05
+#: ... and so does a model where more than this share of the atoms are of
+#: unknown element: a few heavy ones among carbon atoms
+#: (:func:`phai_cctbx.composition_guess.heavy_unknown_guesses`) count as
+#: any guess, two among four as atoms of unknown element (Celadonite at
+#: 2.0 A without a composition: C2 X2, a wrong model of R1 0.101,
+#: confirmed by its cross-validated R1).
+UNKNOWN_SHARE = 0.25
+
+
+def mostly_unknown(elements):
+  """Whether more than :data:`UNKNOWN_SHARE` of the atoms ``elements`` are
+  of unknown element: a model held to :data:`UNKNOWN_R1`."""
+  return sum(e == UNKNOWN for e in elements) > UNKNOWN_SHARE * len(elements)
 
 
 @dataclasses.dataclass

@@ -850,9 +850,9 @@ def _model_candidates(f_obs, models, standardisation, weights, s, name, guess, s
     c.label = "%s %d (%sR1 %.3f)" % (name, i + 1, guess and guess + ", ",
                                       c.terms["model_r1"])
   r1 = [c.terms["model_r1"] for c in kept]
-  # Atoms of unknown element throughout fit more: their models stand out only
+  # Atoms of unknown element fit more: models mostly of them stand out only
   # below UNKNOWN_R1 (a few heavy ones among carbon atoms: as any guess).
-  unknown = bool(kept) and set(kept[0].model.elements) == {atom_search_engine.UNKNOWN}
+  unknown = bool(kept) and atom_search_engine.mostly_unknown(kept[0].model.elements)
   most = atom_search_engine.UNKNOWN_R1 if unknown else atom_search_engine.GUESSED_R1
   decisive = atom_search_engine.decisive(r1, limit=min(most, atom_search_engine.DECISIVE_R1))
   if decisive or (s.composition_guessed and atom_search_engine.decisive(r1, limit=most)):

@@ -262,8 +262,9 @@ def _tiny_problem():
 def _agreeing_models(phases, r1, n=3, element="C"):
   """``n`` atom models of one solution (the best placements all agree)."""
   import numpy as np
-  return [atom_search.AtomModel(elements=(element,), occupancies=np.ones(1),
-                                sites=np.zeros((1, 3)), b=2.0, r1=r1 + 0.001 * k,
+  elements = (element,) if isinstance(element, str) else tuple(element)
+  return [atom_search.AtomModel(elements=elements, occupancies=np.ones(len(elements)),
+                                sites=np.zeros((len(elements), 3)), b=2.0, r1=r1 + 0.001 * k,
                                 rot=None, trans=None, phases=phases)
           for k in range(n)]
 
@@ -278,12 +279,16 @@ def _agreeing_models(phases, r1, n=3, element="C"):
   ("X", 0.03, 0.05, "decisive"),      # atoms of unknown element, confirmed
   ("X", 0.03, 0.25, None),            # ... not confirmed
   ("X", 0.071, 0.12, None),           # above UNKNOWN_R1 (Nontronite, wrong)
+  ("XCCCCC", 0.12, 0.15, "stands_out"),  # one heavy atom of unknown element among carbon
+  ("XXCC", 0.101, 0.12, None),        # half of them: as unknown atoms (Celadonite, wrong)
+  ("XXCC", 0.046, 0.06, "decisive"),  # ... below UNKNOWN_R1 (GLYCIN75, right)
 ])
 def test_a_guessed_composition_needs_the_cross_validated_check(monkeypatch, guessed, r1,
                                                                free_r1, mark):
   from phai_cctbx import search
   f_obs, std, weights, phases = _tiny_problem()
-  models = _agreeing_models(phases, r1, element="C" if guessed != "X" else "X")
+  models = _agreeing_models(phases, r1, element=tuple(guessed) if isinstance(guessed, str)
+                            else "C")
   guessed = bool(guessed)
   monkeypatch.setattr(search.atom_search_engine, "run", lambda *a, **k: models)
   monkeypatch.setattr(search.atom_search_engine, "model_free_r1", lambda f, m: free_r1)
