@@ -168,13 +168,14 @@ HEAVIER = "S"
 MOST_HEAVIER = 3
 
 
-def describe(counts, space_group):
+def describe(counts, space_group, any_element=True):
   """'C13 S1': atoms per asymmetric unit, carbon first, then heaviest first;
-  'X7.5 (any element)' for atoms of unknown element."""
+  'X7.5 (any element)' for atoms of unknown element ('X7.5' without
+  ``any_element``)."""
   order = space_group.order_z()
   names = sorted(counts, key=lambda e: (e != "C", -_scattering_weight(e)))
   return " ".join("%s%g%s" % (e, counts[e] / order,
-                              " (any element)" if e == UNKNOWN else "")
+                              " (any element)" if e == UNKNOWN and any_element else "")
                   for e in names if counts[e] > 0)
 
 

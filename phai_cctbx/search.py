@@ -1119,7 +1119,7 @@ def run(f_obs, standardisation, set_amplitudes, set_measured, model, settings=No
     if completion is not None and (peak_counts is None or not fitted or r1 < min(fitted)):
       peak_counts = completion
     stages.append("heavy atoms of unknown element (%s), the rest from their maps' peaks"
-                  % ", ".join(describe(h, f_obs.space_group()).replace(" (any element)", "")
+                  % ", ".join(describe(h, f_obs.space_group(), any_element=False)
                               for h, _ in heavy_guesses))
     stop = done()
   heavy = heavy_search_counts(s, f_obs, composition) if atoms is None else None

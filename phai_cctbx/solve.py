@@ -470,8 +470,8 @@ def solve(miller_array, model=None, weights=None, trials=8, cycles=16,
            "element alone, the rest (%s) from the peaks of their maps" % (
              " or ".join("%g" % (h[atom_search_module.UNKNOWN] / f_obs.space_group().order_z())
                          for h, _ in heavy_guesses),
-             ", ".join(composition_guess.describe(c, f_obs.space_group()).replace(
-               " (any element)", "") for _, c in heavy_guesses)))
+             ", ".join(composition_guess.describe(c, f_obs.space_group(), any_element=False)
+                       for _, c in heavy_guesses)))
   if atoms is not None:
     again = settings.retries_atom_search
     signs = ("; then, while unsolved, an atom search (%d atoms: %s; %d random placements%s)"
