@@ -80,6 +80,8 @@ class Settings:
   held_out_cycles: int = HELD_OUT_CYCLES  # low-density elimination cycles of held_out_cc
   snapshots: tuple = ()          # flipping cycles after which each start's map is
                                  # also polished and returned (see flip)
+  pseudo_translation: tuple = () # the data's (pseudo_translation): its two origins
+                                 # compete (see symmetrise); (): none
 
   # Measured at 2.0 A, dual-space phasing alone, 64 random starts (seed 0), 41
   # development structures, calculated data (``python
@@ -637,13 +639,68 @@ class Symmetrised:
   cc_peak: float          # correlation of the shifted P 1 map with its symmetrised self
 
 
-def symmetrise(f_obs, p1_set, coefficients):
+#: A pseudo-translation t (half a cell edge, or of a face or body diagonal)
+#: shows in the amplitudes as the reflections with h.t not whole being far
+#: weaker than the others: the mean E^2 of that class below this.
+PSEUDO_WEAK = 0.15
+
+#: Where the data show a pseudo-translation, the peaks of the origin search
+#: (smtbx's fast correlation map) whose refined shifts are compared
+#: (:func:`symmetrise`).  The substructure that repeats under t has
+#: inversion centres t / 2 apart; the coarse map ranks them about equally
+#: and its first peak is often the false one (Vauquelinite,
+#: Pb2Cu(CrO4)(PO4)(OH), at 1.6 A: every random start's first peak gave
+#: r 0.10, its second r 1.00, refined correlations 0.9982 and 0.9995).
+PSEUDO_ORIGIN_PEAKS = 4
+
+#: A later peak of the origin search is taken only where its refined
+#: shift's misfit (1 - correlation) is below this share of the one taken
+#: so far.  Where the map repeats under the pseudo-translation as the
+#: substructure does (Vauquelinite at 2.0 A: the light atoms not yet
+#: seen), the two origins fit equally, and which is right is not in the
+#: map: the first peak is kept.
+ORIGIN_MISFIT = 0.8
+
+
+def pseudo_translation(f_obs, weak=PSEUDO_WEAK):
+  """The pseudo-translation (3,) of halves of cell vectors that ``f_obs``
+  shows, the one whose class (h.t not whole) is weakest, or None.  A class
+  of fewer than a tenth of the reflections does not count (a centred
+  lattice's translations leave none)."""
+  import itertools
+  e2 = quasi_normalise(f_obs, reflections_per_bin=20) ** 2
+  h = np.array(f_obs.indices(), dtype=float)
+  best = None
+  for t in itertools.product((0.0, 0.5), repeat=3):
+    frac = (h @ np.array(t)) % 1.0
+    off = (frac > 0.25) & (frac < 0.75)
+    if not any(t) or off.sum() < 0.1 * len(h):
+      continue
+    mean = float(e2[off].mean())
+    if mean < weak and (best is None or mean < best[0]):
+      best = (mean, np.array(t))
+  return None if best is None else best[1]
+
+
+def _apart_by(shift, other, step):
+  """Whether ``shift`` - ``other`` is ``step`` plus whole halves of cell
+  edges (the permissible origin shifts of the centrosymmetric groups here,
+  or more)."""
+  d = 2.0 * (np.array(shift) - np.array(other) - np.array(step))
+  return bool(np.all(np.abs(d - np.round(d)) < 0.05))
+
+
+def symmetrise(f_obs, p1_set, coefficients, pseudo=None):
   """Origin and symmetry of a P 1 solution: phases of ``f_obs``'s reflections.
 
   Args:
     f_obs: merged amplitudes (data's group and setting).
     p1_set: the P 1 miller set of ``coefficients``.
     coefficients: (m,) complex structure factors in P 1.
+    pseudo: the data's pseudo-translation t (:func:`pseudo_translation`) or
+      None.  Given, the origin search's first :data:`PSEUDO_ORIGIN_PEAKS`
+      peaks are refined, and one t / 2 from the first is taken where it
+      fits clearly better (:data:`ORIGIN_MISFIT`).
   """
   from smtbx.ab_initio import charge_flipping as _cf
   f_p1 = miller.array(p1_set, data=flex.complex_double(
@@ -654,11 +711,17 @@ def symmetrise(f_obs, p1_set, coefficients):
     return Symmetrised(phases, (0.0, 0.0, 0.0), 1.0)
   best = None
   try:
-    for f_calc, shift, cc in _cf.f_calc_symmetrisations(f_obs, f_p1, -1.0):
-      best = (f_calc, shift, cc)
-      break
+    peaks = 1 if pseudo is None else PSEUDO_ORIGIN_PEAKS
+    for k, (f_calc, shift, cc) in enumerate(_cf.f_calc_symmetrisations(f_obs, f_p1, -1.0)):
+      if k >= peaks:
+        break
+      if best is None:
+        best = first = (f_calc, shift, cc)
+      elif _apart_by(shift, first[1], np.array(pseudo) / 2.0) and \
+           1.0 - cc < ORIGIN_MISFIT * (1.0 - best[2]):
+        best = (f_calc, shift, cc)
   except (AssertionError, RuntimeError, ValueError):
-    best = None
+    pass
   if best is None:
     f_calc = f_p1.customized_copy(crystal_symmetry=f_obs.crystal_symmetry()) \
       .merge_equivalents().array()
@@ -708,7 +771,8 @@ def run(f_obs, starts, settings=None, problem=None, labels=None):
   out = []
   for snapshot, res in [(0, result)] + result.snapshots:
     for i in range(starts.shape[0]):
-      sym = symmetrise(f_obs, problem.p1_set, res.coefficients[i])
+      sym = symmetrise(f_obs, problem.p1_set, res.coefficients[i],
+                       s.pseudo_translation or None)
       out.append(DualSpaceCandidate(
         start=labels[i], phases=sym.phases, r1=float(res.r1[i]),
         skewness=float(res.skewness[i]), cycles=int(res.cycles_run[i]),

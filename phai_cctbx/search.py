@@ -649,7 +649,7 @@ def best_distinct(candidates, amplitudes, n, same_r=AGREEMENT_R):
                   key=lambda c: (skewed(c), c.terms["held_out_cc"], c.fom))
 
 
-def _omit_candidates(f_obs, problem, sources, standardisation):
+def _omit_candidates(f_obs, problem, sources, standardisation, pseudo=None):
   """Candidates made by :func:`phai_cctbx.dual_space.omit_refinement` of
   ``sources`` (one each, labelled after its source), brought back to the
   data's group.
@@ -670,7 +670,7 @@ def _omit_candidates(f_obs, problem, sources, standardisation):
   refined = dual_space_engine.omit_refinement(problem, p1)
   out = []
   for c, coefficients in zip(sources, refined):
-    sym = dual_space_engine.symmetrise(f_obs, problem.p1_set, coefficients)
+    sym = dual_space_engine.symmetrise(f_obs, problem.p1_set, coefficients, pseudo)
     cand = Candidate(label="omit-refined %s" % c.label, method="dual_space", start=c.label,
                      phases=sym.phases, signs=list_signs(standardisation, f_obs, sym.phases))
     cand.terms["origin_cc"] = sym.cc_peak
@@ -1052,6 +1052,10 @@ def run(f_obs, standardisation, set_amplitudes, set_measured, model, settings=No
   """
   s = settings or SearchSettings()
   t0 = time.time()
+  pseudo = dual_space_engine.pseudo_translation(f_obs)
+  if pseudo is not None:
+    s = dataclasses.replace(s, dual_space=dataclasses.replace(
+      s.dual_space, pseudo_translation=tuple(float(x) for x in pseudo)))
   problem = dual_space_engine.P1Problem(f_obs, s.dual_space.resolution_factor,
                                  s.dual_space.weak_fraction, s.dual_space.extend)
   weights = np.where(set_measured, set_amplitudes, 0.0)
@@ -1081,7 +1085,9 @@ def run(f_obs, standardisation, set_amplitudes, set_measured, model, settings=No
       f_obs, problem, starts,
       ["dual-space random %d" % (i + 1) for i in range(s.starts)],
       ["random"] * s.starts, random_engine, standardisation)
-    stages.append("dual-space from random phases")
+    stages.append("dual-space from random phases" + (
+      "" if pseudo is None else ", of the two origins half a pseudo-translation "
+      "(%g, %g, %g) apart the one that fits clearly better" % tuple(pseudo)))
     stop = done()
   atoms = atom_search_atoms(s, f_obs, composition)
   peak_counts = composition if peak_search_atoms(s, f_obs, composition) is not None else None
@@ -1228,7 +1234,8 @@ def run(f_obs, standardisation, set_amplitudes, set_measured, model, settings=No
   if runs_omit_refinement(s, f_obs) and final:
     sources = best_distinct(candidates, weights, s.omit_refinement)
     if sources:
-      candidates += _omit_candidates(f_obs, problem, sources, standardisation)
+      candidates += _omit_candidates(f_obs, problem, sources, standardisation,
+                                     s.dual_space.pseudo_translation or None)
       stages.append("omit-map refinement (%d)" % len(sources))
       done()
   if runs_peak_search(s, f_obs) and peak_counts is not None and final:

@@ -1,6 +1,7 @@
 """Tests of the dual-space engine (phai_cctbx.dual_space)."""
 import dataclasses
 import math
+import os
 
 import numpy as np
 import pytest
@@ -369,3 +370,82 @@ def test_an_omit_map_never_uses_a_reflections_own_phase():
   a, b = dual_space.omit_refinement(problem, np.stack([true, changed]), iterations=1)
   assert np.angle(a[j] * np.conj(b[j])) == pytest.approx(0.0, abs=1e-9)
   assert np.abs(np.angle(a * np.conj(b))).max() > 0.1
+
+
+def _pseudo_translated(seed=3):
+  """P2_1/c with two Pb per asymmetric unit half a (a + c) apart (a
+  substructure that repeats under t = (1/2, 0, 1/2)) and eight light atoms
+  that do not."""
+  from cctbx import xray
+  xs = _structure("P 1 21/c 1", (12.2, 6.1, 9.4, 90, 101, 90), n_c=6, n_o=2, seed=seed)
+  for k, site in enumerate([(0.13, 0.21, 0.07), (0.63, 0.21, 0.57)]):
+    xs.add_scatterer(xray.scatterer("Pb%d" % k, site=site, u=0.02, scattering_type="Pb"))
+  return xs
+
+
+def test_a_pseudo_translation_is_read_from_its_weak_reflections():
+  fc, f_obs = _data(_pseudo_translated(), 1.6)
+  assert list(dual_space.pseudo_translation(f_obs)) == [0.5, 0.0, 0.5]
+  # Light atoms alone: none; a centred lattice's own translation is none.
+  assert dual_space.pseudo_translation(_data(_structure(*P21C), 1.6)[1]) is None
+  c2c = _data(_structure("C 1 2/c 1", (9.5, 6.2, 8.1, 90, 111, 90)), 1.6)[1]
+  assert dual_space.pseudo_translation(c2c) is None
+
+
+VAUQUELINITE = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data",
+                            "structures", "p21c_large", "BobHanson_Vauquelinite.cif")
+
+
+@pytest.mark.skipif(not os.path.isfile(VAUQUELINITE), reason="shared structures not present")
+def test_the_origin_of_a_pseudo_translated_structure_is_chosen_by_its_refined_correlation():
+  """Vauquelinite, Pb2Cu(CrO4)(PO4)(OH), at 1.6 A: the Pb repeat under
+  (1/2, 0, 1/2).  Flipping in P 1 finds the right map, but the first peak
+  of the origin search puts the inversion centre on a false one, a quarter
+  of the way along t (r about 0.1); a later peak, whose refined shift
+  fits clearly better, is the right one, and the search takes it by
+  itself."""
+  import io
+  from phai_cctbx import solve
+  xs = benchmark.read_structure(VAUQUELINITE)
+  fc, f_obs = _data(xs, 1.6)
+  std = symmetry.prepare(f_obs.crystal_symmetry())
+  assert list(dual_space.pseudo_translation(f_obs)) == [0.5, 0.0, 0.5]
+  problem = dual_space.P1Problem(f_obs)
+  flipped = dual_space.flip(problem, problem.random_phases(2, np.random.default_rng(1)),
+                            dual_space.Settings())
+  for coefficients in flipped.coefficients:
+    first = dual_space.symmetrise(f_obs, problem.p1_set, coefficients)
+    best = dual_space.symmetrise(f_obs, problem.p1_set, coefficients,
+                                 dual_space.pseudo_translation(f_obs))
+    assert _r(std, fc, f_obs, first.phases) < 0.5
+    assert _r(std, fc, f_obs, best.phases) > 0.95 and best.cc_peak >= first.cc_peak
+  log = io.StringIO()
+  result = solve.solve(f_obs, method="dual_space", guess_composition=False, log=log)
+  assert _r(std, fc, f_obs, result.phases) > 0.95
+  assert "half a pseudo-translation (0.5, 0, 0.5) apart" in log.getvalue()
+
+
+def test_the_other_origin_is_taken_only_where_it_fits_clearly_better(monkeypatch):
+  from smtbx.ab_initio import charge_flipping as smtbx_cf
+  xs = _structure(*P21C)
+  fc, f_obs = _data(xs, 1.6)
+  std = symmetry.prepare(f_obs.crystal_symmetry())
+  wrong = fc.customized_copy(data=fc.data() * flex.double(
+    np.where(np.arange(fc.size()) % 2 == 0, 1.0, -1.0)))
+  t = (0.5, 0.0, 0.5)
+  problem = dual_space.P1Problem(f_obs)
+  coefficients = problem.f.astype(complex)
+  for peaks, pseudo, shift in [
+      # The other origin (t / 2 plus half cell edges from the first) fits
+      # clearly better (misfit 0.005 against 0.010): taken.
+      ([(wrong, (0.1, 0.2, 0.3), 0.990), (fc, (0.85, 0.2, 0.05), 0.995)], t, (0.85, 0.2, 0.05)),
+      # ... but not without a pseudo-translation,
+      ([(wrong, (0.1, 0.2, 0.3), 0.990), (fc, (0.85, 0.2, 0.05), 0.995)], None, (0.1, 0.2, 0.3)),
+      # nor where it fits about as well (misfit 0.0095),
+      ([(wrong, (0.1, 0.2, 0.3), 0.990), (fc, (0.35, 0.2, 0.55), 0.9905)], t, (0.1, 0.2, 0.3)),
+      # nor at a shift unrelated to the pseudo-translation.
+      ([(wrong, (0.1, 0.2, 0.3), 0.990), (fc, (0.13, 0.2, 0.3), 0.999)], t, (0.1, 0.2, 0.3))]:
+    monkeypatch.setattr(smtbx_cf, "f_calc_symmetrisations", lambda *args: iter(peaks))
+    sym = dual_space.symmetrise(f_obs, problem.p1_set, coefficients, pseudo)
+    assert sym.origin_shift == shift
+    assert (_r(std, fc, f_obs, sym.phases) > 0.99) == (shift == peaks[1][1])
