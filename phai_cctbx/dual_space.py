@@ -26,6 +26,7 @@ setting for every measured reflection.
 from __future__ import absolute_import, division, print_function
 
 import dataclasses
+import itertools
 import math
 import time
 
@@ -80,8 +81,8 @@ class Settings:
   held_out_cycles: int = HELD_OUT_CYCLES  # low-density elimination cycles of held_out_cc
   snapshots: tuple = ()          # flipping cycles after which each start's map is
                                  # also polished and returned (see flip)
-  pseudo_translation: tuple = () # the data's (pseudo_translation): its two origins
-                                 # compete (see symmetrise); (): none
+  pseudo_translation: tuple = None  # the data's (pseudo_translation): its two
+                                    # origins compete (see symmetrise); None: none
 
   # Measured at 2.0 A, dual-space phasing alone, 64 random starts (seed 0), 41
   # development structures, calculated data (``python
@@ -667,7 +668,6 @@ def pseudo_translation(f_obs, weak=PSEUDO_WEAK):
   shows, the one whose class (h.t not whole) is weakest, or None.  A class
   of fewer than a tenth of the reflections does not count (a centred
   lattice's translations leave none)."""
-  import itertools
   e2 = quasi_normalise(f_obs, reflections_per_bin=20) ** 2
   h = np.array(f_obs.indices(), dtype=float)
   best = None
@@ -771,8 +771,7 @@ def run(f_obs, starts, settings=None, problem=None, labels=None):
   out = []
   for snapshot, res in [(0, result)] + result.snapshots:
     for i in range(starts.shape[0]):
-      sym = symmetrise(f_obs, problem.p1_set, res.coefficients[i],
-                       s.pseudo_translation or None)
+      sym = symmetrise(f_obs, problem.p1_set, res.coefficients[i], s.pseudo_translation)
       out.append(DualSpaceCandidate(
         start=labels[i], phases=sym.phases, r1=float(res.r1[i]),
         skewness=float(res.skewness[i]), cycles=int(res.cycles_run[i]),

@@ -1235,7 +1235,7 @@ def run(f_obs, standardisation, set_amplitudes, set_measured, model, settings=No
     sources = best_distinct(candidates, weights, s.omit_refinement)
     if sources:
       candidates += _omit_candidates(f_obs, problem, sources, standardisation,
-                                     s.dual_space.pseudo_translation or None)
+                                     s.dual_space.pseudo_translation)
       stages.append("omit-map refinement (%d)" % len(sources))
       done()
   if runs_peak_search(s, f_obs) and peak_counts is not None and final:
