@@ -245,6 +245,14 @@ def guessed_alternatives(counts, unit_cell, space_group, elements=None):
   return out
 
 
+def given_atoms(counts, space_group):
+  """Atoms heavier than hydrogen in the asymmetric unit of a composition
+  (element -> atoms per cell), rounded up (atoms on special positions
+  count whole)."""
+  cell = sum(c for e, c in counts.items() if e not in ("H", "D"))
+  return int(math.ceil(cell / space_group.order_z() - 1e-6))
+
+
 #: Heavy atoms of unknown element per asymmetric unit that
 #: :func:`heavy_unknown_guesses` searches for first, in turn.
 HEAVY_UNKNOWN_ATOMS = (1, 2)
@@ -252,15 +260,18 @@ HEAVY_UNKNOWN_ATOMS = (1, 2)
 MIN_LIGHT_ATOMS = 2
 
 
-def heavy_unknown_guesses(unit_cell, space_group, reflections, elements=None):
+def heavy_unknown_guesses(unit_cell, space_group, reflections, elements=None,
+                          atoms=None):
   """[(heavy, completion)]: counts per cell of one, then two
   (:data:`HEAVY_UNKNOWN_ATOMS`) heavy atoms of unknown element
   (:data:`phai_cctbx.atom_search.UNKNOWN`, their scattering fitted) in the
   asymmetric unit, to be searched for alone, and of the whole asymmetric
   unit to place from the peaks of their models' maps: those heavy atoms
-  and carbon for the rest of :func:`organic_atoms` (at most
+  and carbon for the rest of ``atoms`` (atoms heavier than hydrogen in the
+  asymmetric unit, from a given composition, :func:`given_atoms`; None:
+  :func:`organic_atoms`), at most
   :func:`phai_cctbx.atom_search.heavy_peak_limit` of ``reflections`` in
-  all).  Empty where the named elements are all light (``elements="C H N
+  all.  Empty where the named elements are all light (``elements="C H N
   O"``: no heavy atom to find).
 
   Why: the classic route for a cell with a few heavy atoms (a metal, As,
@@ -276,7 +287,9 @@ def heavy_unknown_guesses(unit_cell, space_group, reflections, elements=None):
   if named and all(e in LIGHT for e in named):
     return []
   order = space_group.order_z()
-  n = min(organic_atoms(unit_cell, space_group), heavy_peak_limit(reflections))
+  if atoms is None:
+    atoms = organic_atoms(unit_cell, space_group)
+  n = min(atoms, heavy_peak_limit(reflections))
   out = []
   for k in HEAVY_UNKNOWN_ATOMS:
     if n - k < MIN_LIGHT_ATOMS:

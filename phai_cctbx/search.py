@@ -24,8 +24,9 @@ run in any case:
    good share (:func:`phai_cctbx.atom_search.heavy_counts`): the heavy atoms
    alone placed as in 1a, then the whole asymmetric unit from the peaks of
    the best heavy-atom models' E-maps (:func:`_heavy_atom_candidates`);
-   with a guessed composition and no decisive model of 1a, the same
-   for one, then two heavy atoms of unknown element (``heavy_guesses``,
+   with a guessed composition, or a given one without heavy atoms to
+   search for by element, and no decisive model of 1a, the same for one,
+   then two heavy atoms of unknown element (``heavy_guesses``,
    :func:`_heavy_unknown_candidates`);
 1b. with ``sign_combinations`` > 0 and data below atomic resolution
    (d_min above :data:`~phai_cctbx.dual_space.SIGN_COMBINATIONS_D_MIN`),
@@ -801,7 +802,7 @@ def _heavy_atom_candidates(f_obs, composition, heavy, standardisation, weights, 
   pseudo = atom_search_engine.pseudo_translation(kept[0].model, f_obs.unit_cell(),
                                                  f_obs.space_group())
   guess = ""
-  if s.composition_guessed:
+  if s.composition_guessed or atom_search_engine.UNKNOWN in heavy:
     from phai_cctbx.composition_guess import describe
     guess = describe(heavy, f_obs.space_group()) + ", "
   for i, c in enumerate(kept):
@@ -988,7 +989,7 @@ def _peak_candidates(f_obs, counts, sources, standardisation, weights, s, round_
                                          keep=ATOM_MODELS,
                                          max_atoms=len(atoms[0]))
   guess = ""
-  if s.composition_guessed:
+  if s.composition_guessed or atom_search_engine.heavy_unknown(counts):
     from phai_cctbx.composition_guess import describe
     guess = describe(counts, f_obs.space_group())
   if round_no > 1:
@@ -1044,10 +1045,11 @@ def run(f_obs, standardisation, set_amplitudes, set_measured, model, settings=No
       that stands out (:func:`_alternative_atom_candidates`): guessed ones
       where ``settings.composition_guessed``, else the formula's other
       numbers of formula units per cell.
-    heavy_guesses: with a guessed composition, (heavy atoms, the whole
-      asymmetric unit) of heavy atoms of unknown element searched for
-      alone, the rest placed from their maps' peaks, where no model of the
-      atom search is decisive
+    heavy_guesses: (heavy atoms, the whole asymmetric unit) of heavy atoms
+      of unknown element searched for alone, the rest placed from their
+      maps' peaks, where no model of the atom search is decisive: with a
+      guessed composition, or a given one without heavy atoms to search
+      for by element
       (:func:`phai_cctbx.composition_guess.heavy_unknown_guesses`).
   """
   s = settings or SearchSettings()
@@ -1121,8 +1123,10 @@ def run(f_obs, standardisation, set_amplitudes, set_measured, model, settings=No
       f_obs, heavy_guesses, standardisation, weights, s)
     own_time[0] += seconds
     candidates += found
-    # The later searches from map peaks place the guess that fits best.
-    if completion is not None and (peak_counts is None or not fitted or r1 < min(fitted)):
+    # The later searches from map peaks place the guess that fits best; a
+    # given composition they can place stays.
+    if completion is not None and (peak_counts is None or (
+        s.composition_guessed and (not fitted or r1 < min(fitted)))):
       peak_counts = completion
     stages.append("heavy atoms of unknown element (%s), the rest from their maps' peaks"
                   % ", ".join(describe(h, f_obs.space_group(), any_element=False)

@@ -481,3 +481,60 @@ def test_heavy_unknown_guesses_put_one_then_two_heavy_atoms_beside_carbon():
   assert composition_guess.heavy_unknown_guesses(cell, group, 120, ("C", "H", "N", "O")) == []
   assert composition_guess.heavy_unknown_guesses(cell, group, 120, ("C", "H", "Br")) == guesses
   assert composition_guess.heavy_unknown_guesses(cell, group, 120, ("Fe", "O")) == guesses
+  # A given composition's count of atoms in place of the organic guess.
+  assert composition_guess.heavy_unknown_guesses(cell, group, 120, atoms=18) == [
+    ({X: 4}, {X: 4, "C": 68}), ({X: 8}, {X: 8, "C": 64})]
+  assert composition_guess.heavy_unknown_guesses(cell, group, 30, atoms=18)[0] == (
+    {X: 4}, {X: 4, "C": 16})
+
+
+def test_given_atoms_counts_the_asymmetric_unit_without_hydrogen():
+  group = sgtbx.space_group_info("P 1 21/c 1").group()
+  assert composition_guess.given_atoms({"C": 52, "H": 60, "N": 12, "O": 8}, group) == 18
+  assert composition_guess.given_atoms({"Ca": 2, "S": 4, "O": 8, "D": 4}, group) == 4
+  assert composition_guess.given_atoms({"H": 8}, group) == 0
+
+
+class _Planned(Exception):
+  pass
+
+
+def test_solve_plans_heavy_atoms_of_unknown_element_for_a_given_composition(monkeypatch):
+  """A given composition beyond the random atom search and without heavy
+  atoms to search for by element (18 C, N, O atoms per asymmetric unit):
+  one, then two heavy atoms of unknown element are searched for where no
+  model is decisive, the rest of its 18 atoms carbon; a composition with
+  a metal to search for by element, one within the random atom search
+  (12 atoms), or the atom search off, plans none."""
+  import random
+  from phai_cctbx import search
+  rng = random.Random(3)
+  xs = xray.structure(crystal_symmetry=crystal.symmetry(
+    unit_cell=(9.0, 10.0, 11.0, 90, 100, 90), space_group_symbol="P 1 21/c 1"))
+  for i, e in enumerate("C" * 13 + "NNNOO"):
+    xs.add_scatterer(xray.scatterer(label="%s%d" % (e, i), u=0.02,
+                                    site=tuple(rng.random() for _ in range(3))))
+  xs.scattering_type_registry(table="wk1995")
+  f_obs = xs.structure_factors(d_min=2.0, algorithm="direct").f_calc().amplitudes()
+  planned = []
+
+  def run(*args, **kwargs):
+    planned.append(kwargs["heavy_guesses"])
+    raise _Planned()
+
+  monkeypatch.setattr(search, "run", run)
+  X = atom_search.UNKNOWN
+  for composition, atom_search_on, expected in (
+      ({"C": 52, "H": 60, "N": 12, "O": 8}, True,
+       [({X: 4}, {X: 4, "C": 68}), ({X: 8}, {X: 8, "C": 64})]),
+      ({"C": 52, "H": 60, "N": 12, "O": 8}, False, []),
+      ({"Fe": 4, "C": 48, "H": 60, "N": 12, "O": 8}, True, []),
+      ({"C": 32, "H": 40, "N": 8, "O": 8}, True, [])):
+    log = io.StringIO()
+    with pytest.raises(_Planned):
+      solve.solve(f_obs, method="dual_space", log=log, composition=composition,
+                  atom_search=atom_search_on)
+    assert planned[-1] == expected
+    text = log.getvalue()
+    assert ("then 1 or 2 heavy atoms of unknown element alone, the rest (C17 X1, C16 X2)"
+            in text) == bool(expected)
