@@ -24,8 +24,9 @@ run in any case:
    good share (:func:`phai_cctbx.atom_search.heavy_counts`): the heavy atoms
    alone placed as in 1a, then the whole asymmetric unit from the peaks of
    the best heavy-atom models' E-maps (:func:`_heavy_atom_candidates`);
-   with a guessed composition, or a given one without heavy atoms to
-   search for by element, and no decisive model of 1a, the same for one,
+   with a guessed composition, or a given one beyond the search from map
+   peaks too without heavy atoms to search for by element, and no
+   decisive model of 1a, the same for one,
    then two heavy atoms of unknown element (``heavy_guesses``,
    :func:`_heavy_unknown_candidates`);
 1b. with ``sign_combinations`` > 0 and data below atomic resolution
@@ -1048,8 +1049,9 @@ def run(f_obs, standardisation, set_amplitudes, set_measured, model, settings=No
     heavy_guesses: (heavy atoms, the whole asymmetric unit) of heavy atoms
       of unknown element searched for alone, the rest placed from their
       maps' peaks, where no model of the atom search is decisive: with a
-      guessed composition, or a given one without heavy atoms to search
-      for by element
+      guessed composition, or a given one beyond the random atom search
+      and the search from map peaks without heavy atoms to search for by
+      element
       (:func:`phai_cctbx.composition_guess.heavy_unknown_guesses`).
   """
   s = settings or SearchSettings()

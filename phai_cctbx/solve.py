@@ -318,8 +318,9 @@ def solve(miller_array, model=None, weights=None, trials=8, cycles=16,
       within the search from map peaks, its heavy atoms alone placed first
       and the whole asymmetric unit from the peaks of their best maps
       (:func:`phai_cctbx.search._heavy_atom_candidates`); with a guessed
-      composition, or a given one beyond the random atom search without
-      such heavy atoms, whose models are not decisive, the same for one,
+      composition, or a given one beyond the random atom search and the
+      search from map peaks without such heavy atoms, whose models are not
+      decisive, the same for one,
       then two heavy atoms of unknown element
       (:func:`phai_cctbx.composition_guess.heavy_unknown_guesses`).
     guess_composition: without ``composition``, the atom search places the
@@ -465,12 +466,14 @@ def solve(miller_array, model=None, weights=None, trials=8, cycles=16,
     heavy_guesses = composition_guess.heavy_unknown_guesses(
       f_obs.unit_cell(), f_obs.space_group(), f_obs.size(), elements)
   elif heavy_atoms and composition and atoms is None and heavy is None and atom_search \
-       and method in ("auto", "dual_space"):
-    # A given composition beyond the random atom search, without heavy
-    # atoms to search for by element: its count of atoms, one or two of
-    # them of unknown element (in a cell that the atom search covers, such
-    # atoms' fitted scattering lets wrong models fit: COD 1010879 at 2.0 A,
-    # C3 X2 beside its given composition, R1 0.023, r 0.60).
+       and method in ("auto", "dual_space") and \
+       search_module.peak_search_atoms(settings, f_obs, composition) is None:
+    # A given composition beyond the random atom search and the search from
+    # map peaks, without heavy atoms to search for by element: its count of
+    # atoms, one or two of them of unknown element (in a cell that the atom
+    # search covers, such atoms' fitted scattering lets wrong models fit:
+    # COD 1010879 at 2.0 A, C3 X2 beside its given composition, R1 0.023,
+    # r 0.60).
     from phai_cctbx import composition_guess
     heavy_guesses = composition_guess.heavy_unknown_guesses(
       f_obs.unit_cell(), f_obs.space_group(), f_obs.size(),

@@ -500,12 +500,14 @@ class _Planned(Exception):
 
 
 def test_solve_plans_heavy_atoms_of_unknown_element_for_a_given_composition(monkeypatch):
-  """A given composition beyond the random atom search and without heavy
-  atoms to search for by element (18 C, N, O atoms per asymmetric unit):
+  """A given composition beyond the random atom search and the search from
+  map peaks (2.0 A), without heavy atoms to search for by element (18 C,
+  N, O atoms per asymmetric unit):
   one, then two heavy atoms of unknown element are searched for where no
   model is decisive, the rest of its 18 atoms carbon; a composition with
   a metal to search for by element, one within the random atom search
-  (12 atoms), or the atom search off, plans none."""
+  (12 atoms), the atom search off, or finer data whose peaks can place the
+  composition itself, plans none."""
   import random
   from phai_cctbx import search
   rng = random.Random(3)
@@ -538,3 +540,8 @@ def test_solve_plans_heavy_atoms_of_unknown_element_for_a_given_composition(monk
     text = log.getvalue()
     assert ("then 1 or 2 heavy atoms of unknown element alone, the rest (C17 X1, C16 X2)"
             in text) == bool(expected)
+  # At 1.3 A the search from map peaks places the given composition itself.
+  f_fine = xs.structure_factors(d_min=1.3, algorithm="direct").f_calc().amplitudes()
+  with pytest.raises(_Planned):
+    solve.solve(f_fine, method="dual_space", composition={"C": 52, "H": 60, "N": 12, "O": 8})
+  assert planned[-1] == []
