@@ -25,10 +25,10 @@ run in any case:
    alone placed as in 1a, then the whole asymmetric unit from the peaks of
    the best heavy-atom models' E-maps (:func:`_heavy_atom_candidates`);
    with a guessed composition, or a given one beyond the search from map
-   peaks too without heavy atoms to search for by element, and no
-   decisive model of 1a, the same for one,
-   then two heavy atoms of unknown element (``heavy_guesses``,
-   :func:`_heavy_unknown_candidates`);
+   peaks too without heavy atoms to search for by element
+   (:func:`heavy_unknown_for_given`), and no decisive model of 1a, the
+   same for one, then two heavy atoms of unknown element
+   (``heavy_guesses``, :func:`_heavy_unknown_candidates`);
 1b. with ``sign_combinations`` > 0 and data below atomic resolution
    (d_min above :data:`~phai_cctbx.dual_space.SIGN_COMBINATIONS_D_MIN`),
    dual-space runs from every combination of the signs of the strongest
@@ -731,6 +731,23 @@ def heavy_search_counts(settings, f_obs, composition):
      atom_search_atoms(settings, f_obs, composition) is not None:
     return None
   return atom_search_engine.heavy_counts(composition, f_obs.space_group())
+
+
+def heavy_unknown_for_given(settings, f_obs, composition):
+  """Whether a given (not guessed) ``composition`` gets the search of one,
+  then two heavy atoms of unknown element
+  (:func:`phai_cctbx.composition_guess.heavy_unknown_guesses`) where no
+  model is decisive: the atom search is on, but neither its random search
+  nor the search from map peaks can place the composition
+  (:func:`peak_search_atoms` None, so :func:`heavy_search_counts` gives no
+  heavy atoms to search for by element either).  Not in a cell that the
+  atom search covers: there such atoms' fitted scattering lets wrong
+  models fit (COD 1010879 at 2.0 A, C3 X2 beside its given composition,
+  R1 0.023, r 0.60)."""
+  return bool(composition) and not settings.composition_guessed and \
+    settings.heavy_atoms and settings.atom_search and \
+    settings.method in ("auto", "dual_space") and \
+    peak_search_atoms(settings, f_obs, composition) is None
 
 
 #: A second atom search from other random placements where the first ends

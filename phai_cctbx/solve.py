@@ -320,8 +320,7 @@ def solve(miller_array, model=None, weights=None, trials=8, cycles=16,
       (:func:`phai_cctbx.search._heavy_atom_candidates`); with a guessed
       composition, or a given one beyond the random atom search and the
       search from map peaks without such heavy atoms, whose models are not
-      decisive, the same for one,
-      then two heavy atoms of unknown element
+      decisive, the same for one, then two heavy atoms of unknown element
       (:func:`phai_cctbx.composition_guess.heavy_unknown_guesses`).
     guess_composition: without ``composition``, the atom search places the
       atoms of an organic crystal of this cell's volume
@@ -459,21 +458,12 @@ def solve(miller_array, model=None, weights=None, trials=8, cycles=16,
     _print(log, "Atom search: where no model stands out, then %s (atoms per "
            "asymmetric unit)" % ", ".join(
              composition_guess.describe(c, f_obs.space_group()) for c in alternatives))
-  heavy = search_module.heavy_search_counts(settings, f_obs, composition)
   heavy_guesses = []
   if heavy_atoms and settings.composition_guessed:
     from phai_cctbx import composition_guess
     heavy_guesses = composition_guess.heavy_unknown_guesses(
       f_obs.unit_cell(), f_obs.space_group(), f_obs.size(), elements)
-  elif heavy_atoms and composition and atoms is None and heavy is None and atom_search \
-       and method in ("auto", "dual_space") and \
-       search_module.peak_search_atoms(settings, f_obs, composition) is None:
-    # A given composition beyond the random atom search and the search from
-    # map peaks, without heavy atoms to search for by element: its count of
-    # atoms, one or two of them of unknown element (in a cell that the atom
-    # search covers, such atoms' fitted scattering lets wrong models fit:
-    # COD 1010879 at 2.0 A, C3 X2 beside its given composition, R1 0.023,
-    # r 0.60).
+  elif search_module.heavy_unknown_for_given(settings, f_obs, composition):
     from phai_cctbx import composition_guess
     heavy_guesses = composition_guess.heavy_unknown_guesses(
       f_obs.unit_cell(), f_obs.space_group(), f_obs.size(),
@@ -493,6 +483,7 @@ def solve(miller_array, model=None, weights=None, trials=8, cycles=16,
     signs = ("; then, while unsolved, an atom search (%d atoms: %s; %d random placements%s)"
              % (len(atoms[0]), " ".join(atoms[0]), atom_restarts,
                 ", again from as many where no model is decisive" if again else "")) + signs
+  heavy = search_module.heavy_search_counts(settings, f_obs, composition)
   if heavy is not None:
     heavy_atoms_ = atom_search_module.asymmetric_unit_atoms(heavy, f_obs.space_group())[0]
     signs = ("; then, while unsolved, a heavy-atom search (%d atoms: %s; %d random "
