@@ -489,6 +489,12 @@ def solve(miller_array, model=None, weights=None, trials=8, cycles=16,
     signs = ("; then, while unsolved, a heavy-atom search (%d atoms: %s; %d random "
              "placements) and the whole asymmetric unit from the peaks of its best maps"
              % (len(heavy_atoms_), " ".join(heavy_atoms_), atom_restarts)) + signs
+  first_map = search_module.first_map_compositions(settings, f_obs, composition, heavy_guesses)
+  if first_map:
+    from phai_cctbx import composition_guess
+    signs = ("; then, where two of them end in one map, atoms (%s) from that map's peaks"
+             % ", ".join(composition_guess.describe(c, f_obs.space_group(), any_element=False)
+                         for c in first_map)) + signs
   peak_atoms = search_module.peak_search_atoms(settings, f_obs, composition)
   if peak_atoms is not None and search_module.runs_peak_search(settings, f_obs):
     more += "; then, while unsolved, atom searches%s from the peaks of the %s%s" % (

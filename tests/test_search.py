@@ -841,3 +841,73 @@ def test_no_peak_model_stands_out_where_the_heavy_atoms_repeat_under_a_half_tran
     peak = found[1]
     assert peak.label.startswith("peak atom model 1") and peak.model is not None
     assert bool(peak.terms.get("decisive")) == (not repeats)
+
+
+def _heavy_atom_case(d_min=2.0):
+  xs = _heavy_atom_structure()
+  fc = xs.structure_factors(d_min=d_min, algorithm="direct").f_calc()
+  f_obs = abs(fc).set_observation_type_xray_amplitude()
+  std = symmetry.prepare(f_obs.crystal_symmetry())
+  values, present = std.map_to_reflection_set(f_obs)
+  present = np.asarray(present, bool)
+  amplitudes = np.where(present, np.maximum(np.asarray(values).real, 0), 0.0)
+  return fc, f_obs, std, amplitudes, present
+
+
+def test_the_first_map_places_a_given_composition_and_the_heavy_atom_completions():
+  """Which compositions are placed from the first map's peaks: a given one
+  and the completions of heavy atoms of unknown element, at most
+  FIRST_MAP_COMPOSITIONS; for a guess only those completions, else the
+  guess; none at atomic resolution, without a composition or without the
+  search from map peaks."""
+  from phai_cctbx import composition_guess
+  fc, f_obs, std, _, _ = _heavy_atom_case()
+  given = {"Pb": 4, "C": 24, "N": 8, "O": 12}
+  guesses = composition_guess.heavy_unknown_guesses(f_obs.unit_cell(), f_obs.space_group(),
+                                                    f_obs.size())
+  completions = [c for _, c in guesses]
+  assert len(completions) == 2
+  s = search.SearchSettings()
+  assert search.first_map_compositions(s, f_obs, given) == [given]
+  assert search.first_map_compositions(s, f_obs, given, guesses) == [given, completions[0]]
+  guessed = dataclasses.replace(s, composition_guessed=True)
+  carbon = {"C": 48}
+  assert search.first_map_compositions(guessed, f_obs, carbon, guesses) == completions
+  assert search.first_map_compositions(guessed, f_obs, carbon) == [carbon]
+  assert search.first_map_compositions(s, f_obs, None, guesses) == []
+  assert search.first_map_compositions(dataclasses.replace(s, peak_maps=0), f_obs, given) == []
+  atomic = abs(_heavy_atom_structure().structure_factors(d_min=1.0, algorithm="direct").f_calc())
+  assert search.first_map_compositions(s, atomic, given) == []
+  # Beyond the search from map peaks (16 of 48 carbon atoms per asymmetric
+  # unit with 98 reflections): nothing.
+  assert search.first_map_compositions(s, f_obs, {"C": 192}) == []
+
+
+def test_the_peaks_of_an_agreed_first_map_give_a_decisive_model_before_the_atom_search():
+  """Where random dual-space starts agree on a map below atomic resolution,
+  the given composition is placed from its peaks right after them: a
+  decisive model of the right phases, a stage of its own before the random
+  atom search; no such stage without a composition.  One composition's decisive model ends
+  the stage (_first_map_candidates)."""
+  fc, f_obs, std, amplitudes, present = _heavy_atom_case()
+  truth = benchmark.Truth(std, fc)
+  measured = benchmark.measured_on_list(std, f_obs)
+  r = lambda c: truth.r(search.list_signs(std, f_obs, c.phases), measured)
+  given = {"Pb": 4, "C": 24, "N": 8, "O": 12}
+  s = search.SearchSettings(method="dual_space", starts=8, more_starts=0, sign_combinations=0,
+                            omit_refinement=0, atom_restarts=16, atom_retry=False, peak_maps=1,
+                            peak_rounds=1, heavy_atoms=False)
+  found = search.run(f_obs, std, amplitudes, present, None, s, composition=given)
+  assert found.stages[:3] == ["dual-space from random phases",
+                              "atoms from the peaks of the first map (C6 Pb1 O3 N2)",
+                              "atom search (12 atoms)"]
+  first = [c for c in found.candidates if c.start == "first map peaks"]
+  assert first and first[0].terms.get("decisive") and r(first[0]) > 0.95
+  assert first[0].label.startswith("peak atom model 1")
+  none = search.run(f_obs, std, amplitudes, present, None, s)
+  assert not any("first map" in stage for stage in none.stages)
+  # The stage keeps one composition's candidates once it gives a decisive model.
+  lead = max(found.candidates[:8], key=lambda c: c.terms["held_out_cc"])
+  weights = np.where(present, amplitudes, 0.0)
+  more, seconds = search._first_map_candidates(f_obs, [given, {"C": 48}], lead, std, weights, s)
+  assert seconds > 0 and all(c.model.elements.count("Pb") == 1 for c in more)
