@@ -1171,7 +1171,7 @@ def run(f_obs, standardisation, set_amplitudes, set_measured, model, settings=No
   first_map = first_map_compositions(s, f_obs, composition, heavy_guesses) \
     if pseudo is None and not stop else []
   lead = candidates[top_candidate(candidates, s.choice)] if candidates else None
-  if first_map and lead.terms.get("agreement", 0.0) > 0.0:
+  if first_map and lead is not None and lead.terms.get("agreement", 0.0) > 0.0:
     from phai_cctbx.composition_guess import describe
     found, seconds = _first_map_candidates(f_obs, first_map, lead, standardisation, weights, s)
     own_time[0] += seconds
