@@ -297,6 +297,10 @@ class SearchSettings:
                                   # solved, after the atom search: atom searches
                                   # from the peaks of this many of the best
                                   # distinct maps (0: none)
+  first_map: bool = True          # below atomic resolution, where first random
+                                  # starts agree on a map: the composition placed
+                                  # from its peaks before the atom search
+                                  # (first_map_compositions)
   peak_rounds: int = 2            # ... and again from the maps of the best
                                   # models of the round before, this many
                                   # rounds in all while nothing is solved
@@ -1005,8 +1009,8 @@ def first_map_compositions(settings, f_obs, composition, heavy_guesses=()):
   heavy atoms' scattering is fitted, so that one model of a few atoms of
   unknown element beside carbon fits a molecule with S, Cl or a metal as
   well as one of light atoms only.  Empty where the search from map peaks
-  does not run."""
-  if not runs_peak_search(settings, f_obs) or not composition:
+  does not run, or with ``first_map`` off."""
+  if not settings.first_map or not runs_peak_search(settings, f_obs) or not composition:
     return []
   completions = [c for _, c in heavy_guesses]
   if settings.composition_guessed:

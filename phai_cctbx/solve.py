@@ -249,7 +249,8 @@ def solve(miller_array, model=None, weights=None, trials=8, cycles=16,
           network_check=True, network_frames=1, omit_refinement=4,
           composition=None, atom_search=True, atom_restarts=2048,
           guess_composition=True, elements=None, peak_maps=4,
-          peak_rounds=2, atom_retry=True, composition_alternatives=(), heavy_atoms=True):
+          peak_rounds=2, atom_retry=True, composition_alternatives=(), heavy_atoms=True,
+          first_map=True):
   """Phase amplitudes or intensities (a cctbx miller array with crystal symmetry).
 
   Args:
@@ -309,6 +310,11 @@ def solve(miller_array, model=None, weights=None, trials=8, cycles=16,
     peak_rounds: rounds of that search; each after the first, while
       nothing is called solved, starts from the maps of the best distinct
       models of the round before.
+    first_map: below atomic resolution, where two or more of the first
+      random dual-space starts end in the map that ranks best, the
+      composition placed from that map's peaks before the random atom
+      searches (:func:`phai_cctbx.search.first_map_compositions`); a
+      decisive model ends the search there.
     composition_alternatives: further compositions (atoms per unit cell)
       tried in turn where the models of ``composition`` do not stand out,
       the best-fitting kept: a formula's other plausible numbers of
@@ -419,7 +425,7 @@ def solve(miller_array, model=None, weights=None, trials=8, cycles=16,
     network_frames=network_frames, omit_refinement=omit_refinement,
     atom_search=atom_search, atom_restarts=atom_restarts, atom_retry=atom_retry,
     heavy_atoms=heavy_atoms, peak_maps=peak_maps,
-    peak_rounds=peak_rounds,
+    peak_rounds=peak_rounds, first_map=first_map,
     stop_fom=SOLVED_FOM if stop_early else None,
     dual_space=dual_space.Settings(cycles=dual_space_cycles))
   _print(log)

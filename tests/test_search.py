@@ -876,6 +876,7 @@ def test_the_first_map_places_a_given_composition_and_the_heavy_atom_completions
   assert search.first_map_compositions(guessed, f_obs, carbon) == [carbon]
   assert search.first_map_compositions(s, f_obs, None, guesses) == []
   assert search.first_map_compositions(dataclasses.replace(s, peak_maps=0), f_obs, given) == []
+  assert search.first_map_compositions(dataclasses.replace(s, first_map=False), f_obs, given) == []
   atomic = abs(_heavy_atom_structure().structure_factors(d_min=1.0, algorithm="direct").f_calc())
   assert search.first_map_compositions(s, atomic, given) == []
   # Beyond the search from map peaks (16 of 48 carbon atoms per asymmetric

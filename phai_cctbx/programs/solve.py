@@ -357,6 +357,7 @@ All parameters with what they mean:
       heavy_atoms=p.phasing.atom_search.heavy_atoms,
       peak_maps=p.phasing.atom_search.peak_maps,
       peak_rounds=p.phasing.atom_search.peak_rounds,
+      first_map=p.phasing.atom_search.first_map,
       guess_composition=p.phasing.atom_search.guess_composition,
       elements=None if composition is None else composition.symbols)
     t2 = time.time()
