@@ -1027,23 +1027,28 @@ def _first_map_candidates(f_obs, compositions, source, standardisation, weights,
   gives a decisive model (confirmed by its cross-validated R1, as every
   model placed from map peaks).  Run where two or more of the first random
   dual-space starts ended in that map, before the atom searches from random
-  placements: a decisive model then ends the search at once.
+  placements: a decisive model then ends the search at once (its figure of
+  merit, :data:`DECISIVE_ATOM_FOM`, is that of "solved").
 
   Why: below atomic resolution random starts often reach the right map
   early without a figure of merit that calls it solved, and the random
   atom searches of a guessed composition then took minutes: MERQIM
   (C8 S2, no composition, 1.6 A) took 348 s to reach the model C9 X2 of
   R1 0.071 that the peaks of its first right map give in seconds.
-  Returns (candidates, seconds)."""
+  Only a decisive model is kept: the others, placed from one map, would
+  compete for the choice by their held-out correlation before the later
+  stages had run (XULDUD01 at 2.0 A with its composition: a wrong model of
+  R1 0.111 from the first map was chosen, r 0.44, where the search had
+  found the right one, r 1.00).  So where no model is decisive the search
+  goes on as without this stage.  Returns (the candidates of the
+  composition whose model is decisive, or none; seconds)."""
   t0 = time.time()
-  found = []
   for counts in compositions:
-    more = _peak_candidates(f_obs, counts, [source], standardisation, weights, s,
-                            name="first map")
-    found += more
-    if any(c.terms.get("decisive") for c in more):
-      break
-  return found, time.time() - t0
+    found = _peak_candidates(f_obs, counts, [source], standardisation, weights, s,
+                             name="first map")
+    if any(c.terms.get("decisive") for c in found):
+      return found, time.time() - t0
+  return [], time.time() - t0
 
 
 def _peak_candidates(f_obs, counts, sources, standardisation, weights, s, round_no=1,
@@ -1180,8 +1185,8 @@ def run(f_obs, standardisation, set_amplitudes, set_measured, model, settings=No
     found, seconds = _first_map_candidates(f_obs, first_map, lead, standardisation, weights, s)
     own_time[0] += seconds
     candidates += found
-    stages.append("atoms from the peaks of the first map (%s)" % ", ".join(
-      describe(c, f_obs.space_group()) for c in first_map))
+    stages.append("atoms from the peaks of the first map (%s)%s" % (", ".join(
+      describe(c, f_obs.space_group()) for c in first_map), "" if found else ": none decisive"))
     stop = done()
   atoms = atom_search_atoms(s, f_obs, composition)
   peak_counts = composition if peak_search_atoms(s, f_obs, composition) is not None else None

@@ -912,3 +912,5 @@ def test_the_peaks_of_an_agreed_first_map_give_a_decisive_model_before_the_atom_
   weights = np.where(present, amplitudes, 0.0)
   more, seconds = search._first_map_candidates(f_obs, [given, {"C": 48}], lead, std, weights, s)
   assert seconds > 0 and all(c.model.elements.count("Pb") == 1 for c in more)
+  # Nothing where no model is decisive: all carbon cannot fit the Pb atom.
+  assert search._first_map_candidates(f_obs, [{"C": 48}], lead, std, weights, s)[0] == []
