@@ -1039,7 +1039,7 @@ def _first_map_candidates(f_obs, compositions, source, standardisation, weights,
   compete for the choice by their held-out correlation before the later
   stages had run (XULDUD01 at 2.0 A with its composition: a wrong model of
   R1 0.111 from the first map was chosen, r 0.44, where the search had
-  found the right one, r 1.00).  So where no model is decisive the search
+  found the right one, r 0.995).  So where no model is decisive the search
   goes on as without this stage.  Returns (the candidates of the
   composition whose model is decisive, or none; seconds)."""
   t0 = time.time()

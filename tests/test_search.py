@@ -781,18 +781,27 @@ def _heavy_atom_structure(seed=3):
   return xs
 
 
+def _heavy_atom_case(d_min=2.0):
+  """The calculated data of :func:`_heavy_atom_structure` to ``d_min``:
+  (F_calc, |F|, its standardisation, the amplitudes on the network's list
+  and which of them are measured)."""
+  xs = _heavy_atom_structure()
+  fc = xs.structure_factors(d_min=d_min, algorithm="direct").f_calc()
+  f_obs = abs(fc).set_observation_type_xray_amplitude()
+  std = symmetry.prepare(f_obs.crystal_symmetry())
+  values, present = std.map_to_reflection_set(f_obs)
+  present = np.asarray(present, bool)
+  amplitudes = np.where(present, np.maximum(np.asarray(values).real, 0), 0.0)
+  return fc, f_obs, std, amplitudes, present
+
+
 def test_heavy_atoms_of_unknown_element_lead_to_the_whole_model_without_a_composition():
   """No composition: one heavy atom of unknown element alone, then the
   asymmetric unit guessed from the cell (C11 beside it) placed from the
   peaks of its models' maps, gives the right phases; the heavy-atom
   models carry no model of the cell, and the guess is named."""
   from phai_cctbx import composition_guess
-  xs = _heavy_atom_structure()
-  fc = xs.structure_factors(d_min=2.0, algorithm="direct").f_calc()
-  f_obs = abs(fc).set_observation_type_xray_amplitude()
-  std = symmetry.prepare(f_obs.crystal_symmetry())
-  values, present = std.map_to_reflection_set(f_obs)
-  weights = np.where(np.asarray(present, bool), np.maximum(np.asarray(values).real, 0), 0.0)
+  fc, f_obs, std, weights, _ = _heavy_atom_case()
   truth = benchmark.Truth(std, fc)
   measured = benchmark.measured_on_list(std, f_obs)
   r = lambda c: truth.r(search.list_signs(std, f_obs, c.phases), measured)
@@ -843,17 +852,6 @@ def test_no_peak_model_stands_out_where_the_heavy_atoms_repeat_under_a_half_tran
     assert bool(peak.terms.get("decisive")) == (not repeats)
 
 
-def _heavy_atom_case(d_min=2.0):
-  xs = _heavy_atom_structure()
-  fc = xs.structure_factors(d_min=d_min, algorithm="direct").f_calc()
-  f_obs = abs(fc).set_observation_type_xray_amplitude()
-  std = symmetry.prepare(f_obs.crystal_symmetry())
-  values, present = std.map_to_reflection_set(f_obs)
-  present = np.asarray(present, bool)
-  amplitudes = np.where(present, np.maximum(np.asarray(values).real, 0), 0.0)
-  return fc, f_obs, std, amplitudes, present
-
-
 def test_the_first_map_places_a_given_composition_and_the_heavy_atom_completions():
   """Which compositions are placed from the first map's peaks: a given one
   and the completions of heavy atoms of unknown element, at most
@@ -879,8 +877,8 @@ def test_the_first_map_places_a_given_composition_and_the_heavy_atom_completions
   assert search.first_map_compositions(dataclasses.replace(s, first_map=False), f_obs, given) == []
   atomic = abs(_heavy_atom_structure().structure_factors(d_min=1.0, algorithm="direct").f_calc())
   assert search.first_map_compositions(s, atomic, given) == []
-  # Beyond the search from map peaks (16 of 48 carbon atoms per asymmetric
-  # unit with 98 reflections): nothing.
+  # Beyond the search from map peaks (48 carbon atoms per asymmetric unit,
+  # where 98 reflections allow 16): nothing.
   assert search.first_map_compositions(s, f_obs, {"C": 192}) == []
 
 
@@ -888,8 +886,8 @@ def test_the_peaks_of_an_agreed_first_map_give_a_decisive_model_before_the_atom_
   """Where random dual-space starts agree on a map below atomic resolution,
   the given composition is placed from its peaks right after them: a
   decisive model of the right phases, a stage of its own before the random
-  atom search; no such stage without a composition.  One composition's decisive model ends
-  the stage (_first_map_candidates)."""
+  atom search; no such stage without a composition.  One composition's
+  decisive model ends the stage (_first_map_candidates)."""
   fc, f_obs, std, amplitudes, present = _heavy_atom_case()
   truth = benchmark.Truth(std, fc)
   measured = benchmark.measured_on_list(std, f_obs)
