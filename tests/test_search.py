@@ -222,6 +222,28 @@ def test_more_random_starts_run_in_rounds_until_the_budget():
   assert solved.stages == ["dual-space from random phases"]
 
 
+def test_the_time_limit_counts_the_searchs_processor_seconds_not_the_wall_clock(monkeypatch):
+  # Waiting (a machine busy with other jobs) does not advance the search's clock.
+  t = search.search_clock()
+  import time
+  time.sleep(0.3)
+  assert search.search_clock() - t < 0.1
+  # The limit is read from that clock: one that runs 1000 s a call ends the
+  # rounds of random starts after the first, one that stands still does not.
+  std, fc, f_obs, amplitudes = _case()
+  settings = search.SearchSettings(method="dual_space", starts=2, more_starts=4,
+                                   sign_combinations=0, time_limit=120.0,
+                                   dual_space=dual_space.Settings(cycles=3, min_cycles=1,
+                                                                  polish_cycles=2))
+  ticks = iter(range(0, 10 ** 6, 1000))
+  monkeypatch.setattr(search, "search_clock", lambda: float(next(ticks)))
+  fast = search.run(f_obs, std, amplitudes, amplitudes > 0, None, settings)
+  assert fast.stages == ["dual-space from random phases"]
+  monkeypatch.setattr(search, "search_clock", lambda: 0.0)
+  still = search.run(f_obs, std, amplitudes, amplitudes > 0, None, settings)
+  assert still.stages[-1] == "dual-space from 4 more random phases"
+
+
 def test_the_candidate_that_predicts_held_out_amplitudes_picks_the_solution():
   """Two wrong runs that agree (the higher figure of merit) lose to a right
   one that predicts held-out amplitudes better; the best figure of merit
