@@ -136,7 +136,10 @@ DECISIVE_R1 = 0.10
 #: 2016452 measured data (r 0.996), where all the best placements agreed.
 #: Such a model, standing out below this R1 and confirmed, is called probably
 #: solved, never solved.  (With a guessed composition every model that
-#: stands out needs the confirmation, in :mod:`phai_cctbx.search`.)
+#: stands out needs the confirmation, in :mod:`phai_cctbx.search`.)  So is
+#: the model of a given molecular composition (:func:`molecular`) between
+#: :data:`DECISIVE_R1` and this: its hydrogen atoms are left out too
+#: (biphenyl at 1.6 A, the right model R1 0.108).
 GUESSED_R1 = 0.15
 #: A model of atoms of unknown element (:data:`UNKNOWN`), whose weights
 #: fit the data too, stands out (or is clearly the solution) only below

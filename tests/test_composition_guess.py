@@ -271,7 +271,9 @@ def _agreeing_models(phases, r1, n=3, element="C"):
 
 @pytest.mark.parametrize("guessed, r1, free_r1, mark", [
   (False, 0.05, 0.25, "decisive"),    # a given composition: as it was
-  (False, 0.12, 0.15, None),          # above DECISIVE_R1
+  (False, 0.12, 0.15, "stands_out"),  # a given molecular one above DECISIVE_R1, confirmed
+  (False, 0.12, 0.25, None),          # ... not confirmed
+  (False, 0.16, 0.17, None),          # ... above GUESSED_R1
   (True, 0.05, 0.08, "decisive"),     # guessed and confirmed: solved
   (True, 0.05, 0.25, None),           # guessed, not confirmed (Bridgmanite)
   (True, 0.12, 0.15, "stands_out"),   # guessed, R1 0.10-0.15, confirmed
@@ -300,6 +302,32 @@ def test_a_guessed_composition_needs_the_cross_validated_check(monkeypatch, gues
   search.assess(kept, search.dual_space_engine.P1Problem(f_obs), weights)
   if mark == "stands_out":
     assert search.PROBABLE_ATOM_FOM <= kept[0].fom < search.DECISIVE_ATOM_FOM
+
+
+@pytest.mark.parametrize("elements, r1, mark", [
+  (("C",) * 6, 0.108, "stands_out"),        # biphenyl at 1.6 A: right, hydrogen left out
+  (("Mg", "Si", "O", "O"), 0.108, None),    # no hydrogen to leave out: above DECISIVE_R1
+  (("Mg", "Si", "O", "O"), 0.05, "decisive"),
+])
+def test_a_given_molecular_composition_stands_out_up_to_the_guessed_limit(
+    monkeypatch, elements, r1, mark):
+  """A given molecular composition's model leaves its hydrogen atoms out, so
+  its right model fits as a guess's does: standing out between DECISIVE_R1
+  and GUESSED_R1 and confirmed, it is probably solved; an inorganic
+  composition's model is held to DECISIVE_R1."""
+  from phai_cctbx import search
+  f_obs, std, weights, phases = _tiny_problem()
+  models = _agreeing_models(phases, r1, element=elements)
+  monkeypatch.setattr(search.atom_search_engine, "run", lambda *a, **k: models)
+  monkeypatch.setattr(search.atom_search_engine, "model_free_r1", lambda f, m: m.r1 + 0.03)
+  kept, _ = search._atom_candidates(f_obs, {"C": 8}, std, weights, search.SearchSettings())
+  marks = [m for m in ("decisive", "stands_out", "clear") if kept[0].terms.get(m)]
+  assert marks == ([mark] if mark else [])
+  search.assess(kept, search.dual_space_engine.P1Problem(f_obs), weights)
+  verdict_fom = {"stands_out": search.PROBABLE_ATOM_FOM, "decisive": search.DECISIVE_ATOM_FOM}
+  assert kept[0].fom >= verdict_fom.get(mark, 0.0)
+  if mark is None:
+    assert kept[0].fom < search.PROBABLE_ATOM_FOM
 
 
 @pytest.mark.parametrize("r1_other, free_other, clear", [
