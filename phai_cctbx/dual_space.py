@@ -126,6 +126,10 @@ class P1Problem(object):
     n_real: grid size.
     weak: (m,) bool, the reflections whose phases the weak-reflection
       improvement shifts.
+    grid_points: grid points transformed so far by :meth:`density` and
+      :meth:`structure_factors` (each map of a batch counted): the measure
+      of the work done on this problem, the same on every machine and
+      under any load (:func:`phai_cctbx.search.work_seconds`).
   """
 
   def __init__(self, f_obs, resolution_factor=0.5, weak_fraction=0.2,
@@ -175,6 +179,7 @@ class P1Problem(object):
     order = np.argsort(self.e)
     self.weak = np.zeros(len(self.e), dtype=bool)
     self.weak[order[: int(weak_fraction * len(self.e))]] = True
+    self.grid_points = 0
 
   @property
   def size(self):
@@ -193,11 +198,13 @@ class P1Problem(object):
       grid[(slice(None),) + self._pos_mate] = np.conj(c[:, self._zero])
     if f000 is not None:
       grid[:, 0, 0, 0] = f000
+    self.grid_points += b * n1 * n2 * n3
     return np.fft.irfftn(grid, s=self.n_real, axes=(1, 2, 3)) * (n1 * n2 * n3)
 
   def structure_factors(self, rho):
     """(B, m + n_free) coefficients and (B,) F000 of (B, n1, n2, n3) maps."""
     n1, n2, n3 = self.n_real
+    self.grid_points += rho.size
     grid = np.fft.rfftn(rho, axes=(1, 2, 3)) / (n1 * n2 * n3)
     g = grid[(slice(None),) + self._pos]
     g = np.where(self._conj, np.conj(g), g)

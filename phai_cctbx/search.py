@@ -102,14 +102,26 @@ from phai_cctbx import dual_space as dual_space_engine
 from phai_cctbx import reflection_set
 from phai_cctbx import symmetry
 
-#: The clock of ``time_limit``: processor seconds of the thread that runs
-#: the search, not the wall clock, so that which stages run does not depend
-#: on what else the machine is doing.  On a loaded machine the wall clock
-#: had ended the dual-space stages early and changed the answer (COD
-#: 1010879 at 2.0 A, run beside two other jobs: r 0.72, called probably
-#: solved, against r 0.66, not solved, on its own).  The search runs in one
-#: thread; the network's own threads are not counted.
-search_clock = time.thread_time
+#: The measure of ``time_limit``: the dual-space work of the search, grid
+#: points transformed (:attr:`phai_cctbx.dual_space.P1Problem.grid_points`),
+#: in seconds of a core that does this many a second, the runs' other work
+#: included (one core of a 2-core development machine: the stages that
+#: count took 1.5-2.7e7 grid points a processor second on COD 1010879,
+#: ACBNZA01 and WICZUF at 2.0 A).  Not a clock, so that which stages run,
+#: and the answer, are the same on every machine and under any load: a
+#: clock, even the processor seconds of the search's own thread, stretched
+#: beside other jobs on the two cores and ended stages early (COD 1010879
+#: at 2.0 A, run beside two other jobs: r 0.72, called probably solved,
+#: against r 0.66, not solved, on its own).  The atom searches are bounded
+#: by numbers of placements of their own
+#: (:data:`phai_cctbx.atom_search.MAX_WORK`) and do not count.
+GRID_POINTS_PER_SECOND = 2.0e7
+
+
+def work_seconds(problem):
+  """The dual-space work done on ``problem`` so far, in seconds of the
+  reference core (:data:`GRID_POINTS_PER_SECOND`)."""
+  return problem.grid_points / GRID_POINTS_PER_SECOND
 
 
 #: Two phase sets are the same solution when their sign correlation over the
@@ -314,8 +326,8 @@ class SearchSettings:
   peak_rounds: int = 2            # ... and again from the maps of the best
                                   # models of the round before, this many
                                   # rounds in all while nothing is solved
-  time_limit: float = 120.0       # seconds of search_clock; no new stage
-                                  # starts after it
+  time_limit: float = 120.0       # seconds of dual-space work (work_seconds);
+                                  # no new stage starts after it
   snapshots: tuple = ()           # random dual-space starts: the map after this
                                   # many flipping cycles is also polished into a
                                   # candidate (dual_space.Settings.snapshots)
@@ -862,9 +874,8 @@ def _heavy_unknown_candidates(f_obs, guesses, standardisation, weights, s):
   in turn (:func:`phai_cctbx.composition_guess.heavy_unknown_guesses`:
   heavy atoms of unknown element, then the asymmetric unit from their
   maps' peaks), until one gives a decisive model.  Like the other guesses
-  they run whatever the clock says.  Returns (candidates, the completion
-  whose model fits best or None, that model's R1, seconds)."""
-  t0 = search_clock()
+  they run whatever ``time_limit`` says.  Returns (candidates, the completion
+  whose model fits best or None, that model's R1)."""
   found, best, best_r1 = [], None, None
   for heavy, completion in guesses:
     more, _, _ = _heavy_atom_candidates(f_obs, completion, heavy, standardisation, weights, s)
@@ -874,7 +885,7 @@ def _heavy_unknown_candidates(f_obs, guesses, standardisation, weights, s):
       best, best_r1 = completion, models[0].terms["model_r1"]
     if any(c.terms.get("decisive") for c in more):
       break
-  return found, best, best_r1, search_clock() - t0
+  return found, best, best_r1
 
 
 def _model_candidates(f_obs, models, standardisation, weights, s, name, guess, start,
@@ -949,12 +960,10 @@ def _alternative_atom_candidates(f_obs, compositions, standardisation, weights, 
   (:func:`phai_cctbx.composition_guess.formula_unit_choices`).  They are at
   most a few, each search bounded in placements
   (:data:`phai_cctbx.atom_search.MAX_WORK`), and all of them run whatever
-  the clock says, so that the answer does not depend on the speed or the
-  load of the machine.  Labels name the composition (atoms per asymmetric
+  ``time_limit`` says.  Labels name the composition (atoms per asymmetric
   unit) where there are alternatives or it is a guess.  Returns
   (candidates, the compositions tried, the best one (the best-fitting of
-  those whose model stands out, else the best-fitting), searches run,
-  seconds spent on the alternatives)."""
+  those whose model stands out, else the best-fitting), searches run)."""
   from phai_cctbx.composition_guess import describe
   group = f_obs.space_group()
   named = s.composition_guessed or len(compositions) > 1
@@ -963,7 +972,6 @@ def _alternative_atom_candidates(f_obs, compositions, standardisation, weights, 
                                      label(compositions[0]), retry=s.retries_atom_search)
   tried, best, best_counts = [compositions[0]], first, compositions[0]
   marked = []   # (candidates, composition) of the further ones whose model stands out
-  t0 = search_clock()
   if not _marked(first):
     for counts in compositions[1:]:
       if atom_search_atoms(s, f_obs, counts) is None:
@@ -986,7 +994,7 @@ def _alternative_atom_candidates(f_obs, compositions, standardisation, weights, 
     # A composition whose model stands out (confirmed, if a guess) outranks
     # one that only fits better: atoms of unknown element fit most data.
     best_counts = min(marked, key=lambda m: m[0][0].terms["model_r1"])[1]
-  return found, tried, best_counts, searches, search_clock() - t0
+  return found, tried, best_counts, searches
 
 
 def runs_omit_refinement(settings, f_obs):
@@ -1064,14 +1072,13 @@ def _first_map_candidates(f_obs, compositions, source, standardisation, weights,
   R1 0.111 from the first map was chosen, r 0.44, where the search had
   found the right one, r 0.995).  So where no model is decisive the search
   goes on as without this stage.  Returns (the candidates of the
-  composition whose model is decisive, or none; seconds)."""
-  t0 = search_clock()
+  composition whose model is decisive, or none)."""
   for counts in compositions:
     found = _peak_candidates(f_obs, counts, [source], standardisation, weights, s,
                              name="first map")
     if any(c.terms.get("decisive") for c in found):
-      return found, search_clock() - t0
-  return [], search_clock() - t0
+      return found
+  return []
 
 
 def _peak_candidates(f_obs, counts, sources, standardisation, weights, s, round_no=1,
@@ -1162,7 +1169,7 @@ def run(f_obs, standardisation, set_amplitudes, set_measured, model, settings=No
       (:func:`phai_cctbx.composition_guess.heavy_unknown_guesses`).
   """
   s = settings or SearchSettings()
-  t0, c0 = time.time(), search_clock()
+  t0 = time.time()
   pseudo = dual_space_engine.pseudo_translation(f_obs)
   if pseudo is not None:
     s = dataclasses.replace(s, dual_space=dataclasses.replace(
@@ -1184,10 +1191,8 @@ def run(f_obs, standardisation, set_amplitudes, set_measured, model, settings=No
     reached[0] = reached[0] or (s.stop_fom is not None and best >= s.stop_fom)
     return reached[0] or timed_out()
 
-  own_time = [0.0]   # seconds of stages with a time budget of their own
-
   def timed_out():
-    return search_clock() - c0 - own_time[0] > s.time_limit
+    return work_seconds(problem) > s.time_limit
 
   stop = False
   if s.method in ("auto", "dual_space") and s.starts > 0:
@@ -1205,8 +1210,7 @@ def run(f_obs, standardisation, set_amplitudes, set_measured, model, settings=No
   lead = candidates[top_candidate(candidates, s.choice)] if candidates else None
   if first_map and lead is not None and lead.terms.get("agreement", 0.0) > 0.0:
     from phai_cctbx.composition_guess import describe
-    found, seconds = _first_map_candidates(f_obs, first_map, lead, standardisation, weights, s)
-    own_time[0] += seconds
+    found = _first_map_candidates(f_obs, first_map, lead, standardisation, weights, s)
     candidates += found
     stages.append("atoms from the peaks of the first map (%s)%s" % (", ".join(
       describe(c, f_obs.space_group()) for c in first_map), "" if found else ": none decisive"))
@@ -1215,11 +1219,10 @@ def run(f_obs, standardisation, set_amplitudes, set_measured, model, settings=No
   peak_counts = composition if peak_search_atoms(s, f_obs, composition) is not None else None
   if atoms is not None and not stop:
     from phai_cctbx.composition_guess import describe
-    # The alternatives' time is not counted against time_limit, so that the
-    # stages after them still run where they do not decide.
-    found, tried, best_counts, searches, seconds = _alternative_atom_candidates(
+    # Atom searches do not count against time_limit (a bounded amount of
+    # work), so that the stages after them still run where they do not decide.
+    found, tried, best_counts, searches = _alternative_atom_candidates(
       f_obs, [composition] + list(alternatives), standardisation, weights, s)
-    own_time[0] += seconds
     candidates += found
     if peak_counts is not None or s.composition_guessed:
       peak_counts = best_counts
@@ -1230,7 +1233,7 @@ def run(f_obs, standardisation, set_amplitudes, set_measured, model, settings=No
       stages.append("atom search (%d atoms%s)" % (
         len(atoms[0]), ", a second search: none decisive" if searches > 1 else ""))
     stop = done()
-  # Like the guesses of the atom search, whatever the clock says (a bounded
+  # Like the guesses of the atom search, whatever time_limit says (a bounded
   # amount of work), so that the answer does not depend on the machine; not
   # only where no model stands out: a guess's model that stands out is not
   # chosen before the others (Vauquelinite at 2.0 A: C9 S3, R1 0.128, r 0.96,
@@ -1239,9 +1242,8 @@ def run(f_obs, standardisation, set_amplitudes, set_measured, model, settings=No
      not any(c.terms.get("decisive") for c in candidates):
     from phai_cctbx.composition_guess import describe
     fitted = [c.terms["model_r1"] for c in candidates if c.model is not None]
-    found, completion, r1, seconds = _heavy_unknown_candidates(
+    found, completion, r1 = _heavy_unknown_candidates(
       f_obs, heavy_guesses, standardisation, weights, s)
-    own_time[0] += seconds
     candidates += found
     # The later searches from map peaks place the guess that fits best; a
     # given composition they can place stays.

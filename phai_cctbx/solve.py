@@ -280,8 +280,9 @@ def solve(miller_array, model=None, weights=None, trials=8, cycles=16,
       random starts, dual-space runs from every combination of the signs of
       this many strongest reflections
       (:func:`phai_cctbx.dual_space.sign_combination_starts`); 0: none.
-    time_limit: seconds after which no new stage of the search starts,
-      processor seconds of the search (:data:`phai_cctbx.search.search_clock`).
+    time_limit: seconds of dual-space work after which no new stage of the
+      search starts: counted, not clocked, so the same on every machine
+      (:func:`phai_cctbx.search.work_seconds`).
     stop_early: stop after the first stage whose best candidate is "solved".
     network_check: auto, below atomic resolution: the network's trials run
       even when the dual-space stages before them called a solution.

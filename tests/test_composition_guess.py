@@ -438,7 +438,7 @@ def test_guessed_compositions_are_tried_in_turn(monkeypatch, r1_of, tried, chose
   # Past the search's time limit before the first further guess: the
   # guesses run all the same (a fixed amount of work, whatever the clock).
   s = search.SearchSettings(composition_guessed=True, time_limit=-1.0)
-  found, used, best, searches, seconds = search._alternative_atom_candidates(
+  found, used, best, searches = search._alternative_atom_candidates(
     f_obs, guesses, std, weights, s)
   assert runs == tried and searches == len(tried)
   assert [composition_guess.describe(c, group) for c in used] == tried
@@ -446,7 +446,6 @@ def test_guessed_compositions_are_tried_in_turn(monkeypatch, r1_of, tried, chose
   assert found[-1].label.startswith("atom model 1 (%s, R1" % chosen)
   assert len(found) == (1 if chosen == "C6" else 2)
   assert composition_guess.describe(best, group) == chosen
-  assert seconds >= 0.0
 
 
 def test_a_guess_whose_model_stands_out_is_kept_beside_one_that_only_fits_better(monkeypatch):
@@ -470,7 +469,7 @@ def test_a_guess_whose_model_stands_out_is_kept_beside_one_that_only_fits_better
   monkeypatch.setattr(search.atom_search_engine, "model_free_r1",
                       lambda f, m: m.r1 + (0.03 if m.r1 > 0.11 else 0.30))
   s = search.SearchSettings(composition_guessed=True, time_limit=-1.0)
-  found, used, best, searches, _ = search._alternative_atom_candidates(
+  found, used, best, searches = search._alternative_atom_candidates(
     f_obs, guesses, std, weights, s)
   assert runs == ["C6", "C5 S1", "C4 S2", "C3 S3"]
   firsts = [c for c in found if c.label.startswith("atom model 1 ")]
@@ -483,7 +482,7 @@ def test_a_guess_whose_model_stands_out_is_kept_beside_one_that_only_fits_better
   monkeypatch.setattr(search.atom_search_engine, "model_free_r1",
                       lambda f, m: m.r1 + (0.30 if m.r1 < 0.085 else 0.03))
   runs.clear()
-  found, used, best, searches, _ = search._alternative_atom_candidates(
+  found, used, best, searches = search._alternative_atom_candidates(
     f_obs, guesses, std, weights, s)
   assert runs == ["C6", "C5 S1"] and composition_guess.describe(best, group) == "C5 S1"
   assert any(c.terms.get("decisive") for c in found)
