@@ -53,10 +53,14 @@ def test_guess_counts_names_heavier_elements_and_takes_unknown_atoms_for_metals(
   counts, _ = composition_guess.guess_counts(cell, group)
   alternatives = composition_guess.guessed_alternatives(counts, cell, group)
   assert [composition_guess.describe(c, group) for c in alternatives] == [
-    "C14 S1", "C13 S2", "C12 S3", "X22.75 (any element)", "X19.25 (any element)"]
-  # an organic crystal named: no unknown atoms
+    "C16", "C14 S1", "C13 S2", "C12 S3", "X22.75 (any element)", "X19.25 (any element)"]
+  # an organic crystal named: one atom more, no heavier or unknown atoms
   assert composition_guess.guessed_alternatives(
-    counts, cell, group, ("C", "H", "N", "O")) == []
+    counts, cell, group, ("C", "H", "N", "O")) == [{"C": counts["C"] + group.order_z()}]
+  # a named heavy atom stays, with one carbon more
+  counts, _ = composition_guess.guess_counts(cell, group, ("C", "H", "S"))
+  more = composition_guess.guessed_alternatives(counts, cell, group, ("C", "H", "S"))[0]
+  assert composition_guess.describe(more, group) == "C15 S1"
 
 
 def _molecular_structures():
