@@ -285,7 +285,9 @@ def solve(miller_array, model=None, weights=None, trials=8, cycles=16,
       (:func:`phai_cctbx.search.work_seconds`).
     stop_early: stop after the first stage whose best candidate is "solved".
     network_check: auto, below atomic resolution: the network's trials run
-      even when the dual-space stages before them called a solution.
+      even when the dual-space stages before them called a solution; where
+      one of them then picks the solution without being called solved, the
+      search goes on.
     network_frames: the network's trials in this many of the crystal's
       P2_1/c frames (other cells, other P2_1/c subgroups of a supergroup;
       :func:`phai_cctbx.search.other_frames`): each lays the same data out

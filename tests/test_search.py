@@ -945,3 +945,27 @@ def test_the_peaks_of_an_agreed_first_map_give_a_decisive_model_before_the_atom_
   assert all(c.model.elements.count("Pb") == 1 for c in more)
   # Nothing where no model is decisive: all carbon cannot fit the Pb atom.
   assert search._first_map_candidates(f_obs, [{"C": 48}], lead, std, weights, s) == []
+
+
+def test_a_call_of_the_first_random_starts_is_checked_by_the_peaks_of_its_map():
+  """Where the first random dual-space starts already call a solution below
+  atomic resolution, the given composition is still placed from the peaks
+  of the map that picks it; a decisive model then stands for the solution
+  (its phases complete, the call's few wrong signs gone) and the search
+  ends there.  Without a composition the call ends the search at once."""
+  fc, f_obs, std, amplitudes, present = _heavy_atom_case()
+  truth = benchmark.Truth(std, fc)
+  measured = benchmark.measured_on_list(std, f_obs)
+  given = {"Pb": 4, "C": 24, "N": 8, "O": 12}
+  s = search.SearchSettings(method="dual_space", starts=8, more_starts=0, sign_combinations=0,
+                            omit_refinement=0, atom_restarts=16, atom_retry=False, peak_maps=1,
+                            peak_rounds=1, heavy_atoms=False, stop_fom=0.0)
+  found = search.run(f_obs, std, amplitudes, present, None, s, composition=given)
+  assert found.stages == ["dual-space from random phases",
+                          "atoms from the peaks of the first map (C6 Pb1 O3 N2)"]
+  chosen = found.candidates[found.best]
+  assert chosen.start == "first map peaks" and chosen.terms.get("decisive")
+  assert truth.r(search.list_signs(std, f_obs, chosen.phases), measured) > 0.95
+  alone = search.run(f_obs, std, amplitudes, present, None, s)
+  assert alone.stages == ["dual-space from random phases"]
+  assert alone.candidates[alone.best].method == "dual_space"
