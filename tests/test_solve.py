@@ -317,7 +317,7 @@ def test_a_call_that_the_networks_trials_overturn_does_not_end_the_search(monkey
                                    "dual-space from the network", "network from dual-space",
                                    "dual-space from 2 more random phases"]
       # The trials once, then the network again from dual-space results.
-      assert [c[2] for c in fake.calls][0] == 2 and len(fake.calls) == 2
+      assert fake.calls[0][2] == 2 and len(fake.calls) == 2
       assert res.chosen.method == "network" and res.verdict == "not solved"
     else:
       assert res.search.stages == ["dual-space from random phases", "network"]
