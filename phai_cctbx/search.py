@@ -19,7 +19,7 @@ the search goes on with the stages after that one:
    phases then replaces;
 1a. given the composition (``composition``, atoms per cell) of an asymmetric
    unit of at most :func:`phai_cctbx.atom_search.atom_limit` atoms heavier
-   than hydrogen (12, or 16 in a molecular crystal): the atom search
+   than hydrogen (12, or 20 in a molecular crystal, 16 of a guessed one): the atom search
    (:mod:`phai_cctbx.atom_search`), point atoms placed to fit |F_obs|; a model that stands out
    (:func:`phai_cctbx.atom_search.decisive`) is the solution, called solved
    (:data:`DECISIVE_ATOM_FOM`) when its cross-validated R1 confirms it,
@@ -732,12 +732,17 @@ def atom_search_atoms(settings, f_obs, composition, limit=None):
   """The atoms the atom search would place ((elements, occupancies), see
   :func:`phai_cctbx.atom_search.asymmetric_unit_atoms`), or None when it does
   not run: method network, switched off, no composition per cell, or more
-  than ``limit`` atoms (None: :func:`phai_cctbx.atom_search.atom_limit`)."""
+  than ``limit`` atoms (None: :func:`phai_cctbx.atom_search.atom_limit`, for
+  a guessed composition at most
+  :data:`phai_cctbx.atom_search.SURE_MOLECULAR_ATOMS`)."""
   if settings.method not in ("auto", "dual_space") or not settings.atom_search \
      or not composition or settings.atom_restarts <= 0:
     return None
-  return atom_search_engine.asymmetric_unit_atoms(
-    composition, f_obs.space_group(), limit or atom_search_engine.atom_limit(composition))
+  if limit is None:
+    limit = atom_search_engine.atom_limit(composition)
+    if settings.composition_guessed:
+      limit = min(limit, atom_search_engine.SURE_MOLECULAR_ATOMS)
+  return atom_search_engine.asymmetric_unit_atoms(composition, f_obs.space_group(), limit)
 
 
 def peak_search_atoms(settings, f_obs, composition):
@@ -776,14 +781,21 @@ def heavy_unknown_for_given(settings, f_obs, composition):
   model is decisive: the atom search is on, but neither its random search
   nor the search from map peaks can place the composition
   (:func:`peak_search_atoms` None, so :func:`heavy_search_counts` gives no
-  heavy atoms to search for by element either).  Not in a cell that the
-  atom search covers: there such atoms' fitted scattering lets wrong
-  models fit (COD 1010879 at 2.0 A, C3 X2 beside its given composition,
-  R1 0.023, r 0.60)."""
-  return bool(composition) and not settings.composition_guessed and \
-    settings.heavy_atoms and settings.atom_search and \
-    settings.method in ("auto", "dual_space") and \
-    peak_search_atoms(settings, f_obs, composition) is None
+  heavy atoms to search for by element either), or it is a molecular one
+  beyond :data:`phai_cctbx.atom_search.SURE_MOLECULAR_ATOMS`, whose random
+  search reaches the model only at times (WICZUF at 2.0 A: C17 X1 from
+  these searches, r 1.00, where its random search ended at r 0.86).  Not
+  in a cell that the atom search covers surely: there such atoms' fitted
+  scattering lets wrong models fit (COD 1010879 at 2.0 A, C3 X2 beside its
+  given composition, R1 0.023, r 0.60)."""
+  if not composition or settings.composition_guessed or not settings.heavy_atoms or \
+     not settings.atom_search or settings.method not in ("auto", "dual_space"):
+    return False
+  if peak_search_atoms(settings, f_obs, composition) is None:
+    return True
+  atoms = atom_search_engine.asymmetric_unit_atoms(composition, f_obs.space_group())
+  return atom_search_engine.molecular(composition) and atoms is not None and \
+    len(atoms[0]) > atom_search_engine.SURE_MOLECULAR_ATOMS
 
 
 #: A second atom search from other random placements where the first ends

@@ -725,6 +725,37 @@ WATER = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "e
                      "water_P21c")
 
 
+def test_a_given_molecule_beyond_the_sure_limit_is_searched_and_gets_heavy_atoms_of_unknown_element():
+  """A given molecular composition of 17-20 atoms (COD 2008520's cell at
+  2.0 A, 18 atoms) is placed by the random search and, where no model is
+  decisive, by heavy atoms of unknown element too; a guessed one of that
+  size is not searched (its count is uncertain), one of 16 gets no search
+  of unknown atoms, one beyond 20 only those."""
+  from cctbx import crystal
+  symm = crystal.symmetry((12.75, 6.11, 14.87, 90, 99.5, 90), "P 1 21/c 1")
+  indices = symm.build_miller_set(anomalous_flag=False, d_min=2.0)
+  f_obs = indices.array(data=flex.double(indices.size(), 1.0)) \
+    .set_observation_type_xray_amplitude()
+  s = search.SearchSettings()
+  guessed = dataclasses.replace(s, composition_guessed=True)
+  eighteen = {"C": 52, "H": 48, "O": 20}
+  assert len(search.atom_search_atoms(s, f_obs, eighteen)[0]) == 18
+  assert search.atom_search_atoms(guessed, f_obs, eighteen) is None
+  assert search.heavy_unknown_for_given(s, f_obs, eighteen)
+  assert not search.heavy_unknown_for_given(guessed, f_obs, eighteen)
+  assert not search.heavy_unknown_for_given(dataclasses.replace(s, heavy_atoms=False),
+                                            f_obs, eighteen)
+  sixteen = {"C": 48, "H": 40, "O": 16}
+  assert len(search.atom_search_atoms(guessed, f_obs, sixteen)[0]) == 16
+  assert not search.heavy_unknown_for_given(s, f_obs, sixteen)
+  twenty_four = {"C": 80, "H": 64, "O": 16}
+  assert search.atom_search_atoms(s, f_obs, twenty_four) is None
+  assert search.peak_search_atoms(s, f_obs, twenty_four) is None
+  assert search.heavy_unknown_for_given(s, f_obs, twenty_four)
+  # Free atoms of an inorganic cell stay within 12, whatever the data.
+  assert search.atom_search_atoms(s, f_obs, {"Na": 16, "O": 40}) is None
+
+
 def test_heavy_atoms_are_searched_first_only_beyond_the_random_search():
   from cctbx import crystal
   symm = crystal.symmetry((9.0, 10.0, 11.0, 90, 100, 90), "P 1 21/c 1")
