@@ -782,20 +782,25 @@ def heavy_unknown_for_given(settings, f_obs, composition):
   nor the search from map peaks can place the composition
   (:func:`peak_search_atoms` None, so :func:`heavy_search_counts` gives no
   heavy atoms to search for by element either), or it is a molecular one
-  beyond :data:`phai_cctbx.atom_search.SURE_MOLECULAR_ATOMS`, whose random
-  search reaches the model only at times (WICZUF at 2.0 A: C17 X1 from
-  these searches, r 1.00, where its random search ended at r 0.86).  Not
-  in a cell that the atom search covers surely: there such atoms' fitted
-  scattering lets wrong models fit (COD 1010879 at 2.0 A, C3 X2 beside its
-  given composition, R1 0.023, r 0.60)."""
+  beyond :data:`phai_cctbx.atom_search.SURE_MOLECULAR_ATOMS` that the
+  search from map peaks places only because the random search now reaches
+  that far (fewer than :data:`phai_cctbx.atom_search.PEAK_REFLECTIONS_PER_ATOM`
+  reflections per atom), whose random search reaches the model only at
+  times (WICZUF at 2.0 A: C17 X1 from these searches, r 1.00, where its
+  random search ended at r 0.86).  Not in a cell that the atom search
+  covers surely: there such atoms' fitted scattering lets wrong models fit
+  (COD 1010879 at 2.0 A, C3 X2 beside its given composition, R1 0.023,
+  r 0.60)."""
   if not composition or settings.composition_guessed or not settings.heavy_atoms or \
      not settings.atom_search or settings.method not in ("auto", "dual_space"):
     return False
   if peak_search_atoms(settings, f_obs, composition) is None:
     return True
   atoms = atom_search_engine.asymmetric_unit_atoms(composition, f_obs.space_group())
+  sure = max(atom_search_engine.SURE_MOLECULAR_ATOMS,
+             f_obs.size() // atom_search_engine.PEAK_REFLECTIONS_PER_ATOM)
   return atom_search_engine.molecular(composition) and atoms is not None and \
-    len(atoms[0]) > atom_search_engine.SURE_MOLECULAR_ATOMS
+    len(atoms[0]) > sure
 
 
 #: A second atom search from other random placements where the first ends

@@ -9,7 +9,7 @@ from cctbx import sgtbx
 from cctbx.array_family import flex
 from cctbx.development import random_structure
 
-from phai_cctbx import benchmark, dual_space, search, symmetry
+from phai_cctbx import atom_search, benchmark, dual_space, search, symmetry
 
 
 def _case():
@@ -754,6 +754,12 @@ def test_a_given_molecule_beyond_the_sure_limit_is_searched_and_gets_heavy_atoms
   assert search.heavy_unknown_for_given(s, f_obs, twenty_four)
   # Free atoms of an inorganic cell stay within 12, whatever the data.
   assert search.atom_search_atoms(s, f_obs, {"Na": 16, "O": 40}) is None
+  # At 1.6 A (one reflection per 12 and more for 18 atoms) the search from
+  # map peaks covers the 18 atoms by itself: no atoms of unknown element.
+  fine = symm.build_miller_set(anomalous_flag=False, d_min=1.6)
+  fine = fine.array(data=flex.double(fine.size(), 1.0)).set_observation_type_xray_amplitude()
+  assert fine.size() // atom_search.PEAK_REFLECTIONS_PER_ATOM >= 18
+  assert not search.heavy_unknown_for_given(s, fine, eighteen)
 
 
 def test_heavy_atoms_are_searched_first_only_beyond_the_random_search():
