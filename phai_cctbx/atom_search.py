@@ -443,10 +443,13 @@ def contact_distance(a, b):
   return MIN_CONTACT
 
 
-def atom_limit(counts):
+def atom_limit(counts, guessed=False):
   """The most atoms the search places for ``counts``: :data:`MAX_MOLECULAR_ATOMS`
-  in a :func:`molecular` composition, else :data:`MAX_ATOMS`."""
-  return MAX_MOLECULAR_ATOMS if molecular(counts) else MAX_ATOMS
+  in a :func:`molecular` composition (:data:`SURE_MOLECULAR_ATOMS` where
+  ``guessed``), else :data:`MAX_ATOMS`."""
+  if not molecular(counts):
+    return MAX_ATOMS
+  return SURE_MOLECULAR_ATOMS if guessed else MAX_MOLECULAR_ATOMS
 
 
 def peak_atom_limit(counts, reflections, space_group=None):

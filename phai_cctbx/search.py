@@ -732,17 +732,14 @@ def atom_search_atoms(settings, f_obs, composition, limit=None):
   """The atoms the atom search would place ((elements, occupancies), see
   :func:`phai_cctbx.atom_search.asymmetric_unit_atoms`), or None when it does
   not run: method network, switched off, no composition per cell, or more
-  than ``limit`` atoms (None: :func:`phai_cctbx.atom_search.atom_limit`, for
-  a guessed composition at most
-  :data:`phai_cctbx.atom_search.SURE_MOLECULAR_ATOMS`)."""
+  than ``limit`` atoms (None: :func:`phai_cctbx.atom_search.atom_limit`, that
+  of a guessed composition where it is one)."""
   if settings.method not in ("auto", "dual_space") or not settings.atom_search \
      or not composition or settings.atom_restarts <= 0:
     return None
-  if limit is None:
-    limit = atom_search_engine.atom_limit(composition)
-    if settings.composition_guessed:
-      limit = min(limit, atom_search_engine.SURE_MOLECULAR_ATOMS)
-  return atom_search_engine.asymmetric_unit_atoms(composition, f_obs.space_group(), limit)
+  return atom_search_engine.asymmetric_unit_atoms(
+    composition, f_obs.space_group(),
+    limit or atom_search_engine.atom_limit(composition, settings.composition_guessed))
 
 
 def peak_search_atoms(settings, f_obs, composition):

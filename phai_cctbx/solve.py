@@ -480,8 +480,7 @@ def solve(miller_array, model=None, weights=None, trials=8, cycles=16,
       atoms=composition_guess.given_atoms(composition, f_obs.space_group()))
   if settings.composition_guessed and atoms is None:
     _print(log, "Atom search: not run (more than %d atoms; give elements= with "
-           "counts per unit cell)" % min(atom_search_module.atom_limit(composition),
-                                         atom_search_module.SURE_MOLECULAR_ATOMS))
+           "counts per unit cell)" % atom_search_module.atom_limit(composition, guessed=True))
   if heavy_guesses:
     _print(log, "Atom search: where no model is decisive, then %s heavy atoms of unknown "
            "element alone, the rest (%s) from the peaks of their maps" % (
