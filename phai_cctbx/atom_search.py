@@ -452,16 +452,18 @@ def atom_limit(counts, guessed=False):
   return SURE_MOLECULAR_ATOMS if guessed else MAX_MOLECULAR_ATOMS
 
 
-def peak_atom_limit(counts, reflections, space_group=None):
+def peak_atom_limit(counts, reflections, space_group=None, guessed=False):
   """The most atoms :func:`from_peaks` places for ``counts`` against
-  ``reflections`` unique reflections: :func:`atom_limit`, or more where the
-  data allow it: in a :func:`molecular` composition up to one atom per
+  ``reflections`` unique reflections: :func:`atom_limit` (of a ``guessed``
+  composition: the limit to which the searches place a given one surely
+  too), or more where the data allow it: in a :func:`molecular`
+  composition up to one atom per
   :data:`PEAK_REFLECTIONS_PER_ATOM` reflections, and (given the
   ``space_group``) where :func:`heavy_counts` gives heavy atoms to search
   for first, whose maps the peaks then come from, or the counts hold such
   heavy atoms of unknown element (:func:`heavy_unknown`), up to
   :func:`heavy_peak_limit`; at most :data:`PEAK_MAX_ATOMS`."""
-  limit = atom_limit(counts)
+  limit = atom_limit(counts, guessed)
   if molecular(counts):
     limit = max(limit, min(PEAK_MAX_ATOMS, reflections // PEAK_REFLECTIONS_PER_ATOM))
   if heavy_unknown(counts) or (

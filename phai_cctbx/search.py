@@ -794,10 +794,9 @@ def heavy_unknown_for_given(settings, f_obs, composition):
   if peak_search_atoms(settings, f_obs, composition) is None:
     return True
   atoms = atom_search_engine.asymmetric_unit_atoms(composition, f_obs.space_group())
-  sure = max(atom_search_engine.SURE_MOLECULAR_ATOMS,
-             f_obs.size() // atom_search_engine.PEAK_REFLECTIONS_PER_ATOM)
   return atom_search_engine.molecular(composition) and atoms is not None and \
-    len(atoms[0]) > sure
+    len(atoms[0]) > atom_search_engine.peak_atom_limit(composition, f_obs.size(),
+                                                       guessed=True)
 
 
 #: A second atom search from other random placements where the first ends

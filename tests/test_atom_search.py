@@ -695,6 +695,11 @@ def test_peak_atom_limit_follows_the_reflections_per_atom():
   organic = {"C": 48, "N": 24, "O": 32, "Cl": 8, "H": 32}
   assert atom_search.peak_atom_limit(organic, 415) == 415 // atom_search.PEAK_REFLECTIONS_PER_ATOM
   assert atom_search.peak_atom_limit(organic, 100) == atom_search.MAX_MOLECULAR_ATOMS
+  # ... from the guessed limit, the one the searches reach surely.
+  assert atom_search.peak_atom_limit(organic, 100, guessed=True) == \
+    atom_search.SURE_MOLECULAR_ATOMS < atom_search.MAX_MOLECULAR_ATOMS
+  assert atom_search.peak_atom_limit(organic, 415, guessed=True) == \
+    415 // atom_search.PEAK_REFLECTIONS_PER_ATOM
   assert atom_search.peak_atom_limit(organic, 5000) == atom_search.PEAK_MAX_ATOMS
   # No bond rules for a metal: the limit of free atoms, whatever the data ...
   brochantite = {"Cu": 16, "S": 4, "O": 40}
