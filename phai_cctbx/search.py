@@ -771,6 +771,27 @@ def heavy_search_counts(settings, f_obs, composition):
   return atom_search_engine.heavy_counts(composition, f_obs.space_group())
 
 
+def runs_heavy_unknown(settings, f_obs, composition):
+  """Whether the search gets heavy atoms of unknown element
+  (:func:`phai_cctbx.composition_guess.heavy_unknown_guesses`) where no
+  model is decisive: only :func:`below_atomic_resolution`, for a guessed
+  composition (``settings.heavy_atoms``) or a given one
+  (:func:`heavy_unknown_for_given`).
+
+  Why not at atomic resolution: there dual-space phasing is the tool (it
+  solved every development structure at 1.0 A, and the 36 cells of
+  ``p21c_large`` outside development), while these searches cost most:
+  MaterSim UHAWAD at 1.0 A (50 atoms in the asymmetric unit, 3208
+  reflections, its composition given) spent 720 of its 772 s in them,
+  for a best model of R1 0.48, and the dual-space runs after them gave
+  the answer (r 0.997)."""
+  if not below_atomic_resolution(f_obs):
+    return False
+  if settings.composition_guessed:
+    return bool(settings.heavy_atoms)
+  return heavy_unknown_for_given(settings, f_obs, composition)
+
+
 def heavy_unknown_for_given(settings, f_obs, composition):
   """Whether a given (not guessed) ``composition`` gets the search of one,
   then two heavy atoms of unknown element

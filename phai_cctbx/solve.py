@@ -331,7 +331,8 @@ def solve(miller_array, model=None, weights=None, trials=8, cycles=16,
       composition, or a given one beyond the random atom search and the
       search from map peaks without such heavy atoms, whose models are not
       decisive, the same for one, then two heavy atoms of unknown element
-      (:func:`phai_cctbx.composition_guess.heavy_unknown_guesses`).
+      (:func:`phai_cctbx.composition_guess.heavy_unknown_guesses`), below
+      atomic resolution (:func:`phai_cctbx.search.runs_heavy_unknown`).
     guess_composition: without ``composition``, the atom search places the
       atoms of an organic crystal of this cell's volume
       (:func:`phai_cctbx.composition_guess.guess_counts`; ``elements``, the
@@ -469,15 +470,13 @@ def solve(miller_array, model=None, weights=None, trials=8, cycles=16,
            "asymmetric unit)" % ", ".join(
              composition_guess.describe(c, f_obs.space_group()) for c in alternatives))
   heavy_guesses = []
-  if heavy_atoms and settings.composition_guessed:
+  if search_module.runs_heavy_unknown(settings, f_obs, composition):
     from phai_cctbx import composition_guess
     heavy_guesses = composition_guess.heavy_unknown_guesses(
-      f_obs.unit_cell(), f_obs.space_group(), f_obs.size(), elements)
-  elif search_module.heavy_unknown_for_given(settings, f_obs, composition):
-    from phai_cctbx import composition_guess
-    heavy_guesses = composition_guess.heavy_unknown_guesses(
-      f_obs.unit_cell(), f_obs.space_group(), f_obs.size(),
-      atoms=composition_guess.given_atoms(composition, f_obs.space_group()))
+      f_obs.unit_cell(), f_obs.space_group(), f_obs.size(), elements) \
+      if settings.composition_guessed else composition_guess.heavy_unknown_guesses(
+        f_obs.unit_cell(), f_obs.space_group(), f_obs.size(),
+        atoms=composition_guess.given_atoms(composition, f_obs.space_group()))
   if settings.composition_guessed and atoms is None:
     _print(log, "Atom search: not run (more than %d atoms; give elements= with "
            "counts per unit cell)" % atom_search_module.atom_limit(composition, guessed=True))

@@ -762,6 +762,29 @@ def test_a_given_molecule_beyond_the_sure_limit_is_searched_and_gets_heavy_atoms
   assert not search.heavy_unknown_for_given(s, fine, eighteen)
 
 
+def test_heavy_atoms_of_unknown_element_are_searched_only_below_atomic_resolution():
+  """UHAWAD's cell (50 atoms in the asymmetric unit, beyond every search
+  but the one of heavy atoms of unknown element): at 2.0 A that search
+  runs, for its given composition and for a guess; at 1.0 A, where
+  dual-space phasing solves such cells, for neither."""
+  from cctbx import crystal
+  symm = crystal.symmetry((13.49, 15.10, 16.07, 90, 69.58, 90), "P 1 21/n 1")
+  s = search.SearchSettings()
+  guessed = dataclasses.replace(s, composition_guessed=True)
+  fifty = {"C": 112, "H": 96, "Cl": 8, "N": 24, "O": 56}
+  for d_min, expected in ((2.0, True), (1.0, False)):
+    indices = symm.build_miller_set(anomalous_flag=False, d_min=d_min)
+    f_obs = indices.array(data=flex.double(indices.size(), 1.0)) \
+      .set_observation_type_xray_amplitude()
+    assert search.below_atomic_resolution(f_obs) == expected
+    assert search.peak_search_atoms(s, f_obs, fifty) is None
+    assert search.heavy_unknown_for_given(s, f_obs, fifty)
+    assert search.runs_heavy_unknown(s, f_obs, fifty) == expected
+    assert search.runs_heavy_unknown(guessed, f_obs, None) == expected
+    assert not search.runs_heavy_unknown(dataclasses.replace(guessed, heavy_atoms=False),
+                                         f_obs, None)
+
+
 def test_heavy_atoms_are_searched_first_only_beyond_the_random_search():
   from cctbx import crystal
   symm = crystal.symmetry((9.0, 10.0, 11.0, 90, 100, 90), "P 1 21/c 1")
