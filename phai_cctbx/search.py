@@ -1212,6 +1212,8 @@ def run(f_obs, standardisation, set_amplitudes, set_measured, model, settings=No
   if pseudo is not None:
     s = dataclasses.replace(s, dual_space=dataclasses.replace(
       s.dual_space, pseudo_translation=tuple(float(x) for x in pseudo)))
+  if not below_atomic_resolution(f_obs):
+    s = dataclasses.replace(s, dual_space=dual_space_engine.at_atomic_resolution(s.dual_space))
   problem = dual_space_engine.P1Problem(f_obs, s.dual_space.resolution_factor,
                                  s.dual_space.weak_fraction, s.dual_space.extend)
   weights = np.where(set_measured, set_amplitudes, 0.0)

@@ -418,6 +418,37 @@ def test_the_search_computes_the_held_out_correlation_with_its_settings_cycles(m
     real(found.problem, p1, cycles=30)[0], abs=1e-6)
 
 
+def test_starts_flip_longer_and_with_more_patience_at_atomic_resolution(monkeypatch):
+  """At 1.0 A every random start of the search gets five times the
+  settings' cycles and patience (a larger cell's flipping wanders longer
+  before it finds the structure); at 1.6 A the settings as given."""
+  std, fc, f_obs, amplitudes = _case()
+  used = []
+  real = dual_space.run
+
+  def recording(f, starts, settings, **kw):
+    used.append((len(starts), settings.cycles, settings.patience))
+    return real(f, starts, settings, **kw)
+
+  monkeypatch.setattr(dual_space, "run", recording)
+  given = dual_space.Settings(cycles=4, min_cycles=1, patience=2, polish_cycles=2,
+                              held_out_cycles=2)
+  settings = search.SearchSettings(method="dual_space", starts=2, more_starts=3,
+                                   dual_space=given, stop_fom=None)
+  k = dual_space.ATOMIC_RESOLUTION_FACTOR
+  assert k > 1
+  search.run(f_obs, std, amplitudes, amplitudes > 0, None, settings)
+  assert used == [(2, 4 * k, 2 * k), (2, 4 * k, 2 * k), (1, 4 * k, 2 * k)]
+  del used[:]
+  coarse, coarse_amplitudes, present = _at(f_obs, std, 1.6)
+  search.run(coarse, std, coarse_amplitudes, present, None,
+             dataclasses.replace(settings, sign_combinations=0, omit_refinement=0))
+  assert used[:3] == [(2, 4, 2), (2, 4, 2), (1, 4, 2)]
+  assert {u[1:] for u in used} == {(4, 2)}
+  # The settings the caller gave are left as they were.
+  assert (given.cycles, given.patience) == (4, 2)
+
+
 def test_sign_combinations_start_refined_and_flipped_runs_after_the_random_ones():
   """With sign_combinations=k, when the random starts are not called solved,
   2^k starts from the strongest signs run twice (low-density elimination
