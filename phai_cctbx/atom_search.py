@@ -457,8 +457,8 @@ def peak_atom_limit(counts, reflections, space_group=None, guessed=False):
   ``reflections`` unique reflections: :func:`atom_limit` (of a ``guessed``
   composition: the limit to which the searches place a given one surely
   too), or more where the data allow it: in a :func:`molecular`
-  composition up to one atom per
-  :data:`PEAK_REFLECTIONS_PER_ATOM` reflections, and (given the
+  composition up to one atom per :data:`PEAK_REFLECTIONS_PER_ATOM`
+  reflections, and (given the
   ``space_group``) where :func:`heavy_counts` gives heavy atoms to search
   for first, whose maps the peaks then come from, or the counts hold such
   heavy atoms of unknown element (:func:`heavy_unknown`), up to

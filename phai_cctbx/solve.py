@@ -472,11 +472,10 @@ def solve(miller_array, model=None, weights=None, trials=8, cycles=16,
   heavy_guesses = []
   if search_module.runs_heavy_unknown(settings, f_obs, composition):
     from phai_cctbx import composition_guess
+    guessed = settings.composition_guessed
     heavy_guesses = composition_guess.heavy_unknown_guesses(
-      f_obs.unit_cell(), f_obs.space_group(), f_obs.size(), elements) \
-      if settings.composition_guessed else composition_guess.heavy_unknown_guesses(
-        f_obs.unit_cell(), f_obs.space_group(), f_obs.size(),
-        atoms=composition_guess.given_atoms(composition, f_obs.space_group()))
+      f_obs.unit_cell(), f_obs.space_group(), f_obs.size(), elements if guessed else None,
+      atoms=None if guessed else composition_guess.given_atoms(composition, f_obs.space_group()))
   if settings.composition_guessed and atoms is None:
     _print(log, "Atom search: not run (more than %d atoms; give elements= with "
            "counts per unit cell)" % atom_search_module.atom_limit(composition, guessed=True))
