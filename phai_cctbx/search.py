@@ -327,7 +327,7 @@ class SearchSettings:
                                   # starts agree on a map: the composition placed
                                   # from its peaks before the atom search
                                   # (first_map_compositions)
-  peak_rounds: int = 2            # ... and again from the maps of the best
+  peak_rounds: int = 4            # ... and again from the maps of the best
                                   # models of the round before, this many
                                   # rounds in all while nothing is solved
   time_limit: float = 120.0       # seconds of dual-space work (work_seconds);
@@ -1430,6 +1430,13 @@ def run(f_obs, standardisation, set_amplitudes, set_measured, model, settings=No
       stages.append("omit-map refinement (%d)" % len(sources))
       done()
   if runs_peak_search(s, f_obs) and peak_counts is not None and final:
+    # Four rounds by default (peak_rounds): a larger molecule's models of
+    # the first two rounds are often half right, and their maps cleaner
+    # than those they came from.  COD 4021067 at 1.6 A (21 atoms, 342
+    # reflections): best models R1 0.321, 0.290, then 0.170 in round 3
+    # (r 0.99); COD 2008520 at 2.0 A (18 atoms): R1 0.107 in round 3
+    # (r 0.985).  The best R1 falls little before such a round, so no gain
+    # rule decides whether the next one runs.
     pool = candidates
     for k in range(max(1, s.peak_rounds)):
       sources = best_distinct(pool, weights, s.peak_maps)

@@ -249,7 +249,7 @@ def solve(miller_array, model=None, weights=None, trials=8, cycles=16,
           network_check=True, network_frames=1, omit_refinement=4,
           composition=None, atom_search=True, atom_restarts=2048,
           guess_composition=True, elements=None, peak_maps=4,
-          peak_rounds=2, atom_retry=True, composition_alternatives=(), heavy_atoms=True,
+          peak_rounds=4, atom_retry=True, composition_alternatives=(), heavy_atoms=True,
           first_map=True):
   """Phase amplitudes or intensities (a cctbx miller array with crystal symmetry).
 

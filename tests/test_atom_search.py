@@ -656,8 +656,9 @@ def test_the_peak_stage_turns_maps_into_atom_model_candidates():
 def test_the_refinement_stages_run_past_the_time_limit_while_nothing_is_solved():
   """With the composition given and the time limit spent after the first
   stage, nothing called solved: omit maps and the atom search from map
-  peaks still end the search, each switched off by its own setting; the
-  peak search's second round starts from the models of its first."""
+  peaks still end the search, each switched off by its own setting; each
+  round of the peak search after the first starts from the models of the
+  round before, four rounds by default."""
   from phai_cctbx import solve
   xs = benchmark.read_structure(XULDUD01)
   f_obs = benchmark.structure_factors(xs, 2.0).as_amplitude_array()
@@ -674,18 +675,27 @@ def test_the_refinement_stages_run_past_the_time_limit_while_nothing_is_solved()
   none = solve.solve(f_obs, method="dual_space", composition=counts, time_limit=1e-3,
                      dual_space_starts=4, peak_maps=0, omit_refinement=1, log=io.StringIO())
   assert none.search.stages[-1] == "omit-map refinement (1)"
-  # Not allowed to stop early, the search runs both rounds; the second's
+  # Not allowed to stop early, the search runs all its rounds (four by
+  # default), each from the models of the round before; the later rounds'
   # models are labelled with their round.
   log = io.StringIO()
+  rounds = solve.solve(f_obs, method="dual_space", composition=counts, time_limit=1e-3,
+                       dual_space_starts=4, peak_maps=1, omit_refinement=0,
+                       stop_early=False, log=log)
+  assert rounds.search.stages[-4:] == ["atom search from the peaks of 1 map"] + [
+    "atom search from the peaks of 1 map of peak models (round %d)" % k for k in (2, 3, 4)]
+  assert "the best map (4 rounds)" in log.getvalue()
+  labels = [c.label for c in rounds.search.candidates]
+  assert any(l.startswith("peak atom model 1 (R1") for l in labels)
+  assert all(any(l.startswith("peak atom model 1 (round %d, R1" % k) for l in labels)
+             for k in (2, 3, 4))
+  later = [c for c in rounds.search.candidates if "(round 3," in c.label]
+  assert later and all(c.start == "map peaks" for c in later)
   two = solve.solve(f_obs, method="dual_space", composition=counts, time_limit=1e-3,
                     dual_space_starts=4, peak_maps=1, peak_rounds=2, omit_refinement=0,
-                    stop_early=False, log=log)
-  assert two.search.stages[-2:] == ["atom search from the peaks of 1 map",
-                                    "atom search from the peaks of 1 map of peak models (round 2)"]
-  assert "the best map (2 rounds)" in log.getvalue()
-  labels = [c.label for c in two.search.candidates]
-  assert any(l.startswith("peak atom model 1 (R1") for l in labels)
-  assert any(l.startswith("peak atom model 1 (round 2, R1") for l in labels)
+                    stop_early=False, log=io.StringIO())
+  assert two.search.stages[-1].endswith("(round 2)")
+  assert not any("(round 3" in c.label for c in two.search.candidates)
 
 
 UCECAG01 = os.path.join(os.path.dirname(NAHCOLITE), "..", "p21c_large", "MaterSim_mech_UCECAG01.cif")
