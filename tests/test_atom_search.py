@@ -694,7 +694,8 @@ def test_the_refinement_stages_run_past_the_time_limit_while_nothing_is_solved()
   two = solve.solve(f_obs, method="dual_space", composition=counts, time_limit=1e-3,
                     dual_space_starts=4, peak_maps=1, peak_rounds=2, omit_refinement=0,
                     stop_early=False, log=io.StringIO())
-  assert two.search.stages[-1].endswith("(round 2)")
+  assert two.search.stages[-2:] == ["atom search from the peaks of 1 map",
+                                    "atom search from the peaks of 1 map of peak models (round 2)"]
   assert not any("(round 3" in c.label for c in two.search.candidates)
 
 
