@@ -712,19 +712,24 @@ def test_peak_atom_limit_follows_the_reflections_per_atom():
   assert atom_search.peak_atom_limit(organic, 415, guessed=True) == \
     415 // atom_search.PEAK_REFLECTIONS_PER_ATOM
   assert atom_search.peak_atom_limit(organic, 5000) == atom_search.PEAK_MAX_ATOMS
-  # No bond rules for a metal: the limit of free atoms, whatever the data ...
+  # An inorganic composition: the same reflections per atom, and never
+  # fewer than the limit of free atoms ...
   brochantite = {"Cu": 16, "S": 4, "O": 40}
-  assert atom_search.peak_atom_limit(brochantite, 5000) == atom_search.MAX_ATOMS
-  # ... unless the heavy atoms are searched for first, their maps giving
-  # the peaks: then one atom per HEAVY_PEAK_REFLECTIONS_PER_ATOM reflections.
+  assert atom_search.peak_atom_limit(brochantite, 5000) == atom_search.PEAK_MAX_ATOMS
+  assert atom_search.peak_atom_limit(brochantite, 96) == atom_search.MAX_ATOMS
+  # ... and where the heavy atoms are searched for first, their maps giving
+  # the peaks: one atom per HEAVY_PEAK_REFLECTIONS_PER_ATOM reflections.
   p21c = sgtbx.space_group_info("P 1 21/c 1").group()
   assert atom_search.peak_atom_limit(brochantite, 5000, p21c) == atom_search.PEAK_MAX_ATOMS
   assert atom_search.peak_atom_limit(brochantite, 96, p21c) == \
     96 // atom_search.HEAVY_PEAK_REFLECTIONS_PER_ATOM
   assert atom_search.peak_atom_limit(brochantite, 30, p21c) == atom_search.MAX_ATOMS
-  # Kernite (Na, O beside B): 13 heavy atoms per asymmetric unit, none searched first.
-  assert atom_search.peak_atom_limit({"Na": 8, "O": 44, "B": 16}, 5000, p21c) == \
-    atom_search.MAX_ATOMS
+  # Kernite (Na, O beside B): no heavy atoms searched first; its 17 atoms
+  # per asymmetric unit from 204 reflections on (1.6 A: 248), not from 127 (2.0 A).
+  kernite = {"Na": 8, "O": 44, "B": 16}
+  assert atom_search.heavy_counts(kernite, p21c) is None
+  assert atom_search.peak_atom_limit(kernite, 248, p21c) == 248 // 12 >= 17
+  assert atom_search.peak_atom_limit(kernite, 127, p21c) == atom_search.MAX_ATOMS < 17
   # Heavy atoms of unknown element beside carbon (a guess): their maps give
   # the peaks, so the same limit; atoms of unknown element alone: the free one.
   guess = {atom_search.UNKNOWN: 4, "C": 56}

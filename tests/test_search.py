@@ -791,6 +791,18 @@ def test_a_given_molecule_beyond_the_sure_limit_is_searched_and_gets_heavy_atoms
   fine = fine.array(data=flex.double(fine.size(), 1.0)).set_observation_type_xray_amplitude()
   assert fine.size() // atom_search.PEAK_REFLECTIONS_PER_ATOM >= 18
   assert not search.heavy_unknown_for_given(s, fine, eighteen)
+  # So does it cover an inorganic asymmetric unit of 14 atoms, which the
+  # random search does not place: its maps' peaks, not atoms of unknown
+  # element; at 2.0 A (fewer than 12 reflections per atom) not.
+  sodium_oxide = {"Na": 16, "O": 40}
+  assert atom_search.heavy_counts(sodium_oxide, f_obs.space_group()) is None
+  assert fine.size() // atom_search.PEAK_REFLECTIONS_PER_ATOM >= 14 > \
+    f_obs.size() // atom_search.PEAK_REFLECTIONS_PER_ATOM
+  assert search.atom_search_atoms(s, fine, sodium_oxide) is None
+  assert search.peak_search_atoms(s, fine, sodium_oxide)[0] == ("Na",) * 4 + ("O",) * 10
+  assert not search.heavy_unknown_for_given(s, fine, sodium_oxide)
+  assert search.peak_search_atoms(s, f_obs, sodium_oxide) is None
+  assert search.heavy_unknown_for_given(s, f_obs, sodium_oxide)
 
 
 def test_heavy_atoms_of_unknown_element_are_searched_only_below_atomic_resolution():
