@@ -303,9 +303,10 @@ def solve(miller_array, model=None, weights=None, trials=8, cycles=16,
       from ``atom_restarts`` random placements; at most
       :func:`phai_cctbx.atom_search.atom_limit` atoms heavier than
       hydrogen in the asymmetric unit).
-    atom_retry: where no model of the atom search (a given composition) is
-      decisive, a second search from other random placements, both judged
-      together (:func:`phai_cctbx.search._atom_candidates`).
+    atom_retry: where no model of the atom search (a given composition, or
+      a guess of atoms of unknown element) is decisive, a second search from
+      other random placements, both judged together
+      (:meth:`phai_cctbx.search.SearchSettings.retries_atom_search`).
     peak_maps: below atomic resolution, when the atom search has atoms to
       place (whether or not its own stage ran before the time limit) and
       nothing is called solved at the end of the search, atom searches
@@ -487,7 +488,7 @@ def solve(miller_array, model=None, weights=None, trials=8, cycles=16,
              ", ".join(composition_guess.describe(c, f_obs.space_group(), any_element=False)
                        for _, c in heavy_guesses)))
   if atoms is not None:
-    again = settings.retries_atom_search
+    again = settings.retries_atom_search(composition)
     signs = ("; then, while unsolved, an atom search (%d atoms: %s; %d random placements%s)"
              % (len(atoms[0]), " ".join(atoms[0]), atom_restarts,
                 ", again from as many where no model is decisive" if again else "")) + signs

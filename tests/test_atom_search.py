@@ -810,3 +810,23 @@ def test_a_pseudo_translation_of_a_model_is_found():
   # C2/c: the atoms repeat under (1/2, 1/2, 0), the group's own centring.
   c2c = sgtbx.space_group_info("C 1 2/c 1").group()
   assert atom_search.pseudo_translation(model(0.13), cell, c2c) is None
+
+
+def test_atoms_of_unknown_element_get_two_rounds_of_the_peak_search():
+  """A composition mostly of atoms of unknown element, whose fitted
+  scattering lets wrong models fit, stops after two rounds of the search
+  from map peaks, even where more are asked for; carbon beside a heavy
+  atom of unknown element does not."""
+  from phai_cctbx import solve
+  assert search.unknown_share({atom_search.UNKNOWN: 28}) == 1.0
+  assert search.unknown_share({atom_search.UNKNOWN: 4, "C": 24, "H": 40}) == pytest.approx(1 / 7)
+  assert search.unknown_share(None) == 0.0
+  assert search.unknown_share({"C": 28}) == 0.0
+  xs = benchmark.read_structure(XULDUD01)
+  f_obs = benchmark.structure_factors(xs, 2.0).as_amplitude_array()
+  result = solve.solve(f_obs, method="dual_space", composition={atom_search.UNKNOWN: 28},
+                       time_limit=1e-3, dual_space_starts=4, peak_maps=1, omit_refinement=0,
+                       stop_early=False, log=io.StringIO())
+  peak_stages = [s for s in result.search.stages if s.startswith("atom search from the peaks")]
+  assert peak_stages == ["atom search from the peaks of 1 map",
+                         "atom search from the peaks of 1 map of peak models (round 2)"]

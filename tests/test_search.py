@@ -711,10 +711,49 @@ def test_a_second_atom_search_runs_only_where_none_is_decisive(monkeypatch):
   assert searches == 1 and seeds == [3] and kept[0].terms.get("decisive")
 
 
-def test_only_a_given_composition_gets_a_second_atom_search():
-  assert search.SearchSettings().retries_atom_search
-  assert not search.SearchSettings(atom_retry=False).retries_atom_search
-  assert not search.SearchSettings(composition_guessed=True).retries_atom_search
+def test_a_given_composition_and_a_guess_of_unknown_atoms_get_a_second_atom_search():
+  given, organic, unknown = {"Na": 24, "Al": 8}, {"C": 16}, {atom_search.UNKNOWN: 21}
+  assert search.SearchSettings().retries_atom_search(given)
+  assert not search.SearchSettings(atom_retry=False).retries_atom_search(given)
+  guessed = search.SearchSettings(composition_guessed=True)
+  assert not guessed.retries_atom_search(organic)
+  assert not guessed.retries_atom_search({"C": 8, "S": 4})
+  assert guessed.retries_atom_search(unknown)
+  assert not search.SearchSettings(composition_guessed=True,
+                                   atom_retry=False).retries_atom_search(unknown)
+
+
+def test_a_guess_of_unknown_atoms_is_searched_again_where_its_model_is_not_decisive(
+    monkeypatch):
+  """The guesses in turn: the organic one searched once, the atoms of
+  unknown element twice, the second search's right model decisive."""
+  from test_composition_guess import _agreeing_models, _tiny_problem
+  f_obs, std, weights, phases = _tiny_problem()
+  p = phases.data().as_numpy_array()
+  wrong = phases.customized_copy(
+    data=flex.double(np.where(np.arange(p.size) % 2 == 0, p + 180.0, p)))
+  runs = []
+
+  def run(f, counts, restarts=2048, seed=0, keep=16, **kw):
+    runs.append((sorted(counts), seed))
+    element = next(iter(counts))
+    if element == atom_search.UNKNOWN and seed != 5:
+      return _agreeing_models(phases, 0.02, element=element)
+    return _agreeing_models(wrong, 0.15, element=element) + \
+      _agreeing_models(phases, 0.16, element=element)
+
+  monkeypatch.setattr(search.atom_search_engine, "run", run)
+  monkeypatch.setattr(search.atom_search_engine, "model_free_r1", lambda f, m: m.r1 + 0.02)
+  monkeypatch.setattr(search, "atom_search_atoms", lambda s, f, counts, limit=None: ((), ()))
+  s = search.SearchSettings(random_seed=5, composition_guessed=True, time_limit=-1.0)
+  organic, unknown = {"C": 16}, {atom_search.UNKNOWN: 16}
+  found, tried, best, searches = search._alternative_atom_candidates(
+    f_obs, [organic, unknown], std, weights, s)
+  assert runs == [(["C"], 5), ([atom_search.UNKNOWN], 5),
+                  ([atom_search.UNKNOWN], 5 + search.ATOM_RETRY_SEED)] and searches == 3
+  assert tried == [organic, unknown] and best == unknown
+  decisive = [c for c in found if c.terms.get("decisive")]
+  assert len(decisive) == 1 and decisive[0].terms["model_r1"] == pytest.approx(0.02)
 
 
 def test_a_formula_without_z_tries_its_other_number_of_formula_units(monkeypatch):
