@@ -711,6 +711,17 @@ def test_a_second_atom_search_runs_only_where_none_is_decisive(monkeypatch):
   assert searches == 1 and seeds == [3] and kept[0].terms.get("decisive")
 
 
+def _right_and_wrong_phases():
+  """(f_obs, standardisation, weights, phases, wrong phases) of a tiny cell:
+  the right phases and a set with every other one flipped."""
+  from test_composition_guess import _tiny_problem
+  f_obs, std, weights, phases = _tiny_problem()
+  p = phases.data().as_numpy_array()
+  wrong = phases.customized_copy(
+    data=flex.double(np.where(np.arange(p.size) % 2 == 0, p + 180.0, p)))
+  return f_obs, std, weights, phases, wrong
+
+
 def test_a_given_composition_and_a_guess_of_unknown_atoms_get_a_second_atom_search():
   given, organic, unknown = {"Na": 24, "Al": 8}, {"C": 16}, {atom_search.UNKNOWN: 21}
   assert search.SearchSettings().retries_atom_search(given)
@@ -727,11 +738,8 @@ def test_a_guess_of_unknown_atoms_is_searched_again_where_its_model_is_not_decis
     monkeypatch):
   """The guesses in turn: the organic one searched once, the atoms of
   unknown element twice, the second search's right model decisive."""
-  from test_composition_guess import _agreeing_models, _tiny_problem
-  f_obs, std, weights, phases = _tiny_problem()
-  p = phases.data().as_numpy_array()
-  wrong = phases.customized_copy(
-    data=flex.double(np.where(np.arange(p.size) % 2 == 0, p + 180.0, p)))
+  from test_composition_guess import _agreeing_models
+  f_obs, std, weights, phases, wrong = _right_and_wrong_phases()
   runs = []
 
   def run(f, counts, restarts=2048, seed=0, keep=16, **kw):
@@ -760,11 +768,8 @@ def test_a_formula_without_z_tries_its_other_number_of_formula_units(monkeypatch
   """A formula given without Z: where the likeliest Z gives no decisive
   model (after its second search), the next Z is searched and its decisive
   model kept beside the first's; the labels name both compositions."""
-  from test_composition_guess import _agreeing_models, _tiny_problem
-  f_obs, std, weights, phases = _tiny_problem()
-  p = phases.data().as_numpy_array()
-  wrong = phases.customized_copy(
-    data=flex.double(np.where(np.arange(p.size) % 2 == 0, p + 180.0, p)))
+  from test_composition_guess import _agreeing_models
+  f_obs, std, weights, phases, wrong = _right_and_wrong_phases()
   runs = []
 
   def run(f, counts, restarts=2048, seed=0, keep=16, **kw):
