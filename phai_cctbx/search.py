@@ -355,8 +355,8 @@ class SearchSettings:
     r 1.00) from 10 of 13 seeds, a wrong one (R1 0.12-0.155) from the
     other three, among them the benchmark's (1028234880), whose second
     search (seed + :data:`ATOM_RETRY_SEED`) gives the right model."""
-    from phai_cctbx.atom_search import UNKNOWN
-    return self.atom_retry and (not self.composition_guessed or UNKNOWN in (counts or {}))
+    return self.atom_retry and (not self.composition_guessed or
+                                atom_search_engine.UNKNOWN in counts)
 
 
 @dataclasses.dataclass
@@ -1048,21 +1048,13 @@ def _alternative_atom_candidates(f_obs, compositions, standardisation, weights, 
   return found, tried, best_counts, searches
 
 
-#: Rounds of the search from map peaks at most for a composition mostly of
-#: atoms of unknown element (:func:`unknown_share` above
-#: :data:`phai_cctbx.atom_search.UNKNOWN_SHARE`): Cryolite at 2.0 A
-#: without its composition (31 reflections, X5.25 per asymmetric unit) got
-#: a wrong model of R1 0.019 (r 0.31) in the fourth round, clear enough to
-#: be called probably solved; with two rounds it stays not solved.
+#: Rounds of the search from map peaks at most where the atoms it places
+#: are mostly of unknown element (:func:`phai_cctbx.atom_search.mostly_unknown`,
+#: the models held to its R1 limit): Cryolite at 2.0 A without its
+#: composition (31 reflections, X5.25 per asymmetric unit) got a wrong
+#: model of R1 0.019 (r 0.31) in the fourth round, clear enough to be
+#: called probably solved; with two rounds it stays not solved.
 UNKNOWN_PEAK_ROUNDS = 2
-
-
-def unknown_share(counts):
-  """The share of the atoms (hydrogen left out) of ``counts`` (element ->
-  atoms per cell; None: 0) that are of unknown element."""
-  counts = {e: n for e, n in (counts or {}).items() if e not in ("H", "D")}
-  total = sum(counts.values())
-  return counts.get(atom_search_engine.UNKNOWN, 0.0) / total if total else 0.0
 
 
 def runs_omit_refinement(settings, f_obs):
@@ -1472,7 +1464,8 @@ def run(f_obs, standardisation, set_amplitudes, set_measured, model, settings=No
     # one more draw at such a model.
     pool = candidates
     rounds = s.peak_rounds
-    if unknown_share(peak_counts) > atom_search_engine.UNKNOWN_SHARE:
+    if atom_search_engine.mostly_unknown(
+        atom_search_engine.asymmetric_unit_atoms(peak_counts, f_obs.space_group())[0]):
       rounds = min(rounds, UNKNOWN_PEAK_ROUNDS)
     for k in range(max(1, rounds)):
       sources = best_distinct(pool, weights, s.peak_maps)

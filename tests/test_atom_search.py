@@ -818,10 +818,13 @@ def test_atoms_of_unknown_element_get_two_rounds_of_the_peak_search():
   from map peaks, even where more are asked for; carbon beside a heavy
   atom of unknown element does not."""
   from phai_cctbx import solve
-  assert search.unknown_share({atom_search.UNKNOWN: 28}) == 1.0
-  assert search.unknown_share({atom_search.UNKNOWN: 4, "C": 24, "H": 40}) == pytest.approx(1 / 7)
-  assert search.unknown_share(None) == 0.0
-  assert search.unknown_share({"C": 28}) == 0.0
+  p21c = sgtbx.space_group_info("P 1 21/c 1").group()
+  mostly = lambda counts: atom_search.mostly_unknown(
+    atom_search.asymmetric_unit_atoms(counts, p21c)[0])
+  assert mostly({atom_search.UNKNOWN: 28})
+  assert not mostly({atom_search.UNKNOWN: 4, "C": 24, "H": 40})
+  assert mostly({atom_search.UNKNOWN: 8, "C": 12})
+  assert not mostly({"C": 28})
   xs = benchmark.read_structure(XULDUD01)
   f_obs = benchmark.structure_factors(xs, 2.0).as_amplitude_array()
   result = solve.solve(f_obs, method="dual_space", composition={atom_search.UNKNOWN: 28},
